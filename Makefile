@@ -1,0 +1,36 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv, install the pinned
+# dependencies (torch==2.13.0 is the CPU build), build the package, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+EXT_SOURCES := $(shell find csrc triton_kernels -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
+
+.PHONY: setup demo test test-all bench cuda-check clean
+
+setup: $(VENV)/.built
+
+$(VENV)/.deps: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# --no-build-isolation: an isolated build would fetch a second (CUDA) torch to build against.
+$(VENV)/.built: $(VENV)/.deps setup.py $(EXT_SOURCES)
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: setup
+	$(VENV)/bin/lcmat demo
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -q --runslow $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m pytest bench -q --benchmark-only
+
+clean:
+	rm -rf $(VENV) build *.egg-info lcmat/*.so

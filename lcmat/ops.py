@@ -1,0 +1,137 @@
+"""The one dispatch point: every kernel by name, on the backend that fits the tensors.
+
+Backends are modules exposing functions with the same names and signatures as
+`lcmat.reference`:
+    reference  lcmat.reference          (always there)
+    cpu, cuda  lcmat.csrc               (the compiled extension; the tensors' device picks the key)
+    triton     lcmat.triton_kernels     (CUDA tensors; CPU tensors too under TRITON_INTERPRET=1,
+                                         but only when asked for by name)
+A backend that lacks a function falls back to the reference when chosen automatically, and
+raises when it was asked for by name. `backend=None` means: LCMAT_BACKEND if set, else the
+fastest available for the device (cuda: triton, then cuda, then reference; cpu: cpu, then
+reference).
+"""
+import importlib
+import os
+
+import torch
+
+from . import reference
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+_MODULES = {"reference": "lcmat.reference", "cpu": "lcmat.csrc", "cuda": "lcmat.csrc",
+            "triton": "lcmat.triton_kernels"}
+_loaded = {}
+
+
+def _module(backend):
+    """The backend's module, or None when it cannot be used on this machine."""
+    if backend not in _loaded:
+        try:
+            module = importlib.import_module(_MODULES[backend])
+            ok = getattr(module, "available", lambda device: True)(backend)
+        except Exception:  # a missing build or a missing triton both mean: not available
+            module, ok = None, False
+        _loaded[backend] = module if ok else None
+    return _loaded[backend]
+
+
+def available_backends():
+    """The backends usable on this machine."""
+    return [b for b in BACKENDS if _module(b) is not None]
+
+
+def _device_of(args):
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            return arg.device
+    return torch.device("cpu")
+
+
+def _auto_order(device):
+    if device.type == "cuda":
+        return ("triton", "cuda", "reference")
+    return ("cpu", "reference")
+
+
+def resolve(name, backend, *args):
+    """(backend name, function) that will run kernel `name` on these arguments."""
+    backend = backend or os.environ.get("LCMAT_BACKEND") or None
+    device = _device_of(args)
+    if backend is None:
+        for candidate in _auto_order(device):
+            fn = getattr(_module(candidate), name, None)
+            if fn is not None:
+                return candidate, fn
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: must be one of {BACKENDS} or None, got {backend!r}")
+    if backend in ("cpu", "cuda") and device.type != backend:
+        raise ValueError(f"backend: {backend!r} needs {backend} tensors, got {device.type} ones")
+    module = _module(backend)
+    if module is None:
+        raise RuntimeError(f"backend: {backend!r} is not available on this machine "
+                           f"(available: {available_backends()})")
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise NotImplementedError(f"backend: {backend!r} has no kernel {name!r}")
+    return backend, fn
+
+
+def _call(name, backend, *args, **kwargs):
+    return resolve(name, backend, *args)[1](*args, **kwargs)
+
+
+def last_layer_factors(logits, labels, backend=None):
+    return _call("last_layer_factors", backend, logits, labels)
+
+
+def last_layer_grad_norms(embeddings, logits, labels, scale=None, backend=None):
+    return _call("last_layer_grad_norms", backend, embeddings, logits, labels, scale)
+
+
+def curvature_moments(embeddings, q, scale=None, backend=None):
+    return _call("curvature_moments", backend, embeddings, q, scale)
+
+
+def top_variance_coords(embeddings, q, num_coords, scale=None, backend=None):
+    return _call("top_variance_coords", backend, embeddings, q, num_coords, scale)
+
+
+def gradient_distance(embeddings, e, scale=None, backend=None):
+    return _call("gradient_distance", backend, embeddings, e, scale)
+
+
+def pairwise_l1(a, b=None, backend=None):
+    return _call("pairwise_l1", backend, a, b)
+
+
+def lcmat_distance(embeddings, e, q, coords, rho, scale=None, backend=None):
+    return _call("lcmat_distance", backend, embeddings, e, q, coords, rho, scale)
+
+
+def facility_location_greedy(dist, k, L=None, lazy=True, backend=None):
+    return _call("facility_location_greedy", backend, dist, k, L, lazy)
+
+
+def sinkhorn_log(a, b, M, reg, max_iter=1000, tol=1e-6, check_every=1, backend=None):
+    return _call("sinkhorn_log", backend, a, b, M, reg, max_iter, tol, check_every)
+
+
+def sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost=None, x=None, y=None,
+                        max_iter=1000, tol=1e-6, check_every=1, backend=None):
+    return _call("sinkhorn_log_ragged", backend, a, b, row_offsets, col_offsets, reg,
+                 cost, x, y, max_iter, tol, check_every)
+
+
+def prototype_cost(x, prototypes, backend=None):
+    return _call("prototype_cost", backend, x, prototypes)
+
+
+def fdmat_scores(M, f, g, reg, backend=None):
+    return _call("fdmat_scores", backend, M, f, g, reg)
+
+
+# Not kernels, but shared by the selectors; always the reference (cheap, exact).
+fdmat_transform = reference.fdmat_transform
+class_prototypes = reference.class_prototypes
+sinkhorn_plan = reference.sinkhorn_plan

@@ -1,0 +1,1 @@
+"""Triton twins of `lcmat.reference` (installed as `lcmat.triton_kernels`)."""
