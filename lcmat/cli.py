@@ -41,14 +41,20 @@ def _all_options():
     return options
 
 
+def summary(doc):
+    """The first sentence of a docstring, on one line."""
+    text = " ".join((doc or "").split())
+    end = text.find(". ")
+    return text if end < 0 else text[:end + 1]
+
+
 def cmd_methods(args):
     print(f"{'method':<18} {'needs':<22} options (default)")
     for name, cls in METHODS.items():
         needs = ", ".join(cls.needs) or "labels only"
         opts = ", ".join(f"{_flag(k)} {v}" for k, v in method_options(cls).items())
         print(f"{name:<18} {needs:<22} {opts}")
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{'':<18} {doc}")
+        print(f"{'':<18} {summary(cls.__doc__)}")
     print("\nEvery method also takes --fraction, --balance/--no-balance, --seed, --backend.")
 
 

@@ -60,6 +60,7 @@ class Selector:
                 raise ValueError(f"{name}: {type(self).__name__} needs {' and '.join(self.needs)}")
         data = Features(labels, embeddings if "embeddings" in self.needs else None,
                         logits if "logits" in self.needs else None, num_classes, self.dtype)
+        data.budgets = self._budgets(data)  # validated before any work starts
         start = time.perf_counter()
         indices, weights, scores = self._select(data, **extra)
         order = np.argsort(indices, kind="stable")
@@ -108,10 +109,9 @@ class ScoreSelector(Selector):
         scores = scores.detach().double().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, np.float64)
         key = -scores if self.keep == "largest" else scores
         if not self.balance:
-            k = global_budget(len(data), self.fraction)
-            return np.argsort(key, kind="stable")[:k], None, scores
+            return np.argsort(key, kind="stable")[:data.budgets.sum()], None, scores
         picks = [idx[np.argsort(key[idx], kind="stable")[:k]]
-                 for idx, k in zip(data.class_indices, self._budgets(data))]
+                 for idx, k in zip(data.class_indices, data.budgets)]
         return np.concatenate(picks), None, scores
 
 
@@ -126,9 +126,9 @@ class Uniform(Selector):
     def _select(self, data):
         rng = np.random.default_rng(self.seed)
         if not self.balance:
-            return rng.choice(len(data), global_budget(len(data), self.fraction), replace=False), None, None
+            return rng.choice(len(data), data.budgets.sum(), replace=False), None, None
         return np.concatenate([rng.choice(idx, k, replace=False)
-                               for idx, k in zip(data.class_indices, self._budgets(data))]), None, None
+                               for idx, k in zip(data.class_indices, data.budgets)]), None, None
 
 
 class GraNd(ScoreSelector):
@@ -207,10 +207,9 @@ class Herding(Selector):
 
     def _select(self, data):
         if not self.balance:
-            k = global_budget(len(data), self.fraction)
-            return herding_order(data.embeddings, k), None, None
+            return herding_order(data.embeddings, data.budgets.sum()), None, None
         picks = [idx[herding_order(data.embeddings[idx], k)]
-                 for c, idx, k in zip(self._classes(data), data.class_indices, self._budgets(data))]
+                 for c, idx, k in zip(self._classes(data), data.class_indices, data.budgets)]
         return np.concatenate(picks), None, None
 
 
@@ -236,10 +235,10 @@ class KCenterGreedy(Selector):
     def _select(self, data):
         rng = np.random.default_rng(self.seed)
         if not self.balance:
-            k = global_budget(len(data), self.fraction)
+            k = data.budgets.sum()
             return kcenter_order(data.embeddings, k, int(rng.integers(len(data)))), None, None
         picks = [idx[kcenter_order(data.embeddings[idx], k, int(rng.integers(len(idx))))]
-                 for c, idx, k in zip(self._classes(data), data.class_indices, self._budgets(data))]
+                 for c, idx, k in zip(self._classes(data), data.class_indices, data.budgets)]
         return np.concatenate(picks), None, None
 
 
@@ -300,7 +299,7 @@ class LCMat(Selector):
 
     def _select(self, data):
         picks, weights = [], []
-        for c, idx, k in zip(self._classes(data), data.class_indices, self._budgets(data)):
+        for c, idx, k in zip(self._classes(data), data.class_indices, data.budgets):
             local, gamma = self.select_class(data.embeddings[idx], data.logits[idx], data.labels[idx], int(k))
             picks.append(idx[local])
             weights.append(gamma)
