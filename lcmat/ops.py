@@ -97,6 +97,10 @@ def top_variance_coords(embeddings, q, num_coords, scale=None, backend=None):
     return _call("top_variance_coords", backend, embeddings, q, num_coords, scale)
 
 
+def hessian_diag_coords(embeddings, q, coords, scale=None, backend=None):
+    return _call("hessian_diag_coords", backend, embeddings, q, coords, scale)
+
+
 def gradient_distance(embeddings, e, scale=None, backend=None):
     return _call("gradient_distance", backend, embeddings, e, scale)
 

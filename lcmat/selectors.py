@@ -1,9 +1,13 @@
 """Coreset selectors: thin classes over `lcmat.ops` (they never know which backend runs).
 
 Every selector takes `fraction`, `balance` (per-class budgets k_c = round(fraction * n_c), the
-default; else one global budget round(fraction * N)), `seed`, `backend` and `progress`, and
-offers `select_features(embeddings=, logits=, labels=)` and `select(model, dataset)`, both
-returning a `Coreset` with sorted original dataset indices.
+default; else one global budget round(fraction * N)), `seed`, `backend`, `progress` and the
+coverage options, and offers `select_features(embeddings=, logits=, labels=)` and
+`select(model, dataset)`, both returning a `Coreset` with sorted original dataset indices.
+
+A selector is written as `_pick(data, positions, k)`: choose k of the given dataset positions
+by the method's criterion. The base class decides which groups it runs on: each class
+(balance=True), the whole set (balance=False), or the difficulty strata of each (coverage=True).
 """
 import time
 
@@ -13,6 +17,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .coreset import Coreset, class_budgets, global_budget, split_budget
+from .coverage import coverage_groups
 from .validation import (as_features, as_labels, as_tensor, check_choice, check_fraction,
                          check_positive)
 
@@ -38,81 +43,155 @@ class Features:
         return len(self.labels)
 
 
+def _per_sample(name, x, n):
+    x = _numpy(x)
+    if x.shape != (n,) or not np.isfinite(x).all():
+        raise ValueError(f"{name}: expected {n} finite values, got shape {x.shape}")
+    return x
+
+
+def _numpy(x):
+    return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+
+
 class Selector:
-    """Shared machinery: validation, budgets, timing, the Coreset."""
+    """Shared machinery: validation, budgets, groups, timing, the Coreset.
+
+    coverage=True stratifies every group by a difficulty score (`difficulty`: "el2n", the
+    default, needs logits; "own", the method's own score; or "forgetting", from the
+    `forgetting=` counts), drops the hardest `prune_hard` fraction and spreads the budget over
+    `num_strata` strata (see lcmat.coverage); the method's criterion picks inside each stratum.
+    """
     name = ""
     needs = ("embeddings",)
+    per_class_only = False  # methods whose criterion only exists within a class (n_c x n_c blocks)
 
     def __init__(self, fraction=0.1, balance=True, seed=0, backend=None, progress=None,
-                 dtype=torch.float32):
+                 dtype=torch.float32, coverage=False, difficulty="el2n", prune_hard=0.1,
+                 num_strata=50):
         self.fraction = check_fraction(fraction)
         self.balance = bool(balance)
         self.seed = int(seed)
         self.backend = backend
         self.progress = progress
         self.dtype = dtype
+        self.coverage = bool(coverage)
+        self.difficulty = check_choice("difficulty", difficulty, ("el2n", "own", "forgetting"))
+        if self.coverage and difficulty == "own" and not isinstance(self, ScoreSelector):
+            raise ValueError(f"difficulty: {self.name} has no score of its own; use 'el2n' or 'forgetting'")
+        prune_hard = check_positive("prune_hard", prune_hard, allow_zero=True)
+        if prune_hard >= 1:
+            raise ValueError(f"prune_hard: must lie in [0, 1), got {prune_hard}")
+        self.prune_hard = prune_hard
+        self.num_strata = check_positive("num_strata", num_strata, integer=True)
 
-    def select_features(self, embeddings=None, logits=None, labels=None, num_classes=None, **extra):
+    def required(self):
+        """The feature arrays this configuration needs."""
+        needs = tuple(self.needs)
+        if self.coverage and self.difficulty == "el2n" and "logits" not in needs:
+            needs += ("logits",)
+        return needs
+
+    def select_features(self, embeddings=None, logits=None, labels=None, num_classes=None,
+                        forgetting=None):
         """Select from precomputed arrays: embeddings [N, D] (input of the last nn.Linear),
-        logits [N, C], labels [N]; torch tensors (CPU or GPU) or numpy arrays."""
-        for name in self.needs:
-            if {"embeddings": embeddings, "logits": logits}[name] is None:
-                raise ValueError(f"{name}: {type(self).__name__} needs {' and '.join(self.needs)}")
-        data = Features(labels, embeddings if "embeddings" in self.needs else None,
-                        logits if "logits" in self.needs else None, num_classes, self.dtype)
+        logits [N, C], labels [N]; torch tensors (CPU or GPU) or numpy arrays. `forgetting`:
+        per-sample forgetting counts [N], for Forgetting and difficulty="forgetting"."""
+        needs = self.required()
+        given = {"embeddings": embeddings, "logits": logits}
+        for name in needs:
+            if given[name] is None:
+                raise ValueError(f"{name}: {type(self).__name__} needs {' and '.join(needs)}")
+        data = Features(labels, embeddings if "embeddings" in needs else None,
+                        logits if "logits" in needs else None, num_classes, self.dtype)
+        data.forgetting = None if forgetting is None else _per_sample("forgetting", forgetting, len(data))
         data.budgets = self._budgets(data)  # validated before any work starts
         start = time.perf_counter()
-        indices, weights, scores = self._select(data, **extra)
-        order = np.argsort(indices, kind="stable")
-        indices = np.asarray(indices, dtype=np.int64)[order]
-        if len(np.unique(indices)) != len(indices):
-            raise RuntimeError(f"{self.name}: internal error, duplicate indices selected")
-        return Coreset(indices=indices,
-                       weights=None if weights is None else np.asarray(weights, np.float32)[order],
-                       scores=None if scores is None else np.asarray(scores),
-                       method=self.name, seconds=time.perf_counter() - start,
-                       info={"class_counts": np.bincount(data.labels.cpu().numpy()[indices],
-                                                         minlength=data.num_classes)})
+        data.scores = self._prepare(data)
+        groups = self._groups(data)
+        picks, weights = [], []
+        bar = tqdm(groups, desc=self.name, unit="group", leave=False,
+                   disable=None if self.progress is None else not self.progress)
+        for positions, k in bar:
+            chosen, w = self._pick(data, positions, int(k))
+            picks.append(np.asarray(chosen, dtype=np.int64))
+            weights.append(w)
+        return self._coreset(data, picks, weights, time.perf_counter() - start)
 
-    def select(self, model, dataset, batch_size=256, device=None, **extra):
+    def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
         """Extract embeddings and logits with one eval-mode pass of `model` over `dataset`
         (the embedding is the input of the model's last nn.Linear), then select."""
         from .train import extract_features
         device = device or next(model.parameters()).device
         embeddings, logits, labels = extract_features(model, dataset, batch_size=batch_size,
                                                       device=device, progress=self.progress is not False)
-        return self.select_features(embeddings=embeddings, logits=logits, labels=labels, **extra)
+        return self.select_features(embeddings=embeddings, logits=logits, labels=labels,
+                                    forgetting=forgetting)
 
     def _budgets(self, data):
         if self.balance:
             return class_budgets(data.counts, self.fraction)
         return split_budget(data.counts, global_budget(len(data), self.fraction))
 
-    def _classes(self, data):
-        return tqdm(range(data.num_classes), desc=self.name, unit="class", leave=False,
-                    disable=None if self.progress is None else not self.progress)
+    def _groups(self, data):
+        """[(dataset positions, budget)] on which `_pick` runs."""
+        if self.balance or self.per_class_only:
+            groups = list(zip(data.class_indices, data.budgets))
+        else:
+            groups = [(np.arange(len(data)), int(data.budgets.sum()))]
+        if not self.coverage:
+            return groups
+        difficulty = self._difficulty(data)
+        return [(positions[local], k_s) for positions, k in groups
+                for local, k_s in coverage_groups(difficulty[positions], k, self.num_strata, self.prune_hard)]
 
-    def _select(self, data, **extra):
+    def _difficulty(self, data):
+        """Per-sample difficulty for coverage, higher = harder."""
+        if self.difficulty == "el2n":
+            e, _ = ops.last_layer_factors(data.logits, data.labels, backend=self.backend)
+            return _numpy(e.norm(dim=1))
+        if self.difficulty == "forgetting":
+            if data.forgetting is None:
+                raise ValueError("forgetting: difficulty='forgetting' needs the forgetting= counts")
+            return data.forgetting
+        return data.scores if self.keep == "largest" else -data.scores
+
+    def _prepare(self, data):
+        """Work shared by all groups (e.g. scores over the full set); returns scores or None."""
+        return None
+
+    def _pick(self, data, positions, k):
+        """(k chosen dataset positions, their weights or None)."""
         raise NotImplementedError
+
+    def _coreset(self, data, picks, weights, seconds):
+        indices = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
+        order = np.argsort(indices, kind="stable")
+        indices = indices[order]
+        if len(np.unique(indices)) != len(indices):
+            raise RuntimeError(f"{self.name}: internal error, duplicate indices selected")
+        w = None
+        if weights and all(x is not None for x in weights):
+            w = np.concatenate(weights).astype(np.float32)[order]
+        counts = np.bincount(data.labels.cpu().numpy()[indices], minlength=data.num_classes)
+        return Coreset(indices=indices, weights=w, scores=data.scores, method=self.name, seconds=seconds,
+                       info={"class_counts": counts})
 
 
 class ScoreSelector(Selector):
-    """Keeps the k_c samples of largest (or smallest) score per class, or the k overall;
-    ties go to the lower dataset index."""
+    """Keeps the k samples of largest (or smallest) score in each group; ties go to the lower
+    dataset index."""
     keep = "largest"
 
-    def _scores(self, data, **extra):
+    def _scores(self, data):
         raise NotImplementedError
 
-    def _select(self, data, **extra):
-        scores = self._scores(data, **extra)
-        scores = scores.detach().double().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, np.float64)
-        key = -scores if self.keep == "largest" else scores
-        if not self.balance:
-            return np.argsort(key, kind="stable")[:data.budgets.sum()], None, scores
-        picks = [idx[np.argsort(key[idx], kind="stable")[:k]]
-                 for idx, k in zip(data.class_indices, data.budgets)]
-        return np.concatenate(picks), None, scores
+    def _prepare(self, data):
+        return _numpy(self._scores(data))
+
+    def _pick(self, data, positions, k):
+        key = -data.scores[positions] if self.keep == "largest" else data.scores[positions]
+        return positions[np.argsort(key, kind="stable")[:k]], None
 
 
 class Uniform(Selector):
@@ -120,15 +199,11 @@ class Uniform(Selector):
     name = "uniform"
     needs = ()
 
-    def select_features(self, embeddings=None, logits=None, labels=None, num_classes=None, **extra):
-        return super().select_features(None, None, labels, num_classes, **extra)
+    def _prepare(self, data):
+        self._rng = np.random.default_rng(self.seed)
 
-    def _select(self, data):
-        rng = np.random.default_rng(self.seed)
-        if not self.balance:
-            return rng.choice(len(data), data.budgets.sum(), replace=False), None, None
-        return np.concatenate([rng.choice(idx, k, replace=False)
-                               for idx, k in zip(data.class_indices, data.budgets)]), None, None
+    def _pick(self, data, positions, k):
+        return self._rng.choice(positions, k, replace=False), None
 
 
 class GraNd(ScoreSelector):
@@ -182,35 +257,24 @@ class Margin(ScoreSelector):
 
 class Forgetting(ScoreSelector):
     """Forgetting: the largest forgetting counts recorded while the selection model trained
-    (pass `forgetting=` to select_features, or use the pipeline that records them)."""
+    (pass `forgetting=` to select_features, see lcmat.train.train_selection_model)."""
     name = "forgetting"
     needs = ()
 
-    def select_features(self, embeddings=None, logits=None, labels=None, num_classes=None,
-                        forgetting=None, **extra):
-        if forgetting is None:
+    def _scores(self, data):
+        if data.forgetting is None:
             raise ValueError("forgetting: Forgetting needs the per-sample forgetting counts "
                              "recorded during training (lcmat.train.train_selection_model)")
-        return super().select_features(None, None, labels, num_classes, forgetting=forgetting)
-
-    def _scores(self, data, forgetting):
-        scores = np.asarray(forgetting, dtype=np.float64)
-        if scores.shape != (len(data),):
-            raise ValueError(f"forgetting: expected shape ({len(data)},), got {scores.shape}")
-        return scores
+        return data.forgetting
 
 
 class Herding(Selector):
-    """Herding: greedily keep the running mean of the selection closest to the class mean
+    """Herding: greedily keep the running mean of the selection closest to the group mean
     (argmin_i || mu - (sum_S h + h_i) / (t + 1) ||, lowest index on ties)."""
     name = "herding"
 
-    def _select(self, data):
-        if not self.balance:
-            return herding_order(data.embeddings, data.budgets.sum()), None, None
-        picks = [idx[herding_order(data.embeddings[idx], k)]
-                 for c, idx, k in zip(self._classes(data), data.class_indices, data.budgets)]
-        return np.concatenate(picks), None, None
+    def _pick(self, data, positions, k):
+        return positions[herding_order(data.embeddings[positions], k)], None
 
 
 def herding_order(x, k):
@@ -232,14 +296,12 @@ class KCenterGreedy(Selector):
     farthest from the selection (running-min distances, O(N) memory)."""
     name = "kcenter"
 
-    def _select(self, data):
-        rng = np.random.default_rng(self.seed)
-        if not self.balance:
-            k = data.budgets.sum()
-            return kcenter_order(data.embeddings, k, int(rng.integers(len(data)))), None, None
-        picks = [idx[kcenter_order(data.embeddings[idx], k, int(rng.integers(len(idx))))]
-                 for c, idx, k in zip(self._classes(data), data.class_indices, data.budgets)]
-        return np.concatenate(picks), None, None
+    def _prepare(self, data):
+        self._rng = np.random.default_rng(self.seed)
+
+    def _pick(self, data, positions, k):
+        first = int(self._rng.integers(len(positions)))
+        return positions[kcenter_order(data.embeddings[positions], k, first)], None
 
 
 def kcenter_order(x, k, first):
@@ -267,27 +329,34 @@ class LCMat(Selector):
     largest variance of d in the class (DESIGN.md 2.1). One coefficient rho multiplies the L1
     term (the released code's convention, i.e. the paper's rho / 2 with rho doubled).
 
+    rho="auto" sets rho per class so that both terms have the same median over the class's
+    pairs: rho_c = median_{i != j} ||g_i - g_j|| / median_{i != j} ||d_i[K] - d_j[K]||_1
+    (0 when the latter is 0); the values chosen are in `coreset.info["rho"]`.
     mode="paper": s_i = 1, L = max D per class. mode="compat": s_i = 1 / b_i (b_i the size of
     the per-class mini-batch of `batch_size` the sample falls in, in dataset order), L = 10, as
     the released code computes it. weights=True returns gamma_j, the number of class samples
-    whose nearest selected element is j.
+    whose nearest selected element is j. Under coverage=True each stratum is its own block.
     """
     name = "lcmat"
     needs = ("embeddings", "logits")
+    per_class_only = True
 
     def __init__(self, fraction=0.1, rho=0.01, num_coords=100, mode="paper", batch_size=128,
                  weights=False, balance=True, seed=0, backend=None, progress=None,
-                 dtype=torch.float32):
-        super().__init__(fraction, balance, seed, backend, progress, dtype)
-        self.rho = check_positive("rho", rho, allow_zero=True)
+                 dtype=torch.float32, coverage=False, difficulty="el2n", prune_hard=0.1, num_strata=50):
+        super().__init__(fraction, balance, seed, backend, progress, dtype, coverage, difficulty,
+                         prune_hard, num_strata)
+        if isinstance(rho, str) and rho != "auto":
+            raise ValueError(f"rho: must be a number >= 0 or 'auto', got {rho!r}")
+        self.rho = rho if rho == "auto" else check_positive("rho", rho, allow_zero=True)
         self.num_coords = check_positive("num_coords", num_coords, integer=True, allow_zero=True)
         self.mode = check_choice("mode", mode, ("paper", "compat"))
         self.batch_size = check_positive("batch_size", batch_size, integer=True)
         self.weights = bool(weights)
 
-    def select(self, model, dataset, batch_size=256, device=None, **extra):
+    def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
         if self.mode == "paper":
-            return super().select(model, dataset, batch_size, device, **extra)
+            return super().select(model, dataset, batch_size, device, forgetting)
         # compat: features with BatchNorm in train mode on the per-class batches.
         from .data import dataset_targets
         from .train import extract_features_train_bn
@@ -295,30 +364,54 @@ class LCMat(Selector):
         labels = dataset_targets(dataset)
         embeddings, logits, _ = extract_features_train_bn(model, dataset, labels, batch_size=self.batch_size,
                                                           device=device)
-        return self.select_features(embeddings=embeddings, logits=logits, labels=labels, **extra)
+        return self.select_features(embeddings=embeddings, logits=logits, labels=labels, forgetting=forgetting)
 
-    def _select(self, data):
-        picks, weights = [], []
-        for c, idx, k in zip(self._classes(data), data.class_indices, data.budgets):
-            local, gamma = self.select_class(data.embeddings[idx], data.logits[idx], data.labels[idx], int(k))
-            picks.append(idx[local])
-            weights.append(gamma)
-        return np.concatenate(picks), (np.concatenate(weights) if self.weights else None), None
-
-    def select_class(self, embeddings, logits, labels, k):
-        """(positions of the k picks within the class, their weights gamma) for one class."""
-        scale = None
+    def _prepare(self, data):
+        self._rho_used = []
         if self.mode == "compat":
-            scale = torch.as_tensor(batch_scale(len(labels), self.batch_size), dtype=embeddings.dtype,
-                                    device=embeddings.device)
+            # s_i from each sample's rank within its class, whatever group it is picked in.
+            scale = np.empty(len(data))
+            for idx in data.class_indices:
+                scale[idx] = batch_scale(len(idx), self.batch_size)
+            data.scale = torch.as_tensor(scale, dtype=self.dtype, device=data.labels.device)
+
+    def _pick(self, data, positions, k):
+        index = torch.as_tensor(positions, device=data.labels.device)
+        scale = data.scale[index] if self.mode == "compat" else None
+        local, gamma = self.select_block(data.embeddings[index], data.logits[index], data.labels[index], k, scale)
+        return positions[local], (gamma if self.weights else None)
+
+    def _coreset(self, data, picks, weights, seconds):
+        coreset = super()._coreset(data, picks, weights, seconds)
+        if self.rho == "auto":
+            coreset.info["rho"] = np.array(self._rho_used)
+        return coreset
+
+    def select_block(self, embeddings, logits, labels, k, scale=None):
+        """(positions of the k picks within the block, their weights gamma) for one class."""
         e, q = ops.last_layer_factors(logits, labels, backend=self.backend)
         coords = torch.zeros(0, dtype=torch.long, device=embeddings.device)
         if self.rho != 0 and self.num_coords > 0:
             coords = ops.top_variance_coords(embeddings, q, self.num_coords, scale, backend=self.backend)
-        dist = ops.lcmat_distance(embeddings, e, q, coords, self.rho, scale, backend=self.backend)
+        if self.rho == "auto":
+            dist = self._auto_rho_distance(embeddings, e, q, coords, scale)
+        else:
+            dist = ops.lcmat_distance(embeddings, e, q, coords, self.rho, scale, backend=self.backend)
         L = None if self.mode == "paper" else 10.0
         picks, _, gamma = ops.facility_location_greedy(dist, k, L, lazy=True, backend=self.backend)
         return picks.cpu().numpy(), gamma.cpu().numpy()
+
+    def _auto_rho_distance(self, embeddings, e, q, coords, scale):
+        grad = ops.gradient_distance(embeddings, e, scale, backend=self.backend)
+        curv = ops.pairwise_l1(ops.hessian_diag_coords(embeddings, q, coords, scale), backend=self.backend)
+        off = ~torch.eye(len(grad), dtype=torch.bool, device=grad.device)
+        if off.sum() == 0:
+            self._rho_used.append(0.0)
+            return grad
+        curv_median = float(curv[off].median())
+        rho = float(grad[off].median()) / curv_median if curv_median > 0 else 0.0
+        self._rho_used.append(rho)
+        return grad + rho * curv
 
 
 class CRAIG(LCMat):
@@ -327,9 +420,10 @@ class CRAIG(LCMat):
     name = "craig"
 
     def __init__(self, fraction=0.1, mode="paper", batch_size=128, weights=True, balance=True,
-                 seed=0, backend=None, progress=None, dtype=torch.float32):
+                 seed=0, backend=None, progress=None, dtype=torch.float32, coverage=False,
+                 difficulty="el2n", prune_hard=0.1, num_strata=50):
         super().__init__(fraction, 0.0, 0, mode, batch_size, weights, balance, seed, backend,
-                         progress, dtype)
+                         progress, dtype, coverage, difficulty, prune_hard, num_strata)
 
 
 class FDMat(ScoreSelector):
@@ -347,8 +441,10 @@ class FDMat(ScoreSelector):
     keep = "smallest"
 
     def __init__(self, fraction=0.1, lam=10.0, beta=0.5, balance=True, seed=0, max_iter=1000,
-                 tol=1e-6, negative="error", backend=None, progress=None, dtype=torch.float32):
-        super().__init__(fraction, balance, seed, backend, progress, dtype)
+                 tol=1e-6, negative="error", backend=None, progress=None, dtype=torch.float32,
+                 coverage=False, difficulty="el2n", prune_hard=0.1, num_strata=50):
+        super().__init__(fraction, balance, seed, backend, progress, dtype, coverage, difficulty,
+                         prune_hard, num_strata)
         self.lam = check_positive("lam", lam)
         self.beta = check_positive("beta", beta)
         self.max_iter = check_positive("max_iter", max_iter, integer=True)

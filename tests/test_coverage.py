@@ -1,0 +1,106 @@
+"""Coverage stratification (lcmat.coverage) on synthetic scores, and the coverage option."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import lcmat
+from lcmat.coverage import coverage_groups, prune_hardest, strata_of, stratum_budgets
+
+
+def test_prune_hardest_drops_the_top_fraction_and_later_index_on_ties():
+    scores = np.array([0.1, 0.9, 0.5, 0.9, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8])
+    assert prune_hardest(scores, k=2, prune_hard=0.2).tolist() == [0, 2, 4, 5, 6, 7, 8, 9]
+    # A tie at the cut: of the two 0.9s only the later one goes.
+    assert prune_hardest(scores, k=2, prune_hard=0.1).tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+def test_prune_hardest_keeps_at_least_k():
+    scores = np.arange(10.0)
+    assert len(prune_hardest(scores, k=9, prune_hard=0.5)) == 9
+    assert len(prune_hardest(scores, k=10, prune_hard=0.5)) == 10
+
+
+def test_strata_are_equal_width_bins():
+    scores = np.array([0.0, 0.24, 0.25, 0.5, 0.99, 1.0])
+    assert strata_of(scores, 4).tolist() == [0, 0, 1, 2, 3, 3]
+    assert strata_of(np.ones(5), 4).tolist() == [0] * 5
+
+
+def test_stratum_budgets_fill_small_strata_then_spread():
+    assert stratum_budgets([1, 10, 10], 9).tolist() == [1, 4, 4]
+    assert stratum_budgets([2, 2, 100], 30).tolist() == [2, 2, 26]
+    assert stratum_budgets([5, 5, 5], 14).tolist() == [4, 5, 5]
+
+
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=12), st.integers(0, 200))
+def test_stratum_budgets_sum_to_k_within_capacity(sizes, k):
+    budgets = stratum_budgets(sizes, k)
+    assert budgets.sum() == min(k, sum(sizes))
+    assert (budgets <= np.array(sizes)).all() and (budgets >= 0).all()
+
+
+@given(st.integers(1, 300), st.floats(0, 0.9), st.integers(1, 20), st.integers(0, 10 ** 6))
+def test_coverage_groups_partition_a_budget_of_k(n, prune, strata, seed):
+    scores = np.random.default_rng(seed).normal(size=n)
+    k = max(1, n // 7)
+    groups = coverage_groups(scores, k, strata, prune)
+    positions = np.concatenate([p for p, _ in groups])
+    assert sum(b for _, b in groups) == k
+    assert len(np.unique(positions)) == len(positions)
+    assert all(0 < b <= len(p) for p, b in groups)
+    hardest = np.argsort(-scores, kind="stable")[: min(int(prune * n), n - k)]
+    assert not np.isin(hardest, positions).any()
+
+
+def _problem(n=400, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    return torch.randn(n, 12, generator=g).relu(), 3 * torch.randn(n, classes, generator=g), y
+
+
+@pytest.mark.parametrize("name", sorted(lcmat.METHODS))
+def test_coverage_option_keeps_budgets_and_spans_difficulty(name):
+    H, Z, y = _problem()
+    extra = {"forgetting": np.arange(len(y)) % 5} if name == "forgetting" else {}
+    cs = lcmat.get_method(name, fraction=0.1, coverage=True, num_strata=5, prune_hard=0.1).select_features(
+        embeddings=H, logits=Z, labels=y, **extra)
+    assert cs.class_counts(y.numpy()).tolist() == [10, 10, 10, 10]
+    el2n = (torch.softmax(Z, 1) - torch.nn.functional.one_hot(y, 4)).norm(dim=1).numpy()
+    for c in range(4):
+        members = np.flatnonzero(y.numpy() == c)
+        hardest = members[np.argsort(-el2n[members], kind="stable")[:10]]
+        assert not np.isin(hardest, cs.indices).any()  # the hardest 10 % are pruned
+        picked = el2n[cs.indices[y.numpy()[cs.indices] == c]]
+        kept = np.setdiff1d(members, hardest)
+        # Every one of the 5 difficulty strata of the kept samples is represented.
+        assert len(np.unique(strata_of(np.concatenate([el2n[kept], picked]), 5)[len(kept):])) == 5
+
+
+def test_coverage_is_deterministic_and_errors_name_arguments():
+    H, Z, y = _problem()
+    a = lcmat.LCMat(fraction=0.1, coverage=True).select_features(embeddings=H, logits=Z, labels=y)
+    b = lcmat.LCMat(fraction=0.1, coverage=True).select_features(embeddings=H, logits=Z, labels=y)
+    assert np.array_equal(a.indices, b.indices)
+    with pytest.raises(ValueError, match="prune_hard"):
+        lcmat.LCMat(coverage=True, prune_hard=1.0)
+    with pytest.raises(ValueError, match="num_strata"):
+        lcmat.Uniform(coverage=True, num_strata=0)
+    with pytest.raises(ValueError, match="difficulty"):
+        lcmat.Herding(coverage=True, difficulty="own")
+    with pytest.raises(ValueError, match="logits"):
+        lcmat.Herding(fraction=0.1, coverage=True).select_features(embeddings=H, labels=y)
+
+
+def test_auto_rho_equalises_the_median_of_both_terms():
+    from lcmat import reference as R
+    H, Z, y = _problem(n=120, classes=2)
+    cs = lcmat.LCMat(fraction=0.1, rho="auto", dtype=torch.float64).select_features(embeddings=H, logits=Z, labels=y)
+    for c, rho in enumerate(cs.info["rho"]):
+        h, z, yc = H[y == c].double(), Z[y == c].double(), y[y == c]
+        e, q = R.last_layer_factors(z, yc)
+        coords = R.top_variance_coords(h, q, 100)
+        grad = R.gradient_distance(h, e)
+        curv = R.pairwise_l1(R.hessian_diag_coords(h, q, coords))
+        off = ~torch.eye(len(h), dtype=torch.bool)
+        assert rho * curv[off].median() == pytest.approx(float(grad[off].median()), rel=1e-9)
