@@ -1,4 +1,4 @@
-"""The `lcmat` command: `select`, `methods`, `demo`."""
+"""The `lcmat` command: `select`, `methods`, `demo`, `experiment`."""
 import argparse
 import inspect
 import sys
@@ -9,7 +9,8 @@ import numpy as np
 from .selectors import METHODS
 
 # Constructor arguments that are not method options on the command line.
-_COMMON = {"self", "fraction", "balance", "seed", "backend", "progress", "dtype"}
+_COMMON = {"self", "fraction", "balance", "seed", "backend", "progress", "dtype",
+           "coverage", "difficulty", "prune_hard", "num_strata"}
 
 
 def method_options(cls):
@@ -22,16 +23,20 @@ def _flag(name):
     return "--" + name.replace("_", "-")
 
 
-def _parse_value(text, default):
-    if isinstance(default, bool):
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    if isinstance(default, int):
-        return int(text)
-    if isinstance(default, float):
-        return float(text)
-    return text
+def _parse_value(name, text, default):
+    """A method option's command-line text as the type of its default ('auto' stays text)."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"expected true or false, got {text!r}")
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return text if text == "auto" else float(text)
+        return text
+    except ValueError as err:
+        raise SystemExit(f"lcmat select: {_flag(name)}: {err}")
 
 
 def _all_options():
@@ -55,7 +60,8 @@ def cmd_methods(args):
         opts = ", ".join(f"{_flag(k)} {v}" for k, v in method_options(cls).items())
         print(f"{name:<18} {needs:<22} {opts}")
         print(f"{'':<18} {summary(cls.__doc__)}")
-    print("\nEvery method also takes --fraction, --balance/--no-balance, --seed, --backend.")
+    print("\nEvery method also takes --fraction, --balance/--no-balance, --seed, --backend, and the "
+          "coverage options --coverage, --difficulty {el2n,own,forgetting}, --prune-hard, --num-strata.")
 
 
 def _load_features(path):
@@ -79,13 +85,14 @@ def cmd_select(args):
         if name not in allowed:
             raise SystemExit(f"lcmat select: {_flag(name)} is not an option of {args.method} "
                              f"(its options: {', '.join(map(_flag, allowed)) or 'none'})")
-        options[name] = _parse_value(value, allowed[name])
+        options[name] = _parse_value(name, value, allowed[name])
     feats = _load_features(args.features)
-    extra = {"forgetting": feats["forgetting"]} if args.method == "forgetting" and "forgetting" in feats else {}
-    selector = cls(fraction=args.fraction, balance=args.balance, seed=args.seed, backend=args.backend,
-                   progress=not args.quiet, **options)
+    extra = {"forgetting": feats["forgetting"]} if "forgetting" in feats else {}
     start = time.perf_counter()
     try:
+        selector = cls(fraction=args.fraction, balance=args.balance, seed=args.seed, backend=args.backend,
+                       progress=not args.quiet, coverage=args.coverage, difficulty=args.difficulty,
+                       prune_hard=args.prune_hard, num_strata=args.num_strata, **options)
         coreset = selector.select_features(embeddings=feats.get("embeddings"), logits=feats.get("logits"),
                                            labels=feats["labels"], **extra)
     except ValueError as err:
@@ -123,24 +130,177 @@ def build_parser():
     sel.add_argument("--seed", type=int, default=0)
     sel.add_argument("--backend", choices=["reference", "cpu", "cuda", "triton"], default=None)
     sel.add_argument("--quiet", action="store_true", help="no progress bars")
+    sel.add_argument("--coverage", action="store_true",
+                     help="coverage-centric selection: stratify by difficulty, drop the hardest")
+    sel.add_argument("--difficulty", default="el2n", choices=["el2n", "own", "forgetting"])
+    sel.add_argument("--prune-hard", type=float, default=0.1)
+    sel.add_argument("--num-strata", type=int, default=50)
     for name, default in _all_options().items():
         sel.add_argument(_flag(name), dest=name, default=None, metavar=type(default).__name__.upper(),
                          help=f"default {default}")
     sel.set_defaults(run=cmd_select)
 
-    demo = sub.add_parser("demo", help="the main job on data that needs no download")
-    demo.add_argument("--dataset", default="digits")
-    demo.add_argument("--methods", default=",".join(METHODS))
-    demo.add_argument("--fractions", default="0.01,0.1")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="the experiment pipeline in miniature, on data that needs no download")
+    demo.add_argument("--dataset", default="digits",
+                      help="digits (default, needs no files) or an offline dataset, e.g. fashion-mnist")
+    demo.add_argument("--model", default=None, help="default: mlp for digits, lenet otherwise")
+    demo.add_argument("--methods", default="all", help="comma-separated methods, or 'all' (default)")
+    demo.add_argument("--fractions", default=None, help="default: 0.05,0.1 (digits), 0.005,0.05 (others)")
+    demo.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
+    demo.add_argument("--steps", type=int, default=None, help="SGD steps per coreset")
+    demo.add_argument("--selection-epochs", type=int, default=None)
+    demo.add_argument("--out", default=None, help="output folder (default results/demo-<dataset>)")
+    demo.add_argument("--data-dir", default=None)
+    demo.add_argument("--device", default="cpu")
     demo.set_defaults(run=cmd_demo)
+
+    _add_experiment_parser(sub)
     return parser
 
 
 def cmd_demo(args):
     from .demo import run_demo
-    run_demo(dataset=args.dataset, methods=args.methods.split(","),
-             fractions=[float(f) for f in args.fractions.split(",")], seed=args.seed)
+    options = {k: v for k, v in dict(model=args.model, steps=args.steps, selection_epochs=args.selection_epochs,
+                                      out_dir=args.out, data_dir=args.data_dir).items() if v is not None}
+    if args.fractions is not None:
+        options["fractions"] = _float_list(args.fractions, "--fractions")
+    run_demo(dataset=args.dataset, methods=args.methods.split(","), seeds=_int_list(args.seeds, "--seeds"),
+             device=args.device, **options)
+
+
+def _float_list(text, flag):
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"lcmat: {flag}: expected comma-separated numbers, got {text!r}")
+
+
+def _int_list(text, flag):
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"lcmat: {flag}: expected comma-separated integers, got {text!r}")
+
+
+def _add_experiment_parser(sub):
+    from .experiment import PRESETS
+
+    exp = sub.add_parser(
+        "experiment", help="pre-train, select with every method and fraction, train on each coreset",
+        description="Per seed: pre-train a selection model (cached), select a coreset with every method and "
+                    "fraction, train a fresh network on each and record test accuracy. Writes results.csv "
+                    "(one row per dataset, model, method, fraction, seed), summary.md and accuracy.png "
+                    "into --out.")
+    exp.add_argument("--preset", choices=sorted(PRESETS),
+                     help="paper: CIFAR-10, ResNet-18, 10 selection epochs, 200 epochs, 5 seeds (GPU); "
+                          "cpu: Fashion-MNIST, LeNet, 10 selection epochs, 300 SGD steps per coreset, 3 seeds. "
+                          "Explicit options override the preset's values")
+    exp.add_argument("--dataset", help="mnist, fashion-mnist, emnist-letters, cifar10 or digits")
+    exp.add_argument("--model", help="resnet18, convnet (ConvNet-3), lenet or mlp")
+    exp.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",
+                     help="model constructor option, e.g. width=32 for convnet (repeatable)")
+    exp.add_argument("--methods", help="comma-separated methods, 'all', or variants such as lcmat:rho=1 "
+                                       "(default: all)")
+    exp.add_argument("--option", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                     help="a method option, e.g. lcmat.rho=1 or fdmat.lam=20 (repeatable)")
+    exp.add_argument("--fractions", help="comma-separated per-class fractions")
+    exp.add_argument("--seeds", help="comma-separated seeds")
+    exp.add_argument("--out", required=True, help="output folder")
+    exp.add_argument("--resume", action="store_true", help="skip rows already in OUT/results.csv")
+    exp.add_argument("--overwrite", action="store_true", help="start OUT/results.csv afresh")
+    exp.add_argument("--steps", type=int, help="SGD steps per coreset (epochs = ceil(steps / batches per epoch))")
+    exp.add_argument("--epochs", type=int, help="epochs per coreset (instead of --steps)")
+    exp.add_argument("--selection-epochs", type=int, help="selection-model epochs")
+    exp.add_argument("--evaluations", type=int,
+                     help="test evaluations spread over each coreset training (default: every epoch)")
+    exp.add_argument("--batch-size", type=int)
+    exp.add_argument("--lr", type=float)
+    exp.add_argument("--device", help="cpu or cuda (default: the preset's, else cuda when available)")
+    exp.add_argument("--data-dir", help="folder of the offline datasets (default ../shared/data)")
+    exp.add_argument("--backend", choices=["reference", "cpu", "cuda", "triton"], default=None,
+                     help="kernel backend of the selectors (default: the fastest available)")
+    exp.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
+    exp.add_argument("--summary-only", action="store_true",
+                     help="only rewrite summary.md and accuracy.png from OUT/results.csv")
+    exp.add_argument("--quiet", action="store_true", help="no progress bars")
+    exp.set_defaults(run=cmd_experiment)
+
+
+def _experiment_settings(args):
+    """run_experiment's keyword arguments: the preset (or the defaults), then the explicit options."""
+    import torch
+
+    from .experiment import PRESETS, parse_option
+
+    settings = dict(selection_epochs=10, epochs=200, steps=None, seeds=(0, 1, 2),
+                    fractions=(0.005, 0.01, 0.05, 0.1), batch_size=128, lr=0.1, evaluations=None,
+                    device="cuda" if torch.cuda.is_available() else "cpu", methods="all")
+    if args.preset:
+        settings.update(PRESETS[args.preset])
+    if args.epochs is not None and args.steps is not None:
+        raise SystemExit("lcmat experiment: give --epochs or --steps, not both")
+    if args.epochs is not None:
+        settings.update(epochs=args.epochs, steps=None)
+    if args.steps is not None:
+        settings.update(steps=args.steps)
+    for name in ("dataset", "model", "methods", "selection_epochs", "evaluations", "batch_size", "lr",
+                 "device", "backend"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.fractions is not None:
+        settings["fractions"] = _float_list(args.fractions, "--fractions")
+    if args.seeds is not None:
+        settings["seeds"] = _int_list(args.seeds, "--seeds")
+    for name in ("dataset", "model"):
+        if not settings.get(name):
+            raise SystemExit(f"lcmat experiment: --{name} is required (or give a --preset)")
+    method_options = {}
+    for text in args.option:
+        try:
+            method, key, value = parse_option(text)
+        except ValueError as err:
+            raise SystemExit(f"lcmat experiment: --{err}")
+        method_options.setdefault(method, {})[key] = value
+    model_options = {}
+    for text in args.model_option:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"lcmat experiment: --model-option: expected NAME=VALUE, got {text!r}")
+        model_options[key.strip()] = _number_or_text(value.strip())
+    settings.update(method_options=method_options, model_options=model_options, data_dir=args.data_dir,
+                    out_dir=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    return settings
+
+
+def _number_or_text(text):
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def cmd_experiment(args):
+    from .experiment import RESULTS_FILE, read_results, run_experiment, write_summary
+
+    if args.summary_only:
+        path = f"{args.out}/{RESULTS_FILE}"
+        try:
+            rows = read_results(path)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"lcmat experiment: --out: {err}")
+        for written in write_summary(rows, args.out):
+            print(f"wrote {written}")
+        return
+    settings = _experiment_settings(args)
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
+    try:
+        run_experiment(**settings)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"lcmat experiment: {err}")
 
 
 def main(argv=None):

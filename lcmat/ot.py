@@ -1,5 +1,7 @@
 """Entropic OT as a service of the package (DESIGN.md 2.3): a POT-style functional API and the
 per-class diagnostic of how far a coreset's feature distribution is from its class's."""
+import warnings
+
 import numpy as np
 import torch
 
@@ -38,7 +40,8 @@ def coreset_ot_distance(embeddings, labels, indices, weights=None, reg=0.05, max
                         tol=1e-6, backend=None):
     """Per class, the entropic OT cost <P, M> between the class's samples (uniform mass) and
     its selected samples (uniform mass, or `weights`), on squared Euclidean distances of the
-    L2-normalised embeddings; all classes solved in one ragged batch. np.float64 [C]."""
+    L2-normalised embeddings; all classes solved in one ragged batch. np.float64 [C], NaN for
+    a class with no selected sample; warns when a class did not converge."""
     y, num_classes = as_labels(labels)
     x = as_features("embeddings", embeddings, len(y), dtype=torch.float64)
     x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -61,8 +64,17 @@ def coreset_ot_distance(embeddings, labels, indices, weights=None, reg=0.05, max
     xr, xc = x[torch.from_numpy(np.concatenate(rows))], x[torch.from_numpy(np.concatenate(cols))]
     a, b = torch.from_numpy(np.concatenate(a)), torch.from_numpy(np.concatenate(b))
     row_off, col_off = torch.tensor(row_off), torch.tensor(col_off)
-    f, g, _, _ = ops.sinkhorn_log_ragged(a, b, row_off, col_off, reg, x=xr, y=xc, max_iter=max_iter,
-                                         tol=tol, backend=backend)
+    f, g, _, err = ops.sinkhorn_log_ragged(a, b, row_off, col_off, reg, x=xr, y=xc, max_iter=max_iter,
+                                           tol=tol, backend=backend)
+    slow = [c for c in range(num_classes) if col_off[c + 1] > col_off[c] and float(err[c]) > tol]
+    if slow:
+        warnings.warn(f"coreset_ot_distance: Sinkhorn did not reach tol={tol} in max_iter={max_iter} "
+                      f"for classes {slow[:10]} (worst marginal error {float(err.max()):.2g}); "
+                      f"raise max_iter or reg", RuntimeWarning)
+    empty = [c for c in range(num_classes) if col_off[c + 1] == col_off[c]]
+    if empty:
+        warnings.warn(f"coreset_ot_distance: classes {empty[:10]} have no selected sample; their "
+                      f"distance is NaN", RuntimeWarning)
     out = np.full(num_classes, np.nan)
     for c in range(num_classes):
         r0, r1, c0, c1 = row_off[c], row_off[c + 1], col_off[c], col_off[c + 1]

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from . import ops
 from .coreset import Coreset, class_budgets, global_budget, split_budget
 from .coverage import coverage_groups
-from .validation import (as_features, as_labels, as_tensor, check_choice, check_fraction,
-                         check_positive)
+from .validation import (as_features, as_labels, as_tensor, check_bool, check_choice,
+                         check_fraction, check_positive)
 
 
 class Features:
@@ -70,12 +70,12 @@ class Selector:
                  dtype=torch.float32, coverage=False, difficulty="el2n", prune_hard=0.1,
                  num_strata=50):
         self.fraction = check_fraction(fraction)
-        self.balance = bool(balance)
-        self.seed = int(seed)
+        self.balance = check_bool("balance", balance)
+        self.seed = check_positive("seed", seed, integer=True, allow_zero=True)
         self.backend = backend
         self.progress = progress
         self.dtype = dtype
-        self.coverage = bool(coverage)
+        self.coverage = check_bool("coverage", coverage)
         self.difficulty = check_choice("difficulty", difficulty, ("el2n", "own", "forgetting"))
         if self.coverage and difficulty == "own" and not isinstance(self, ScoreSelector):
             raise ValueError(f"difficulty: {self.name} has no score of its own; use 'el2n' or 'forgetting'")
@@ -251,7 +251,10 @@ class Margin(ScoreSelector):
     keep = "smallest"
 
     def _scores(self, data):
-        top2 = torch.softmax(data.logits, 1).topk(2, dim=1).values
+        p = torch.softmax(data.logits, 1)
+        if p.shape[1] < 2:  # one class: the runner-up has probability 0
+            return p[:, 0]
+        top2 = p.topk(2, dim=1).values
         return top2[:, 0] - top2[:, 1]
 
 
@@ -352,7 +355,7 @@ class LCMat(Selector):
         self.num_coords = check_positive("num_coords", num_coords, integer=True, allow_zero=True)
         self.mode = check_choice("mode", mode, ("paper", "compat"))
         self.batch_size = check_positive("batch_size", batch_size, integer=True)
-        self.weights = bool(weights)
+        self.weights = check_bool("weights", weights)
 
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
         if self.mode == "paper":

@@ -1,4 +1,6 @@
 """Input checks shared by the selectors: each error names the argument at fault."""
+import numbers
+
 import numpy as np
 import torch
 
@@ -58,15 +60,26 @@ def as_labels(labels, num_classes=None, device=None):
     return y, num_classes
 
 
+def _is_number(value, integer=False):
+    """A real number (Python or NumPy scalar), not a bool; an integral type when `integer`."""
+    kind = numbers.Integral if integer else numbers.Real
+    return isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+
+
 def check_fraction(fraction):
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    if not _is_number(fraction) or not 0 < fraction <= 1:
         raise ValueError(f"fraction: must be a number in (0, 1], got {fraction!r}")
     return float(fraction)
 
 
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_positive(name, value, integer=False, allow_zero=False):
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and np.isfinite(value)
+    ok = _is_number(value, integer) and np.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         sign = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}: must be {'an integer' if integer else 'a number'} {sign}, got {value!r}")
