@@ -94,7 +94,10 @@ def curvature_moments(embeddings, q, scale=None, backend=None):
 
 
 def top_variance_coords(embeddings, q, num_coords, scale=None, backend=None):
-    return _call("top_variance_coords", backend, embeddings, q, num_coords, scale)
+    """The backend computes the moments; the ordering (reference.coords_by_variance) is shared,
+    so every backend picks the same coordinates."""
+    mean, second = curvature_moments(embeddings, q, scale, backend=backend)
+    return reference.coords_by_variance(mean, second, num_coords)
 
 
 def hessian_diag_coords(embeddings, q, coords, scale=None, backend=None):

@@ -12,13 +12,18 @@ import heapq
 import torch
 
 
-def _similarity(dist, L):
-    L = dist.max() if L is None else torch.as_tensor(L, dtype=dist.dtype, device=dist.device)
-    return (L - dist).clamp_min(0.0)
+def _similarity_columns(dist, L):
+    """S^T with S_ij = max(0, L - D_ij): row j holds column j of S, contiguous."""
+    if L is None:
+        L = dist.max() if dist.numel() else 0.0
+    L = torch.as_tensor(L, dtype=dist.dtype, device=dist.device)
+    return (L - dist.T).clamp_min(0.0).contiguous()
 
 
-def _gains(sim, coverage):
-    return (sim - coverage[:, None]).clamp_min_(0.0).sum(0)
+def _gains(sim_t, coverage, cols=slice(None)):
+    """gain_j = sum_i max(0, S_ij - m_i) for the columns `cols`. Naive and lazy greedy both call
+    this, so equal gains round equally and ties break the same way."""
+    return (sim_t[cols] - coverage).clamp_min_(0.0).sum(-1)
 
 
 def facility_location_greedy(dist, k, L=None, lazy=False):
@@ -31,41 +36,41 @@ def facility_location_greedy(dist, k, L=None, lazy=False):
     n = dist.shape[0]
     if not 0 <= k <= n:
         raise ValueError(f"k: must lie in [0, {n}], got {k}")
-    sim = _similarity(dist, L)
-    picks = _lazy_picks(sim, k) if lazy else _naive_picks(sim, k)
+    sim_t = _similarity_columns(dist, L)
+    picks = _lazy_picks(sim_t, k) if lazy else _naive_picks(sim_t, k)
     picks = torch.tensor(picks, dtype=torch.long, device=dist.device)
-    objective = sim[:, picks].cummax(dim=1).values.sum(0) if k else sim.new_zeros(0)
+    objective = sim_t[picks].cummax(dim=0).values.sum(1) if k else sim_t.new_zeros(0)
     return picks, objective, nearest_pick_counts(dist, picks)
 
 
-def _naive_picks(sim, k):
-    n = sim.shape[0]
-    coverage = sim.new_zeros(n)
-    selected = torch.zeros(n, dtype=torch.bool, device=sim.device)
+def _naive_picks(sim_t, k):
+    n = sim_t.shape[0]
+    coverage = sim_t.new_zeros(n)
+    selected = torch.zeros(n, dtype=torch.bool, device=sim_t.device)
     picks = []
     for _ in range(k):
-        gains = _gains(sim, coverage).masked_fill_(selected, -1.0)
+        gains = _gains(sim_t, coverage).masked_fill_(selected, -1.0)
         j = int(torch.argmax(gains))  # argmax returns the first maximum: lowest index wins
         picks.append(j)
         selected[j] = True
-        coverage = torch.maximum(coverage, sim[:, j])
+        coverage = torch.maximum(coverage, sim_t[j])
     return picks
 
 
-def _lazy_picks(sim, k):
-    n = sim.shape[0]
-    coverage = sim.new_zeros(n)
+def _lazy_picks(sim_t, k):
+    n = sim_t.shape[0]
+    coverage = sim_t.new_zeros(n)
     # Heap of (-upper bound on gain, index): ties on the bound pop the lowest index first.
-    heap = [(-float(g), j) for j, g in enumerate(_gains(sim, coverage).tolist())]
+    heap = [(-float(g), j) for j, g in enumerate(_gains(sim_t, coverage).tolist())]
     heapq.heapify(heap)
     picks = []
     while len(picks) < k:
         _, j = heapq.heappop(heap)
-        gain = float((sim[:, j] - coverage).clamp_min(0.0).sum())
+        gain = float(_gains(sim_t, coverage, slice(j, j + 1))[0])
         # j is the true best if its fresh gain still beats every other bound (ties: lower index).
         if not heap or (-gain, j) <= heap[0]:
             picks.append(j)
-            coverage = torch.maximum(coverage, sim[:, j])
+            coverage = torch.maximum(coverage, sim_t[j])
         else:
             heapq.heappush(heap, (-gain, j))
     return picks

@@ -38,15 +38,27 @@ def curvature_moments(embeddings, q, scale=None):
     return mean, second
 
 
-def top_variance_coords(embeddings, q, num_coords, scale=None):
-    """The `num_coords` coordinates with the largest population variance of d_i over the rows,
-    in decreasing variance, lowest coordinate index first among equal variances. LongTensor [K]."""
-    mean, second = curvature_moments(embeddings, q, scale)
-    var = (second - mean.square()).clamp_min_(0.0)
+def coords_by_variance(mean, second, num_coords):
+    """The `num_coords` coordinates of largest population variance second - mean^2, in
+    decreasing variance, lowest coordinate index first among equal variances. LongTensor [K].
+
+    Two guards make the order depend on the mathematics, not on rounding: a variance below
+    1e-12 of its second moment is cancellation noise and counts as zero (a one-sample class or
+    identical samples), and variances are rounded to float32 before sorting, so that values
+    equal up to the GEMMs' summation order (duplicated features, other backends) tie and are
+    broken by index.
+    """
+    var = second - mean.square()
+    var = torch.where(var <= 1e-12 * second.abs(), torch.zeros_like(var), var).float()
     k = min(num_coords, var.numel())
-    # Stable descending sort keeps the lowest index first among ties.
-    order = torch.sort(var, descending=True, stable=True).indices
-    return order[:k]
+    # A stable descending sort keeps the lowest index first among ties.
+    return torch.sort(var, descending=True, stable=True).indices[:k]
+
+
+def top_variance_coords(embeddings, q, num_coords, scale=None):
+    """The `num_coords` coordinates of d_i with the largest variance over the rows (the class):
+    `coords_by_variance` of `curvature_moments`."""
+    return coords_by_variance(*curvature_moments(embeddings, q, scale), num_coords)
 
 
 def hessian_diag_coords(embeddings, q, coords, scale=None):

@@ -83,7 +83,7 @@ def sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost=None, x=None, 
 
     Returns (f [sum n_p], g [sum m_p], n_iter [P], err [P]).
     """
-    if (cost is None) == (x is None or y is None):
+    if (cost is None) == (x is None and y is None) or (x is None) != (y is None):
         raise ValueError("cost, x, y: give either a stored `cost` or both features `x` and `y`")
     num = len(row_offsets) - 1
     f, g = torch.zeros_like(a), torch.zeros_like(b)

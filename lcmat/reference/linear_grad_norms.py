@@ -1,0 +1,98 @@
+"""Per-sample gradient norms of nn.Linear layers, on sequence inputs (GraNd over a whole network).
+
+For a linear layer y = x W^T + b applied to sample i's T positions, with input A_i [T, d_in] and
+output gradient G_i [T, d_out] (the gradient of sample i's loss with respect to the layer's output),
+sample i's gradients are
+
+    dW_i = G_i^T A_i  [d_out, d_in],    db_i = sum_t G_i[t]  [d_out],
+
+and ||dW_i||_F^2 = ||A_i^T G_i||_F^2. The reference materialises every per-sample gradient (the
+obvious definition); the kernels use the ghost-norm identity ||A^T G||_F^2 = <A A^T, G G^T>_F where
+it is cheaper. A layer called several times in one forward pass (weight sharing) gets the sum of
+its calls' gradients, i.e. A and G concatenated along T.
+"""
+import torch
+from torch import nn
+
+
+def linear_grad_norms(activations, grad_outputs):
+    """||A_i^T G_i||_F^2 per sample, [N], from A [N, T, d_in] and G [N, T, d_out] (a 2-D [N, d]
+    pair is read as T = 1). These are SQUARED norms, so that layers add up."""
+    A, G = _as_sequences(activations, grad_outputs)
+    per_sample = torch.einsum("nti,nto->nio", A, G)  # materialised: N x d_in x d_out
+    return per_sample.square().sum(dim=(1, 2))
+
+
+def _as_sequences(activations, grad_outputs):
+    if activations.dim() == 2:
+        activations = activations[:, None, :]
+    if grad_outputs.dim() == 2:
+        grad_outputs = grad_outputs[:, None, :]
+    if activations.dim() != 3 or grad_outputs.dim() != 3:
+        raise ValueError(f"activations, grad_outputs: expected [N, T, d] (or [N, d]) tensors, "
+                         f"got shapes {tuple(activations.shape)} and {tuple(grad_outputs.shape)}")
+    if activations.shape[:2] != grad_outputs.shape[:2]:
+        raise ValueError(f"activations, grad_outputs: expected the same N and T, got shapes "
+                         f"{tuple(activations.shape)} and {tuple(grad_outputs.shape)}")
+    return activations, grad_outputs
+
+
+def per_sample_grad_norms(model, inputs, targets, loss_fn):
+    """||grad_theta loss_i||_2 per sample, [N], over the weights and biases of every nn.Linear in
+    `model` whose parameters require grad.
+
+    `loss_fn(outputs, targets)` must return the per-sample losses [N] (e.g.
+    nn.CrossEntropyLoss(reduction="none")); their sum is backpropagated once, so sample i's output
+    gradients are those of its own loss. Samples must not interact in the forward pass (BatchNorm
+    in train mode does): put the model in eval mode first. Only nn.Linear parameters count.
+    """
+    return collect_linear_grad_norms(model, inputs, targets, loss_fn, linear_grad_norms)
+
+
+def collect_linear_grad_norms(model, inputs, targets, loss_fn, weight_sq_norms):
+    """The hook machinery behind `per_sample_grad_norms`, with the per-layer squared weight-norm
+    function `weight_sq_norms(A [N, T, d_in], G [N, T, d_out]) -> [N]` as a parameter so that
+    every backend shares it."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)
+              and any(p.requires_grad for p in m.parameters(recurse=False))]
+    calls = {layer: [] for layer in layers}  # per layer: [A, G] per call, G filled by a tensor hook
+
+    def forward_hook(layer, args, output):
+        record = [args[0].detach(), None]
+        calls[layer].append(record)
+
+        def store_grad(grad):
+            record[1] = grad.detach()
+        if output.requires_grad:
+            output.register_hook(store_grad)
+
+    handles = [layer.register_forward_hook(forward_hook) for layer in layers]
+    try:
+        outputs = model(inputs)
+        losses = loss_fn(outputs, targets)
+        n = inputs.shape[0] if isinstance(inputs, torch.Tensor) else len(targets)
+        if not isinstance(losses, torch.Tensor) or losses.shape != (n,):
+            raise ValueError(f"loss_fn: must return the per-sample losses, shape ({n},) "
+                             f"(use reduction='none'), got "
+                             f"{tuple(losses.shape) if isinstance(losses, torch.Tensor) else losses!r}")
+        params = [p for layer in layers for p in (layer.weight, layer.bias)
+                  if p is not None and p.requires_grad]
+        total = losses.new_zeros(n)
+        if not params:
+            return total
+        torch.autograd.grad(losses.sum(), params, allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for layer in layers:
+        used = [(a, g) for a, g in calls[layer] if g is not None]
+        if not used:
+            continue
+        # Calls of one layer add their gradients: concatenate their positions along T.
+        A = torch.cat([a.reshape(n, -1, a.shape[-1]) for a, _ in used], dim=1)
+        G = torch.cat([g.reshape(n, -1, g.shape[-1]) for _, g in used], dim=1)
+        if layer.weight.requires_grad:
+            total = total + weight_sq_norms(A, G).to(total.dtype)
+        if layer.bias is not None and layer.bias.requires_grad:
+            total = total + G.sum(dim=1).square().sum(dim=1).to(total.dtype)
+    return total.sqrt()
