@@ -9,21 +9,104 @@ from setuptools import setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _compiles(flags, source="int main() { return 0; }\n", compiler=None):
+    """Whether the C++ compiler builds and links a tiny program with these flags."""
+    import shutil
+    import subprocess
+    import sysconfig
+    import tempfile
+    cxx = compiler or os.environ.get("CXX") or (sysconfig.get_config_var("CXX") or "c++").split()[0]
+    if shutil.which(cxx) is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cpp")
+        with open(src, "w") as fh:
+            fh.write(source)
+        try:
+            result = subprocess.run([cxx, *flags, src, "-o", os.path.join(tmp, "probe")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return result.returncode == 0
+
+
+_OPENMP_PROBE = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+
+
 def extensions():
-    """(ext_modules, cmdclass) for lcmat._C, or ([], {}) where it cannot be built."""
+    """(ext_modules, cmdclass) for lcmat._C, or ([], {}) where it cannot be built.
+
+    The CPU kernels (csrc/ops.cpp + csrc/cpu/*.cpp) build wherever a C++ compiler works, with
+    OpenMP when the compiler has it and -march=native unless LCMAT_PORTABLE=1 (the build is for
+    this machine; set it when building for others). The CUDA kernels (csrc/cuda/*.cu and their
+    binding csrc/cuda/cuda_ops.cpp) are added where torch has CUDA and nvcc is found.
+    LCMAT_NO_EXTENSION=1 skips the extension; a failed compile falls back to the pure-Python
+    package with a warning unless LCMAT_REQUIRE_EXTENSION=1.
+    """
     if os.environ.get("LCMAT_NO_EXTENSION") == "1":
         return [], {}
     try:
-        import torch  # noqa: F401
+        import torch
         from torch.utils import cpp_extension
     except ImportError:
         print("lcmat: torch is not importable at build time; installing without the extension")
         return [], {}
+    if not _compiles([]):
+        print("lcmat: no working C++ compiler; installing without the extension (reference backend only)")
+        return [], {}
+    cxx_flags, link_flags = ["-O3"], []
+    if _compiles(["-fopenmp"], _OPENMP_PROBE):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
+    else:
+        print("lcmat: the compiler has no OpenMP; the CPU kernels will run on one thread")
+    if os.environ.get("LCMAT_PORTABLE") != "1" and _compiles(["-march=native"]):
+        cxx_flags.append("-march=native")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if not sources:
         return [], {}
-    return ([cpp_extension.CppExtension("lcmat._C", sources, extra_compile_args=["-O3"])],
-            {"build_ext": cpp_extension.BuildExtension})
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
+                          glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and cuda_sources and \
+        os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    if with_cuda:
+        ext = cpp_extension.CUDAExtension(
+            "lcmat._C", sources + cuda_sources, define_macros=[("WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link_flags)
+    else:
+        ext = cpp_extension.CppExtension("lcmat._C", sources, extra_compile_args=cxx_flags,
+                                         extra_link_args=link_flags)
+    return [ext], {"build_ext": _tolerant_build_ext(cpp_extension.BuildExtension), "develop": _develop_in_place()}
+
+
+def _develop_in_place():
+    """`setup.py develop` (what pip runs for `pip install -e .` without a pyproject.toml) now hands
+    over to an isolated `pip install -e`, where torch is not importable: build the extension in
+    place first, here, where it is."""
+    from setuptools.command.develop import develop
+
+    class Develop(develop):
+        def run(self):
+            build_ext = self.reinitialize_command("build_ext", inplace=1)
+            build_ext.ensure_finalized()
+            self.run_command("build_ext")
+            super().run()
+    return Develop
+
+
+def _tolerant_build_ext(base):
+    """BuildExtension that leaves a working pure-Python package when the compile fails."""
+    class BuildExt(base):
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as exc:  # a compile or link error
+                if os.environ.get("LCMAT_REQUIRE_EXTENSION") == "1":
+                    raise
+                print(f"lcmat: WARNING: building {ext.name} failed ({exc}); "
+                      "installing without it (reference backend only)")
+    return BuildExt
 
 
 ext_modules, cmdclass = extensions()

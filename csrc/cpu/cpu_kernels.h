@@ -1,0 +1,132 @@
+// The CPU kernels of lcmat on raw pointers: no torch header here, so that these translation units
+// compile in seconds. The torch-facing code (argument checks, dtype dispatch, GEMMs through ATen,
+// op registration) lives in csrc/ops.cpp. Every template is instantiated for float and double in
+// its family's .cpp file. All matrices are row-major and contiguous.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+namespace lcmat {
+namespace cpu {
+
+// ---- last_layer.cpp ------------------------------------------------------------------------
+
+// e = softmax(z) - onehot(y), q = p (1 - p), both [n, C]. Returns the first row whose label is
+// outside [0, C), or -1 when all are valid.
+template <typename T>
+int64_t last_layer_factors(const T* logits, const int64_t* labels, int64_t n, int64_t C, T* e, T* q);
+
+// grad_norm_i = ||e_i|| sqrt(1 + ||h_i||^2) |s_i| and error_norm_i = ||e_i||, with e from the
+// logits (never stored). `scale` may be null. Returns the first bad label row, or -1.
+template <typename T>
+int64_t last_layer_grad_norms(const T* embeddings, const T* logits, const int64_t* labels,
+                              const T* scale, int64_t n, int64_t C, int64_t D, T* grad_norm,
+                              T* error_norm);
+
+// ---- lcmat_distance.cpp --------------------------------------------------------------------
+
+// Rows [r0, r1) of the gradient distance from the Gram identity, upper triangle only, then
+// mirrored, so the result is exactly symmetric: ee and hh [r1 - r0, n - r0] hold <s_i e_i, s_j e_j>
+// and <h_i, h_j> for those rows and the columns r0 .. n, diag_sq [n] holds ||g_j||^2 =
+// ||s_j e_j||^2 (1 + ||h_j||^2). Writes out_ij = sqrt(max(0, |g_i|^2 + |g_j|^2 - 2 <g_i, g_j>))
+// for j > i and its mirror out_ji, and a zero diagonal. Blocks are processed top to bottom.
+template <typename T>
+void gram_block_to_distance(T* out, const T* ee, const T* hh, const T* diag_sq, int64_t r0, int64_t r1,
+                            int64_t n);
+
+// d_i restricted to K coordinates, written both as rows [n, K] and transposed [K, n]:
+// coordinate c < C is s_i q_ic, coordinate C + c D + d is s_i q_ic h_id^2. `coords` must lie in
+// [0, C (D + 1)) (checked by the caller); `scale` may be null; either output may be null.
+template <typename T>
+void hessian_diag_coords(const T* embeddings, const T* q, const int64_t* coords, const T* scale,
+                         int64_t n, int64_t C, int64_t D, int64_t K, T* out, T* out_t);
+
+// out_ij (=|+=) alpha * sum_k |a_ik - b_jk| for a [n, K] and b given transposed, b_t [K, m].
+// Tiled: O(tile) working memory, never n x m x K. With `symmetric` (b is a, m == n) only the
+// tiles on and above the diagonal are computed and mirrored, which halves the work and makes the
+// result exactly symmetric.
+template <typename T>
+void pairwise_l1(const T* a, int64_t n, const T* b_t, int64_t m, int64_t K, T alpha,
+                 bool accumulate, bool symmetric, T* out);
+
+// The k largest values of v [P] in decreasing order, lowest index first among equal values
+// (NaN counts as the largest, as in torch.sort). Writes k indices.
+template <typename T>
+void top_k_stable(const T* v, int64_t P, int64_t k, int64_t* out);
+
+// ---- facility_location.cpp -----------------------------------------------------------------
+
+// Greedy facility location on the n x m distance block: k picks (columns) maximising
+// F(S) = sum_i max(0, max_{j in S} (L - D_ij)); L = max D when !has_L. Lazy (Minoux) or naive,
+// with identical picks: gains are summed in a fixed order, so a stale gain is an exact upper
+// bound, and ties go to the lowest index. Writes picks [k], objective [k] (F after each pick),
+// weights [k] (rows whose nearest pick, by distance, is that pick; ties to the earlier pick).
+template <typename T>
+void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bool has_L, double L,
+                              bool lazy, int64_t* picks, T* objective, T* weights);
+
+// ---- sinkhorn.cpp --------------------------------------------------------------------------
+
+// The n x m cost of one transport problem, served one tile of rows at a time.
+template <typename T>
+struct CostBlock {
+  virtual ~CostBlock() = default;
+  // Rows [r0, r1) row-major with m columns: a pointer into stored memory, or `scratch` (room for
+  // (r1 - r0) x m values, given when needs_scratch()) filled with freshly computed costs.
+  // Called from worker threads; must not throw.
+  virtual const T* rows(int64_t r0, int64_t r1, T* scratch) const = 0;
+  virtual bool needs_scratch() const { return false; }
+};
+
+template <typename T>
+struct StoredCost : CostBlock<T> {
+  const T* data;
+  int64_t m;
+  StoredCost(const T* data_, int64_t m_) : data(data_), m(m_) {}
+  const T* rows(int64_t r0, int64_t, T*) const override { return data + r0 * m; }
+};
+
+struct SinkhornOptions {
+  double reg;
+  int64_t max_iter;
+  double tol;
+  int64_t check_every;
+};
+
+// Log-domain Sinkhorn for one problem (see lcmat/reference/sinkhorn.py): potentials f [n], g [m],
+// iterations run and final relative row-marginal error. `parallel`: use all threads inside.
+template <typename T>
+void sinkhorn_solve(const T* a, const T* b, int64_t n, int64_t m, const CostBlock<T>& cost,
+                    const SinkhornOptions& opt, bool parallel, T* f, T* g, int64_t* n_iter, T* err);
+
+// Many problems: problem p owns rows [row_off[p], row_off[p+1]) and columns
+// [col_off[p], col_off[p+1]); make_cost(p) gives its cost. Large problems run one after the
+// other with all threads each, small ones side by side with one thread each. Offsets index a, b,
+// f and g directly; f and g must be zero on entry (empty problems keep zero potentials, and get
+// n_iter 0 and err 0).
+template <typename T>
+using CostFactory = std::unique_ptr<CostBlock<T>> (*)(const void* ctx, int64_t p);
+
+template <typename T>
+void sinkhorn_ragged(const T* a, const T* b, const int64_t* row_off, const int64_t* col_off,
+                     int64_t num_problems, CostFactory<T> make_cost, const void* ctx,
+                     const SinkhornOptions& opt, T* f, T* g, int64_t* n_iter, T* err);
+
+// M_ij = max(0, (xx_i + yy_j) - 2 xy_ij) in place over rows [0, n) of xy [n, m] (the GEMM form of
+// ||x_i - y_j||^2, same operation order as the reference).
+template <typename T>
+void squared_euclidean_from_dot(T* xy, const T* xx, const T* yy, int64_t n, int64_t m,
+                                bool parallel);
+
+// ---- fdmat.cpp -----------------------------------------------------------------------------
+
+// s_i = sum_c (P_ic M_ic)^2 with P_ic = exp((f_i + g_c - M_ic) / reg), P never stored.
+template <typename T>
+void fdmat_scores(const T* M, const T* f, const T* g, int64_t N, int64_t C, double reg, T* out);
+
+// Number of OpenMP threads this process would use (1 without OpenMP).
+int max_threads();
+
+}  // namespace cpu
+}  // namespace lcmat

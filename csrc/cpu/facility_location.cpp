@@ -1,0 +1,217 @@
+// Greedy facility location (lcmat/reference/facility_location.py):
+//     F(S) = sum_i max(0, max_{j in S} (L - D_ij))
+// gain_j = sum_i max(0, sim_ij - m_i), sim = max(0, L - D), m_i the current coverage of row i.
+//
+// Exactness of the lazy greedy. Each gain is summed by `Columns::gain` in one fixed order (eight
+// lanes, then the lanes in order), each term max(0, sim - m) is non-increasing in m and rounding
+// is monotone, so a gain computed later (larger coverage) is never above one computed earlier:
+// stale gains are exact upper bounds in floating point too, and the lazy greedy makes the naive
+// greedy's picks, lowest index first among equal gains.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <queue>
+#include <vector>
+
+#include "cpu_kernels.h"
+
+namespace lcmat {
+namespace cpu {
+
+namespace {
+
+// Heap entry: larger gain first, then lower index.
+struct Candidate {
+  double gain;
+  int64_t index;
+  bool operator<(const Candidate& other) const {  // "pops later than"
+    if (gain != other.gain) return gain < other.gain;
+    return index > other.index;
+  }
+};
+
+}  // namespace
+
+// Is the n x n block exactly symmetric? Then a column of sim is a row of max(0, L - D), read in
+// place; otherwise sim^T is built once.
+template <typename T>
+bool exactly_symmetric(const T* dist, int64_t n, int64_t m) {
+  if (n != m) return false;
+  bool symmetric = true;
+#pragma omp parallel for schedule(dynamic, 16) reduction(&& : symmetric)
+  for (int64_t i = 0; i < n; ++i) {
+    bool row_ok = true;
+    for (int64_t j = i + 1; j < n; ++j) row_ok &= dist[i * n + j] == dist[j * n + i];
+    symmetric = symmetric && row_ok;
+  }
+  return symmetric;
+}
+
+// Column j of sim, as a contiguous row: either sim^T's row j, or row j of a symmetric D turned
+// into similarities on the fly. gain() and column() give the same values either way.
+template <typename T>
+struct Columns {
+  const T* dist;  // symmetric case: D itself
+  std::vector<T> sim_t;  // otherwise: sim^T [m, n]
+  int64_t n;
+  T L;
+  bool symmetric;
+
+  T sim(int64_t j, int64_t i) const {
+    if (!symmetric) return sim_t[j * n + i];
+    const T s = L - dist[j * n + i];
+    return s > T(0) ? s : T(0);
+  }
+  // sum_i max(0, sim_ij - cov_i) in a fixed order (eight lanes, then the lanes in order)
+  double gain(int64_t j, const T* cov) const {
+    constexpr int kLanes = 8;
+    double lane[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const T* col = symmetric ? dist + j * n : sim_t.data() + j * n;
+    const bool on_the_fly = symmetric;
+    const T Lv = L;
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        T s = col[i + l];
+        if (on_the_fly) {
+          s = Lv - s;
+          s = s > T(0) ? s : T(0);
+        }
+        const T d = s - cov[i + l];
+        lane[l] += d > T(0) ? static_cast<double>(d) : 0.0;
+      }
+    }
+    for (; i < n; ++i) {
+      const T d = sim(j, i) - cov[i];
+      lane[0] += d > T(0) ? static_cast<double>(d) : 0.0;
+    }
+    double total = 0;
+    for (int l = 0; l < kLanes; ++l) total += lane[l];
+    return total;
+  }
+  void cover(int64_t j, T* cov) const {
+    for (int64_t i = 0; i < n; ++i) cov[i] = std::max(cov[i], sim(j, i));
+  }
+};
+
+template <typename T>
+void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bool has_L, double L,
+                              bool lazy, int64_t* picks, T* objective, T* weights) {
+  if (k == 0) return;
+  // L defaults to the largest distance (the paper mode); it is cast to T before use, as in the
+  // reference, so that sim = max(0, L - D) is computed in T.
+  T Lt;
+  if (has_L) {
+    Lt = static_cast<T>(L);
+  } else {
+    Lt = -std::numeric_limits<T>::infinity();
+#pragma omp parallel for schedule(static) reduction(max : Lt)
+    for (int64_t t = 0; t < n * m; ++t) Lt = dist[t] > Lt ? dist[t] : Lt;
+  }
+  Columns<T> cols{dist, {}, n, Lt, exactly_symmetric(dist, n, m)};
+  if (!cols.symmetric) {  // sim^T [m, n], built in cache-sized blocks
+    cols.sim_t.resize(static_cast<size_t>(m) * n);
+    constexpr int64_t B = 64;
+    const int64_t row_blocks = (n + B - 1) / B, col_blocks = (m + B - 1) / B;
+#pragma omp parallel for schedule(static)
+    for (int64_t blk = 0; blk < row_blocks * col_blocks; ++blk) {
+      const int64_t ib = (blk / col_blocks) * B, jb = (blk % col_blocks) * B;
+      const int64_t ie = std::min(n, ib + B), je = std::min(m, jb + B);
+      for (int64_t i = ib; i < ie; ++i) {
+        for (int64_t j = jb; j < je; ++j) {
+          const T s = Lt - dist[i * m + j];
+          cols.sim_t[j * n + i] = s > T(0) ? s : T(0);
+        }
+      }
+    }
+  }
+  std::vector<T> cov(n, T(0));
+  std::vector<double> gain(m);
+#pragma omp parallel for schedule(static)
+  for (int64_t j = 0; j < m; ++j) gain[j] = cols.gain(j, cov.data());
+
+  auto take = [&](int64_t step, int64_t j) {
+    picks[step] = j;
+    cols.cover(j, cov.data());
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) total += cov[i];
+    objective[step] = static_cast<T>(total);
+  };
+
+  if (lazy) {
+    // Batched lazy greedy: re-evaluate the `batch` best bounds at once (in parallel), take the
+    // best fresh gain if it beats every remaining bound, else push the fresh gains back and
+    // double the batch. Exact: fresh gains are true gains and stale ones upper bounds.
+    std::vector<Candidate> init(m);
+    for (int64_t j = 0; j < m; ++j) init[j] = {gain[j], j};
+    std::priority_queue<Candidate> heap(std::less<Candidate>(), std::move(init));
+    constexpr int64_t kMaxBatch = 64;
+    std::vector<Candidate> batch;
+    for (int64_t step = 0; step < k; ++step) {
+      int64_t size = 1;
+      while (true) {
+        batch.clear();
+        while (static_cast<int64_t>(batch.size()) < size && !heap.empty()) {
+          batch.push_back(heap.top());
+          heap.pop();
+        }
+        const int64_t bs = static_cast<int64_t>(batch.size());
+#pragma omp parallel for schedule(dynamic, 1) if (bs >= 16)
+        for (int64_t b = 0; b < bs; ++b) batch[b].gain = cols.gain(batch[b].index, cov.data());
+        int64_t best = 0;
+        for (int64_t b = 1; b < bs; ++b)
+          if (batch[best] < batch[b]) best = b;
+        if (heap.empty() || !(batch[best] < heap.top())) {
+          for (int64_t b = 0; b < bs; ++b)
+            if (b != best) heap.push(batch[b]);
+          take(step, batch[best].index);
+          break;
+        }
+        for (const Candidate& c : batch) heap.push(c);
+        size = std::min(kMaxBatch, size * 2);
+      }
+    }
+  } else {
+    std::vector<char> selected(m, 0);
+    for (int64_t step = 0; step < k; ++step) {
+      if (step > 0) {
+#pragma omp parallel for schedule(static)
+        for (int64_t j = 0; j < m; ++j)
+          if (!selected[j]) gain[j] = cols.gain(j, cov.data());
+      }
+      int64_t best = -1;
+      for (int64_t j = 0; j < m; ++j)
+        if (!selected[j] && (best < 0 || gain[j] > gain[best])) best = j;
+      selected[best] = 1;
+      take(step, best);
+    }
+  }
+
+  // weights: rows whose nearest pick (smallest distance, earlier pick on ties) is each pick
+  std::vector<int64_t> counts(k, 0);
+#pragma omp parallel
+  {
+    std::vector<int64_t> local(k, 0);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const T* row = dist + i * m;
+      int64_t best = 0;
+      for (int64_t p = 1; p < k; ++p)
+        if (row[picks[p]] < row[picks[best]]) best = p;
+      ++local[best];
+    }
+#pragma omp critical(lcmat_fl_counts)
+    for (int64_t p = 0; p < k; ++p) counts[p] += local[p];
+  }
+  for (int64_t p = 0; p < k; ++p) weights[p] = static_cast<T>(counts[p]);
+}
+
+#define LCMAT_INSTANTIATE(T)                                                                   \
+  template void facility_location_greedy<T>(const T*, int64_t, int64_t, int64_t, bool, double, \
+                                            bool, int64_t*, T*, T*);
+LCMAT_INSTANTIATE(float)
+LCMAT_INSTANTIATE(double)
+#undef LCMAT_INSTANTIATE
+
+}  // namespace cpu
+}  // namespace lcmat

@@ -1,0 +1,162 @@
+"""The compiled backend ("cpu" and "cuda"): the kernels of `lcmat._C`, registered as torch custom
+ops under `torch.ops.lcmat`, behind functions with the names and signatures of `lcmat.reference`.
+
+Importing `lcmat._C` loads the library, whose static initialisers register the ops; the tensors'
+device picks the CPU or CUDA kernel. When the extension is missing or fails to load, importing
+this module warns once and `available()` is False, so `lcmat.ops` uses the reference.
+
+Conversions done here: python numbers and None stay python (the schemas take `float?`), `scale`
+takes the dtype of the main input, labels and coords become int64, ragged offsets become lists of
+ints. float16/bfloat16 inputs run in float32 and the results are cast back.
+"""
+import warnings
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.lcmat.*)
+    _LOAD_ERROR = None
+except Exception as exc:  # ImportError, or an undefined symbol from a stale build
+    _C = None
+    _LOAD_ERROR = exc
+    warnings.warn(f"lcmat.csrc: the compiled extension lcmat._C did not load ({exc}); "
+                  "lcmat.ops will use the reference backend", RuntimeWarning, stacklevel=2)
+
+_FLOAT = (torch.float32, torch.float64)
+
+
+def available(backend="cpu"):
+    """Whether this backend can run here: "cpu" once the extension loaded, "cuda" when it was
+    also built with CUDA and a device exists."""
+    if _C is None:
+        return False
+    if backend == "cpu":
+        return True
+    if backend == "cuda":
+        return bool(getattr(_C, "WITH_CUDA", 0)) and torch.cuda.is_available()
+    return False
+
+
+def _ops():
+    if _C is None:
+        raise RuntimeError(f"lcmat.csrc: the compiled extension is not available ({_LOAD_ERROR})")
+    return torch.ops.lcmat
+
+
+def _compute_dtype(t):
+    """The dtype the kernels run in for a floating tensor of this dtype."""
+    return t.dtype if t.dtype in _FLOAT else torch.float32
+
+
+def _as(t, dtype):
+    return None if t is None else t.to(dtype)
+
+
+def _back(out, dtype):
+    """Cast floating outputs (a tensor or a tuple of them) back to `dtype`."""
+    if isinstance(out, tuple):
+        return tuple(_back(o, dtype) for o in out)
+    return out.to(dtype) if out.is_floating_point() and out.dtype != dtype else out
+
+
+# ---- last_layer -------------------------------------------------------------------------------
+
+def last_layer_factors(logits, labels):
+    dt = _compute_dtype(logits)
+    return _back(_ops().last_layer_factors(logits.to(dt), labels), logits.dtype)
+
+
+def last_layer_grad_norms(embeddings, logits, labels, scale=None):
+    dt = _compute_dtype(logits)
+    out = _ops().last_layer_grad_norms(embeddings.to(dt), logits.to(dt), labels, _as(scale, dt))
+    return _back(out, logits.dtype)
+
+
+# ---- lcmat_distance ---------------------------------------------------------------------------
+
+def curvature_moments(embeddings, q, scale=None):
+    return _ops().curvature_moments(embeddings, q, _as(scale, torch.float64))
+
+
+def top_variance_coords(embeddings, q, num_coords, scale=None):
+    if int(num_coords) < 0:
+        raise ValueError(f"num_coords: must be >= 0, got {num_coords}")
+    return _ops().top_variance_coords(embeddings, q, int(num_coords), _as(scale, torch.float64))
+
+
+def gradient_distance(embeddings, e, scale=None):
+    dt = _compute_dtype(e)
+    return _back(_ops().gradient_distance(embeddings.to(dt), e.to(dt), _as(scale, dt)), e.dtype)
+
+
+def hessian_diag_coords(embeddings, q, coords, scale=None):
+    dt = _compute_dtype(q)
+    return _back(_ops().hessian_diag_coords(embeddings.to(dt), q.to(dt), coords, _as(scale, dt)), q.dtype)
+
+
+def pairwise_l1(a, b=None, tile=256):
+    """|| a_i - b_j ||_1, [n, m]; `tile` is accepted for the reference's signature (the kernel
+    picks its own tiles)."""
+    dt = _compute_dtype(a)
+    return _back(_ops().pairwise_l1(a.to(dt), _as(b, dt)), a.dtype)
+
+
+def lcmat_distance(embeddings, e, q, coords, rho, scale=None):
+    dt = _compute_dtype(e)
+    coords = torch.as_tensor(coords, dtype=torch.long)
+    out = _ops().lcmat_distance(embeddings.to(dt), e.to(dt), q.to(dt), coords, float(rho), _as(scale, dt))
+    return _back(out, e.dtype)
+
+
+# ---- facility_location ------------------------------------------------------------------------
+
+def facility_location_greedy(dist, k, L=None, lazy=False):
+    """Greedy facility location; lazy and naive make the same picks (see csrc/cpu/facility_location.cpp)."""
+    n = dist.shape[0]
+    if not 0 <= k <= n:
+        raise ValueError(f"k: must lie in [0, {n}], got {k}")
+    dt = _compute_dtype(dist)
+    L = None if L is None else float(L)
+    return _back(_ops().facility_location_greedy(dist.to(dt), int(k), L, bool(lazy)), dist.dtype)
+
+
+# ---- sinkhorn ---------------------------------------------------------------------------------
+
+def sinkhorn_log(a, b, M, reg, max_iter=1000, tol=1e-6, check_every=1):
+    dt = _compute_dtype(M)
+    f, g, n_iter, err = _back(_ops().sinkhorn_log(a.to(dt), b.to(dt), M.to(dt), float(reg), int(max_iter),
+                                                  float(tol), int(check_every)), M.dtype)
+    if M.dim() == 2:
+        return f[0], g[0], n_iter[0], err[0]
+    return f, g, n_iter, err
+
+
+def _offsets(offsets, name):
+    if isinstance(offsets, torch.Tensor):
+        if offsets.is_floating_point():
+            raise ValueError(f"{name}: must hold integers, got {offsets.dtype}")
+        return [int(o) for o in offsets.tolist()]
+    return [int(o) for o in offsets]
+
+
+def sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost=None, x=None, y=None,
+                        max_iter=1000, tol=1e-6, check_every=1):
+    if (cost is None) == (x is None or y is None):
+        raise ValueError("cost, x, y: give either a stored `cost` or both features `x` and `y`")
+    dt = _compute_dtype(a)
+    out = _ops().sinkhorn_log_ragged(a.to(dt), b.to(dt), _offsets(row_offsets, "row_offsets"),
+                                     _offsets(col_offsets, "col_offsets"), float(reg), _as(cost, dt),
+                                     _as(x, dt), _as(y, dt), int(max_iter), float(tol), int(check_every))
+    return _back(out, a.dtype)
+
+
+# ---- fdmat ------------------------------------------------------------------------------------
+
+def prototype_cost(x, prototypes):
+    dt = _compute_dtype(x)
+    return _back(_ops().prototype_cost(x.to(dt), prototypes.to(dt)), x.dtype)
+
+
+def fdmat_scores(M, f, g, reg):
+    dt = _compute_dtype(M)
+    return _back(_ops().fdmat_scores(M.to(dt), f.to(dt), g.to(dt), float(reg)), M.dtype)

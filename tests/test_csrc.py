@@ -1,0 +1,501 @@
+"""The compiled kernels (lcmat.csrc, backends "cpu" and "cuda") against the reference.
+
+float64 runs are compared with the float64 reference at tight tolerances; float32 runs with the
+float64 reference (the truth) at tolerances derived from float32's epsilon and the data's scale.
+Facility-location picks must be identical to the reference's naive greedy.
+"""
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import lcmat.reference as R
+
+csrc = pytest.importorskip("lcmat.csrc")
+if not csrc.available("cpu"):
+    pytest.skip("the compiled extension lcmat._C is not built", allow_module_level=True)
+
+DTYPES = st.sampled_from([torch.float32, torch.float64])
+
+
+def noncontig(t):
+    """The same values in a non-contiguous layout (a strided view of a larger buffer)."""
+    wide = torch.stack([t, torch.full_like(t, float("nan"))], dim=-1)
+    out = wide[..., 0]
+    assert t.numel() <= 1 or not out.is_contiguous()
+    return out
+
+
+def maybe(t, flag):
+    return noncontig(t) if flag else t
+
+
+def tol(dtype):
+    return {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+
+
+def last_layer_inputs(n, C, D, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    H = torch.randn(n, D, generator=g, dtype=torch.float64).abs()
+    Z = 3 * torch.randn(n, C, generator=g, dtype=torch.float64)
+    y = torch.randint(0, C, (n,), generator=g)
+    s = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+    return H.to(dtype), Z.to(dtype), y, s.to(dtype)
+
+
+# ---- last_layer -------------------------------------------------------------------------------
+
+@given(n=st.integers(0, 40), C=st.integers(1, 12), D=st.integers(1, 9), dtype=DTYPES,
+       nc=st.booleans(), scaled=st.booleans(), seed=st.integers(0, 99))
+def test_last_layer(n, C, D, dtype, nc, scaled, seed):
+    H, Z, y, s = last_layer_inputs(n, C, D, dtype, seed)
+    e, q = csrc.last_layer_factors(maybe(Z, nc), y)
+    e_ref, q_ref = R.last_layer_factors(Z.double(), y)
+    assert e.dtype == dtype and q.dtype == dtype and e.shape == (n, C)
+    torch.testing.assert_close(e.double(), e_ref, **tol(dtype))
+    torch.testing.assert_close(q.double(), q_ref, **tol(dtype))
+    scale = s if scaled else None
+    gn, en = csrc.last_layer_grad_norms(maybe(H, nc), Z, y, scale)
+    gn_ref, en_ref = R.last_layer_grad_norms(H.double(), Z.double(), y, None if scale is None else s.double())
+    torch.testing.assert_close(gn.double(), gn_ref, **tol(dtype))
+    torch.testing.assert_close(en.double(), en_ref, **tol(dtype))
+
+
+def test_last_layer_bad_labels():
+    H, Z, y, _ = last_layer_inputs(6, 3, 2, torch.float64, 0)
+    y[4] = 3
+    with pytest.raises(RuntimeError, match="labels"):
+        csrc.last_layer_factors(Z, y)
+    with pytest.raises(RuntimeError, match="labels"):
+        csrc.last_layer_grad_norms(H, Z, y)
+    with pytest.raises(RuntimeError, match="embeddings"):
+        csrc.last_layer_grad_norms(H[:5], Z, y)
+
+
+# ---- lcmat_distance ---------------------------------------------------------------------------
+
+@given(n=st.integers(1, 30), C=st.integers(1, 6), D=st.integers(1, 8), K=st.integers(0, 12),
+       dtype=DTYPES, nc=st.booleans(), scaled=st.booleans(), seed=st.integers(0, 99))
+def test_curvature_and_top_coords(n, C, D, K, dtype, nc, scaled, seed):
+    H, Z, y, s = last_layer_inputs(n, C, D, dtype, seed)
+    _, q = R.last_layer_factors(Z, y)
+    scale = s if scaled else None
+    mean, second = csrc.curvature_moments(maybe(H, nc), maybe(q, nc), scale)
+    mean_ref, second_ref = R.curvature_moments(H, q, scale)
+    assert mean.dtype == torch.float64 and mean.shape == (C * (D + 1),)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=0)
+    coords = csrc.top_variance_coords(H, q, K, scale)
+    ref = R.top_variance_coords(H, q, K, scale)
+    # the same variances in the same order; the same indices unless variances nearly tie (n = 1:
+    # all are zero up to rounding)
+    var = (second_ref - mean_ref.square()).clamp_min(0.0)
+    assert len(coords) == len(ref)
+    torch.testing.assert_close(var[coords], var[ref], rtol=1e-9, atol=1e-12 * float(var.max()) + 1e-300)
+    top = torch.sort(var, descending=True).values[:K + 1]
+    if len(top) < 2 or bool(((top[:-1] - top[1:]) > 1e-9 * top[0]).all()):
+        assert coords.tolist() == ref.tolist()
+
+
+def test_top_coords_ties_lowest_index_first():
+    # duplicated embedding columns give equal variances: the lower coordinate must come first
+    H, Z, y, _ = last_layer_inputs(20, 3, 4, torch.float64, 1)
+    H = torch.cat([H, H], dim=1)
+    _, q = R.last_layer_factors(Z, y)
+    coords = csrc.top_variance_coords(H, q, 24)
+    assert coords.tolist() == R.top_variance_coords(H, q, 24).tolist()
+    with pytest.raises(ValueError, match="num_coords"):
+        csrc.top_variance_coords(H, q, -1)
+
+
+def distance_inputs(n, C, D, dtype, seed):
+    H, Z, y, s = last_layer_inputs(n, C, D, torch.float64, seed)
+    e, q = R.last_layer_factors(Z, y)
+    return H.to(dtype), e.to(dtype), q.to(dtype), s.to(dtype)
+
+
+def distance_tol(dtype, ref):
+    # sqrt amplifies the cancellation of ||g_i||^2 + ||g_j||^2 - 2 <g_i, g_j> near zero
+    scale = float(ref.max()) if ref.numel() else 1.0
+    if dtype == torch.float64:
+        return {"rtol": 1e-9, "atol": 1e-6 * (1 + scale)}
+    return {"rtol": 1e-3, "atol": 3e-3 * (1 + scale)}
+
+
+@given(n=st.integers(1, 40), C=st.integers(1, 6), D=st.integers(1, 10), dtype=DTYPES,
+       nc=st.booleans(), scaled=st.booleans(), seed=st.integers(0, 99))
+def test_gradient_distance(n, C, D, dtype, nc, scaled, seed):
+    H, e, q, s = distance_inputs(n, C, D, dtype, seed)
+    scale = s if scaled else None
+    out = csrc.gradient_distance(maybe(H, nc), maybe(e, nc), scale)
+    ref = R.gradient_distance(H.double(), e.double(), None if scale is None else scale.double())
+    assert out.dtype == dtype and out.shape == (n, n)
+    assert torch.all(out.diagonal() == 0)
+    torch.testing.assert_close(out.double(), ref, **distance_tol(dtype, ref))
+
+
+@given(n=st.integers(0, 45), m=st.integers(0, 45), K=st.integers(0, 9), dtype=DTYPES,
+       nc=st.booleans(), same=st.booleans(), seed=st.integers(0, 99))
+def test_pairwise_l1(n, m, K, dtype, nc, same, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, K, generator=g, dtype=torch.float64).to(dtype)
+    b = None if same else torch.randn(m, K, generator=g, dtype=torch.float64).to(dtype)
+    out = csrc.pairwise_l1(maybe(a, nc), None if b is None else maybe(b, nc))
+    ref = R.pairwise_l1(a.double(), None if b is None else b.double())
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, **tol(dtype))
+    if b is None:
+        assert torch.equal(out, out.T)  # the symmetric path mirrors exactly
+
+
+def test_pairwise_l1_larger_than_tiles():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(301, 17, generator=g, dtype=torch.float64)
+    b = torch.randn(263, 17, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(csrc.pairwise_l1(a, b), R.pairwise_l1(a, b))
+    out = csrc.pairwise_l1(a)
+    torch.testing.assert_close(out, R.pairwise_l1(a))
+    assert torch.equal(out, out.T)
+
+
+@given(n=st.integers(1, 40), C=st.integers(1, 5), D=st.integers(1, 8), K=st.integers(0, 10),
+       rho=st.sampled_from([0.0, 0.01, 1.0]), dtype=DTYPES, nc=st.booleans(), scaled=st.booleans(),
+       seed=st.integers(0, 99))
+def test_lcmat_distance(n, C, D, K, rho, dtype, nc, scaled, seed):
+    H, e, q, s = distance_inputs(n, C, D, dtype, seed)
+    scale = s if scaled else None
+    coords = R.top_variance_coords(H, q, K, scale)
+    out = csrc.lcmat_distance(maybe(H, nc), maybe(e, nc), maybe(q, nc), coords, rho, scale)
+    ref = R.lcmat_distance(H.double(), e.double(), q.double(), coords, rho,
+                           None if scale is None else scale.double())
+    torch.testing.assert_close(out.double(), ref, **distance_tol(dtype, ref))
+    d = csrc.hessian_diag_coords(H, q, coords, scale)
+    torch.testing.assert_close(d.double(), R.hessian_diag_coords(H.double(), q.double(), coords,
+                               None if scale is None else scale.double()), **tol(dtype))
+
+
+def test_lcmat_distance_class_larger_than_tile_and_one_sample():
+    H, e, q, s = distance_inputs(300, 10, 33, torch.float64, 5)
+    coords = R.top_variance_coords(H, q, 40, s)
+    torch.testing.assert_close(csrc.lcmat_distance(H, e, q, coords, 0.5, s),
+                               R.lcmat_distance(H, e, q, coords, 0.5, s), rtol=1e-9, atol=1e-9)
+    out = csrc.lcmat_distance(H[:1], e[:1], q[:1], coords, 0.5)
+    assert out.shape == (1, 1) and out.item() == 0.0
+
+
+def test_lcmat_distance_bad_coords():
+    H, e, q, _ = distance_inputs(5, 3, 2, torch.float64, 0)
+    with pytest.raises(RuntimeError, match="coords"):
+        csrc.lcmat_distance(H, e, q, torch.tensor([0, 9]), 0.1)
+
+
+# ---- facility_location ------------------------------------------------------------------------
+
+def random_dist(n, D, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, D, generator=g, dtype=torch.float64)
+    return torch.cdist(x, x).to(dtype)
+
+
+def has_near_tie(dist, k, L, rel=1e-5):
+    """Whether the naive greedy (in float64) meets two different positive gains closer than `rel`
+    at its best: there float32 rounding may legitimately flip the pick. (Exact ties are fine.)"""
+    dist = dist.double()
+    sim = ((dist.max() if L is None else L) - dist).clamp_min(0.0)
+    coverage = torch.zeros(len(dist), dtype=torch.float64)
+    selected = torch.zeros(len(dist), dtype=torch.bool)
+    for _ in range(k):
+        gains = (sim - coverage[:, None]).clamp_min(0.0).sum(0).masked_fill(selected, -1.0)
+        top = torch.topk(gains, min(2, len(gains))).values
+        if len(top) == 2 and top[0] > 0 and 0 < top[0] - top[1] <= rel * top[0]:
+            return True
+        j = int(torch.argmax(gains))
+        selected[j] = True
+        coverage = torch.maximum(coverage, sim[:, j])
+    return False
+
+
+@given(n=st.integers(1, 60), D=st.integers(2, 5), frac=st.floats(0, 1), dtype=DTYPES,
+       givenL=st.booleans(), nc=st.booleans(), seed=st.integers(0, 999))
+def test_facility_location_matches_naive_reference(n, D, frac, dtype, givenL, nc, seed):
+    dist = random_dist(n, D, dtype, seed)
+    k = round(frac * n)
+    L = float(dist.max()) * 0.7 if givenL else None
+    assume(not has_near_tie(dist, k, L))
+    ref = R.facility_location_greedy(dist, k, L, lazy=False)
+    for lazy in (True, False):
+        picks, objective, weights = csrc.facility_location_greedy(maybe(dist, nc), k, L, lazy)
+        assert picks.tolist() == ref[0].tolist()
+        assert objective.dtype == dtype and weights.dtype == dtype
+        torch.testing.assert_close(objective, ref[1], **tol(dtype))
+        assert torch.equal(weights, ref[2])
+
+
+@given(n=st.integers(2, 40), reps=st.integers(2, 4), seed=st.integers(0, 999), dtype=DTYPES)
+def test_facility_location_exact_ties_lowest_index(n, reps, seed, dtype):
+    # integer points duplicated `reps` times, L1 distances: exact in floating point, exact ties
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(0, 6, (n, 2), generator=g).double()
+    pts = base.repeat(reps, 1)[torch.randperm(n * reps, generator=g)]
+    dist = torch.cdist(pts, pts, p=1).to(dtype)
+    k = min(len(pts), n)
+    ref = R.facility_location_greedy(dist, k, lazy=False)
+    for lazy in (True, False):
+        picks, objective, weights = csrc.facility_location_greedy(dist, k, None, lazy)
+        assert picks.tolist() == ref[0].tolist()
+        assert torch.equal(weights, ref[2])
+
+
+def test_facility_location_edges():
+    dist = random_dist(7, 2, torch.float64, 0)
+    picks, objective, weights = csrc.facility_location_greedy(dist, 0)
+    assert picks.shape == (0,) and objective.shape == (0,) and weights.shape == (0,)
+    picks, _, weights = csrc.facility_location_greedy(dist, 7, lazy=True)
+    assert sorted(picks.tolist()) == list(range(7)) and weights.sum() == 7
+    with pytest.raises(ValueError, match="k"):
+        csrc.facility_location_greedy(dist, 8)
+    with pytest.raises(RuntimeError, match="dist"):
+        csrc.facility_location_greedy(dist[0], 2)
+
+
+# ---- sinkhorn ---------------------------------------------------------------------------------
+
+def ot_problem(n, m, dtype, seed, zero_mass=False):
+    g = torch.Generator().manual_seed(seed)
+    M = torch.rand(n, m, generator=g, dtype=torch.float64)
+    a = torch.ones(n, dtype=torch.float64)
+    if zero_mass and n > 1:
+        a[0] = 0.0
+    b = torch.rand(m, generator=g, dtype=torch.float64) + 0.5
+    b = b / b.sum() * a.sum()
+    return a.to(dtype), b.to(dtype), M.to(dtype)
+
+
+def assert_potentials_close(out, ref, dtype):
+    f, g, n_iter, err = out
+    f_ref, g_ref, n_iter_ref, err_ref = ref
+    if dtype == torch.float64:
+        torch.testing.assert_close(f, f_ref, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-9)
+        assert torch.equal(n_iter, n_iter_ref)
+        torch.testing.assert_close(err, err_ref, rtol=1e-6, atol=1e-12)
+    else:
+        torch.testing.assert_close(f.double(), f_ref.double(), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(g.double(), g_ref.double(), rtol=1e-3, atol=1e-3)
+
+
+@given(n=st.integers(1, 30), m=st.integers(1, 12), reg=st.sampled_from([0.05, 0.3]),
+       check_every=st.sampled_from([1, 3]), zero_mass=st.booleans(), nc=st.booleans(),
+       dtype=DTYPES, seed=st.integers(0, 99))
+def test_sinkhorn_dense(n, m, reg, check_every, zero_mass, nc, dtype, seed):
+    a, b, M = ot_problem(n, m, dtype, seed, zero_mass)
+    tol_ = 1e-7 if dtype == torch.float64 else 1e-4
+    out = csrc.sinkhorn_log(maybe(a, nc), b, maybe(M, nc), reg, 300, tol_, check_every)
+    assert out[2].dim() == 0 and out[3].dim() == 0 and out[0].dtype == dtype
+    ref = R.sinkhorn_log(a.double(), b.double(), M.double(), reg, 300, tol_, check_every)
+    if dtype == torch.float64:
+        assert_potentials_close(out, ref, dtype)
+    else:
+        assert_potentials_close(out[:2] + (None, None), ref[:2] + (None, None), dtype)
+    if zero_mass and n > 1:
+        assert out[0][0] == -math.inf
+
+
+@given(B=st.integers(1, 4), n=st.integers(1, 20), m=st.integers(1, 9), dtype=DTYPES, seed=st.integers(0, 99))
+def test_sinkhorn_dense_batched(B, n, m, dtype, seed):
+    problems = [ot_problem(n, m, torch.float64, seed + p) for p in range(B)]
+    a, b, M = (torch.stack([p[i] for p in problems]) for i in range(3))
+    M = M * torch.linspace(1, 3, B, dtype=torch.float64)[:, None, None]  # different convergence speeds
+    out = csrc.sinkhorn_log(a.to(dtype), b.to(dtype), M.to(dtype), 0.1, 200, 1e-7 if dtype == torch.float64 else 1e-4)
+    ref = R.sinkhorn_log(a, b, M, 0.1, 200, 1e-7 if dtype == torch.float64 else 1e-4)
+    assert out[0].shape == (B, n) and out[2].shape == (B,)
+    assert_potentials_close(out, ref, dtype)
+
+
+def ragged_problem(sizes, D, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    row_off, col_off = [0], [0]
+    for n_p, m_p in sizes:
+        row_off.append(row_off[-1] + n_p)
+        col_off.append(col_off[-1] + m_p)
+    x = torch.randn(row_off[-1], D, generator=g, dtype=torch.float64)
+    y = torch.randn(col_off[-1], D, generator=g, dtype=torch.float64)
+    a = torch.ones(row_off[-1], dtype=torch.float64)
+    b = torch.rand(col_off[-1], generator=g, dtype=torch.float64) + 0.5
+    blocks = []
+    for p, (n_p, m_p) in enumerate(sizes):
+        if m_p:
+            b[col_off[p]:col_off[p + 1]] *= n_p / b[col_off[p]:col_off[p + 1]].sum()
+        blocks.append(R.squared_euclidean_cost(x[row_off[p]:row_off[p + 1]], y[col_off[p]:col_off[p + 1]]).flatten())
+    cost = torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
+    return (a.to(dtype), b.to(dtype), row_off, col_off, cost.to(dtype), x.to(dtype), y.to(dtype))
+
+
+SIZES = st.lists(st.tuples(st.integers(0, 40), st.integers(0, 8)), min_size=1, max_size=6)
+
+
+@given(sizes=SIZES, from_features=st.booleans(), check_every=st.sampled_from([1, 2]),
+       dtype=DTYPES, seed=st.integers(0, 99))
+def test_sinkhorn_ragged(sizes, from_features, check_every, dtype, seed):
+    a, b, row_off, col_off, cost, x, y = ragged_problem(sizes, 3, dtype, seed)
+    tol_ = 1e-7 if dtype == torch.float64 else 1e-4
+    kw = dict(x=x, y=y) if from_features else dict(cost=cost)
+    ref_kw = dict(x=x.double(), y=y.double()) if from_features else dict(cost=cost.double())
+    out = csrc.sinkhorn_log_ragged(a, b, torch.tensor(row_off), col_off, 1.0, max_iter=300, tol=tol_,
+                                   check_every=check_every, **kw)
+    ref = R.sinkhorn_log_ragged(a.double(), b.double(), row_off, col_off, 1.0, max_iter=300, tol=tol_,
+                                check_every=check_every, **ref_kw)
+    assert out[0].shape == a.shape and out[2].shape == (len(sizes),)
+    assert_potentials_close(out, ref, dtype)
+    for p, (n_p, m_p) in enumerate(sizes):
+        if n_p == 0 or m_p == 0:
+            assert out[2][p] == 0 and out[3][p] == 0
+
+
+def test_sinkhorn_ragged_very_different_sizes():
+    sizes = [(700, 30), (0, 5), (3, 1), (1, 1), (50, 0), (120, 9), (2, 40)]
+    a, b, row_off, col_off, cost, x, y = ragged_problem(sizes, 4, torch.float64, 7)
+    for kw in (dict(cost=cost), dict(x=x, y=y)):
+        out = csrc.sinkhorn_log_ragged(a, b, row_off, col_off, 2.0, max_iter=500, tol=1e-9, **kw)
+        ref = R.sinkhorn_log_ragged(a, b, row_off, col_off, 2.0, max_iter=500, tol=1e-9, **kw)
+        assert_potentials_close(out, ref, torch.float64)
+
+
+def test_sinkhorn_arguments():
+    a, b, M = ot_problem(5, 3, torch.float64, 0)
+    with pytest.raises(ValueError, match="cost"):
+        csrc.sinkhorn_log_ragged(a, b, [0, 5], [0, 3], 1.0)
+    with pytest.raises(RuntimeError, match="reg"):
+        csrc.sinkhorn_log(a, b, M, 0.0)
+    with pytest.raises(RuntimeError, match="row_offsets"):
+        csrc.sinkhorn_log_ragged(a, b, [0, 6], [0, 3], 1.0, cost=M.flatten())
+    f, g, n_iter, err = csrc.sinkhorn_log(a, b, M, 1.0, max_iter=0)
+    assert n_iter == 0 and err == math.inf and torch.all(f == 0)
+
+
+# ---- fdmat ------------------------------------------------------------------------------------
+
+@given(N=st.integers(0, 50), C=st.integers(1, 9), D=st.integers(1, 8), dtype=DTYPES,
+       nc=st.booleans(), seed=st.integers(0, 99))
+def test_prototype_cost_and_scores(N, C, D, dtype, nc, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, D, generator=g, dtype=torch.float64)
+    mu = torch.randn(C, D, generator=g, dtype=torch.float64)
+    M = csrc.prototype_cost(maybe(x.to(dtype), nc), maybe(mu.to(dtype), nc))
+    M_ref = R.prototype_cost(x, mu)
+    torch.testing.assert_close(M.double(), M_ref, rtol=1e-4 if dtype == torch.float32 else 1e-10,
+                               atol=1e-4 if dtype == torch.float32 else 1e-10)
+    f = torch.randn(N, generator=g, dtype=torch.float64)
+    gg = torch.randn(C, generator=g, dtype=torch.float64)
+    s = csrc.fdmat_scores(maybe(M_ref.to(dtype), nc), f.to(dtype), gg.to(dtype), 0.7)
+    torch.testing.assert_close(s.double(), R.fdmat_scores(M_ref, f, gg, 0.7), **tol(dtype))
+
+
+# ---- dispatch and half precision --------------------------------------------------------------
+
+def test_ops_selects_cpu_backend():
+    import lcmat.ops as ops
+    a = torch.randn(4, 3)
+    assert ops.resolve("pairwise_l1", None, a)[0] == "cpu"
+    torch.testing.assert_close(ops.pairwise_l1(a, backend="cpu"), R.pairwise_l1(a))
+
+
+def test_bfloat16_runs_in_float32():
+    H, e, q, _ = distance_inputs(9, 3, 4, torch.float64, 2)
+    out = csrc.gradient_distance(H.bfloat16(), e.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), R.gradient_distance(H, e), rtol=0.05, atol=0.05)
+
+
+def test_missing_extension_warns_once_and_ops_fall_back():
+    import subprocess
+    import sys
+    code = ("import sys, warnings; sys.modules['lcmat._C'] = None; warnings.simplefilter('always')\n"
+            "import torch, lcmat.csrc as C, lcmat.ops as ops\n"
+            "print(C.available('cpu'), ops.resolve('pairwise_l1', None, torch.zeros(2, 2))[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "reference"]
+    assert out.stderr.count("did not load") == 1
+
+
+# ---- CUDA ---------------------------------------------------------------------------------------
+
+cuda = pytest.mark.gpu
+
+
+def _need_cuda_build():
+    if not csrc.available("cuda"):
+        pytest.skip("lcmat._C was built without CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_last_layer_and_distance(dtype):
+    _need_cuda_build()
+    H, Z, y, s = last_layer_inputs(301, 10, 37, dtype, 0)
+    dev = torch.device("cuda")
+    for got, want in zip(csrc.last_layer_factors(Z.to(dev), y.to(dev)), R.last_layer_factors(Z, y)):
+        torch.testing.assert_close(got.cpu(), want, **tol(dtype))
+    for got, want in zip(csrc.last_layer_grad_norms(H.to(dev), Z.to(dev), y.to(dev), s.to(dev)),
+                         R.last_layer_grad_norms(H, Z, y, s)):
+        torch.testing.assert_close(got.cpu(), want, **tol(dtype))
+    e, q = R.last_layer_factors(Z, y)
+    coords = R.top_variance_coords(H, q, 40, s)
+    assert csrc.top_variance_coords(H.to(dev), q.to(dev), 40, s.to(dev)).tolist() == coords.tolist()
+    ref = R.lcmat_distance(H.double(), e.double(), q.double(), coords, 0.3, s.double())
+    got = csrc.lcmat_distance(H.to(dev), e.to(dev), q.to(dev), coords.to(dev), 0.3, s.to(dev))
+    torch.testing.assert_close(got.cpu().double(), ref, **distance_tol(dtype, ref))
+    a = torch.randn(300, 17, dtype=dtype)
+    torch.testing.assert_close(csrc.pairwise_l1(a.to(dev)).cpu(), R.pairwise_l1(a), **tol(dtype))
+    torch.testing.assert_close(csrc.pairwise_l1(a.to(dev), a[:130].to(dev)).cpu(), R.pairwise_l1(a, a[:130]),
+                               **tol(dtype))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_facility_location(dtype):
+    _need_cuda_build()
+    dist = random_dist(700, 3, dtype, 4)
+    ref = R.facility_location_greedy(dist, 60, lazy=False)
+    picks, objective, weights = csrc.facility_location_greedy(dist.cuda(), 60)
+    assert picks.cpu().tolist() == ref[0].tolist()
+    torch.testing.assert_close(objective.cpu(), ref[1], **tol(dtype))
+    assert torch.equal(weights.cpu(), ref[2])
+    pts = torch.randint(0, 5, (40, 2)).double().repeat(3, 1)
+    dist = torch.cdist(pts, pts, p=1).to(dtype)
+    assert csrc.facility_location_greedy(dist.cuda(), 30)[0].cpu().tolist() == \
+        R.facility_location_greedy(dist, 30)[0].tolist()
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_sinkhorn_and_fdmat(dtype):
+    _need_cuda_build()
+    a, b, M = ot_problem(500, 37, dtype, 1, zero_mass=True)
+    tol_ = 1e-7 if dtype == torch.float64 else 1e-4
+    out = csrc.sinkhorn_log(a.cuda(), b.cuda(), M.cuda(), 0.1, 500, tol_)
+    ref = R.sinkhorn_log(a.double(), b.double(), M.double(), 0.1, 500, tol_)
+    assert_potentials_close(tuple(o.cpu() for o in out), ref, dtype) if dtype == torch.float64 else \
+        assert_potentials_close(tuple(o.cpu() for o in out[:2]) + (None, None), ref[:2] + (None, None), dtype)
+    sizes = [(300, 20), (0, 3), (5, 1), (40, 0), (90, 9)]
+    a, b, row_off, col_off, cost, x, y = ragged_problem(sizes, 4, dtype, 3)
+    for kw in (dict(cost=cost), dict(x=x, y=y)):
+        ref = R.sinkhorn_log_ragged(a.double(), b.double(), row_off, col_off, 2.0, max_iter=400, tol=tol_,
+                                    **{k: v.double() for k, v in kw.items()})
+        out = csrc.sinkhorn_log_ragged(a.cuda(), b.cuda(), row_off, col_off, 2.0, max_iter=400, tol=tol_,
+                                       **{k: v.cuda() for k, v in kw.items()})
+        out = tuple(o.cpu() for o in out)
+        if dtype == torch.float64:
+            assert_potentials_close(out, ref, dtype)
+        else:
+            assert_potentials_close(out[:2] + (None, None), ref[:2] + (None, None), dtype)
+    x = torch.randn(400, 16, dtype=dtype)
+    mu = torch.randn(10, 16, dtype=dtype)
+    M = csrc.prototype_cost(x.cuda(), mu.cuda())
+    torch.testing.assert_close(M.cpu(), R.prototype_cost(x, mu), rtol=1e-4, atol=1e-4)
+    f, g = torch.randn(400, dtype=dtype), torch.randn(10, dtype=dtype)
+    torch.testing.assert_close(csrc.fdmat_scores(M, f.cuda(), g.cuda(), 0.7).cpu(),
+                               R.fdmat_scores(M.cpu(), f, g, 0.7), **tol(dtype))
