@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Idle OpenMP threads sleep rather than spin (a large win on shared machines; see README).
+export OMP_WAIT_POLICY ?= PASSIVE
 EXT_SOURCES := $(shell find csrc triton_kernels -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
 .PHONY: setup demo test test-all bench cuda-check clean

@@ -1,0 +1,85 @@
+"""LCMat-S and FDMat at ImageNet-1k shape on precomputed features: time and peak memory.
+
+    OMP_WAIT_POLICY=passive python bench/bench_imagenet_shape.py --n 1281167 --classes 1000 --dim 512
+
+Synthetic post-ReLU embeddings and logits of that shape (float32: 2.6 GB + 5.1 GB) are made in
+chunks; each method then selects `fraction` of every class. Prints seconds and the process's
+peak resident memory after each step, and where LCMat-S spends its time per class.
+"""
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+
+import lcmat
+from lcmat import ops
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def synthetic_features(n, classes, dim, seed=0, chunk=65536):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centers = torch.randn(classes, dim, generator=g)
+    weight = 2.0 * centers / dim ** 0.5
+    H = torch.empty(n, dim)
+    Z = torch.empty(n, classes)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        H[start:stop] = (centers[y[start:stop]] + 1.5 * torch.randn(stop - start, dim, generator=g)).relu_()
+        torch.matmul(H[start:stop], weight.T, out=Z[start:stop])
+    return H, Z, y
+
+
+def profile_one_class(H, Z, y, fraction, backend):
+    """Seconds of each LCMat-S step on class 0."""
+    idx = (y == 0).nonzero().squeeze(1)
+    h, z, yc = H[idx], Z[idx], y[idx]
+    k = round(fraction * len(idx))
+    steps = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        out = fn()
+        steps[name] = time.perf_counter() - start
+        return out
+
+    e, q = timed("factors", lambda: ops.last_layer_factors(z, yc, backend=backend))
+    coords = timed("coordinates", lambda: ops.top_variance_coords(h, q, 100, backend=backend))
+    dist = timed("distances", lambda: ops.lcmat_distance(h, e, q, coords, 0.01, backend=backend))
+    timed("greedy", lambda: ops.facility_location_greedy(dist, k, backend=backend))
+    return len(idx), steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1281167)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("--methods", default="lcmat,fdmat")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    H, Z, y = synthetic_features(args.n, args.classes, args.dim)
+    print(f"features N={args.n} C={args.classes} D={args.dim}: {time.perf_counter() - start:.1f} s, "
+          f"peak RSS {peak_rss_gb():.2f} GB, backends {ops.available_backends()}, "
+          f"{torch.get_num_threads()} threads")
+    n_c, steps = profile_one_class(H, Z, y, args.fraction, args.backend)
+    print(f"LCMat-S, one class (n_c={n_c}): " + ", ".join(f"{k} {v:.3f} s" for k, v in steps.items()))
+    for name in args.methods.split(","):
+        selector = lcmat.get_method(name, fraction=args.fraction, backend=args.backend, progress=True)
+        start = time.perf_counter()
+        cs = selector.select_features(embeddings=H, logits=Z, labels=y)
+        print(f"{name}: {len(cs)} samples in {time.perf_counter() - start:.1f} s, "
+              f"peak RSS {peak_rss_gb():.2f} GB" +
+              (f", OT {selector.last_ot}" if hasattr(selector, "last_ot") else ""))
+
+
+if __name__ == "__main__":
+    main()
