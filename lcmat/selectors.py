@@ -462,8 +462,7 @@ class FDMat(ScoreSelector):
                 raise ValueError(f"embeddings: FDMat expects non-negative (post-ReLU) features, the "
                                  f"smallest is {low:.4g}; pass negative='shift' to shift them")
             x = x - low
-        # The transform's global mean is taken in float64, then work continues in self.dtype.
-        x = ops.fdmat_transform(x.double(), self.beta).to(self.dtype)
+        x = ops.fdmat_transform(x, self.beta)
         M = ops.prototype_cost(x, ops.class_prototypes(x, data.labels, data.num_classes), backend=self.backend)
         a = torch.ones(len(data), dtype=M.dtype, device=M.device)
         b = torch.as_tensor(data.counts, dtype=M.dtype, device=M.device)

@@ -27,11 +27,18 @@ def as_features(name, x, n=None, dtype=torch.float32, device=None):
         raise ValueError(f"{name}: has {x.shape[0]} rows but labels has {n} entries")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name}: is empty, shape {tuple(x.shape)}")
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        row = int(bad.any(1).nonzero()[0])
-        raise ValueError(f"{name}: contains NaN or Inf ({int(bad.sum())} entries, first in row {row})")
+    check_finite(name, x)
     return x.to(dtype)
+
+
+def check_finite(name, x, rows_per_chunk=65536):
+    """Raise naming `name` and the first bad row if x has NaN or Inf; checks a chunk of rows at
+    a time, so a multi-GB input needs no input-sized temporary."""
+    for start in range(0, x.shape[0], rows_per_chunk):
+        bad = ~torch.isfinite(x[start:start + rows_per_chunk])
+        if bad.any():
+            row = start + int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0])
+            raise ValueError(f"{name}: contains NaN or Inf (first in row {row})")
 
 
 def as_labels(labels, num_classes=None, device=None):

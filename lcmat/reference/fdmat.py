@@ -5,10 +5,13 @@ import torch
 def fdmat_transform(features, beta=0.5, eps=1e-6):
     """x <- (x + eps)^beta, then x~_i = (x_i - m) / ||x_i|| with m the mean of the transformed x.
 
-    Features must be non-negative (post-ReLU); callers validate that.
+    Features must be non-negative (post-ReLU); callers validate that. The mean is accumulated
+    in float64; besides the result, no input-sized temporary is made.
     """
-    x = (features + eps).pow(beta)
-    return (x - x.mean(0)) / x.norm(dim=1, keepdim=True)
+    x = (features + eps).pow_(beta)
+    mean = x.sum(0, dtype=torch.float64).div_(len(x)).to(x.dtype)
+    norm = x.norm(dim=1, keepdim=True)
+    return x.sub_(mean).div_(norm)
 
 
 def class_prototypes(x, labels, num_classes):
