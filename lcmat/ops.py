@@ -138,6 +138,16 @@ def fdmat_scores(M, f, g, reg, backend=None):
     return _call("fdmat_scores", backend, M, f, g, reg)
 
 
+def linear_grad_norms(activations, grad_outputs, backend=None):
+    """Squared per-sample gradient norms of one nn.Linear on sequence inputs, [N]."""
+    return _call("linear_grad_norms", backend, activations, grad_outputs)
+
+
+def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
+    """Per-sample gradient norms over every nn.Linear of `model` (loss_fn with reduction='none')."""
+    return _call("per_sample_grad_norms", backend, model, inputs, targets, loss_fn)
+
+
 # Not kernels, but shared by the selectors; always the reference (cheap, exact).
 fdmat_transform = reference.fdmat_transform
 class_prototypes = reference.class_prototypes

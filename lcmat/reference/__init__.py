@@ -5,6 +5,7 @@ Each family lives in its own module; `triton_kernels/` and `csrc/` hold twins wi
 from .facility_location import facility_location_greedy, nearest_pick_counts
 from .fdmat import class_prototypes, fdmat_scores, fdmat_transform, prototype_cost
 from .last_layer import last_layer_factors, last_layer_grad_norms
+from .linear_grad_norms import linear_grad_norms, per_sample_grad_norms
 from .lcmat_distance import (coords_by_variance, curvature_moments, gradient_distance, gradient_gram,
                              hessian_diag_coords, lcmat_distance, pairwise_l1,
                              top_variance_coords)
