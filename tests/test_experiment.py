@@ -1,0 +1,290 @@
+"""The experiment pipeline: end-to-end CLI run, resume, summaries and the paired-difference arithmetic."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import lcmat
+import lcmat.experiment as experiment
+from lcmat.cli import main
+from lcmat.coreset import class_budgets
+from lcmat.data import load_dataset
+from lcmat.experiment import (RESULT_COLUMNS, epochs_for_steps, paired_differences, parse_methods, parse_option,
+                              read_results, run_experiment, summarize, summary_markdown)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tiny networks train fastest on one thread (and a loaded machine stays usable)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Selection-model checkpoints go to a fresh folder per test."""
+    monkeypatch.setenv("LCMAT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def digits_counts():
+    return np.bincount(load_dataset("digits", "train").targets)
+
+
+def count_calls(monkeypatch, name):
+    """Wrap lcmat.experiment.<name> so that its calls are counted."""
+    original = getattr(experiment, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, name, wrapper)
+    return calls
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------------------
+
+def test_cli_experiment_end_to_end(tmp_path, digits_counts, capsys):
+    out = tmp_path / "run"
+    argv = ["experiment", "--dataset", "digits", "--model", "mlp", "--methods", "uniform,lcmat",
+            "--option", "lcmat.rho=1", "--fractions", "0.1,0.05", "--seeds", "0,1", "--steps", "15",
+            "--selection-epochs", "1", "--evaluations", "2", "--device", "cpu", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+
+    with open(out / "results.csv", newline="") as f:
+        raw = list(csv.DictReader(f))
+    assert set(RESULT_COLUMNS) <= set(raw[0])
+    rows = read_results(out / "results.csv")
+    keys = {(r["method"], r["options"], r["fraction"], r["seed"]) for r in rows}
+    assert keys == {(m, o, f, s) for m, o in (("uniform", ""), ("lcmat", "rho=1.0"))
+                    for f in (0.05, 0.1) for s in (0, 1)}
+    assert len(rows) == 8
+    for r in rows:
+        k = int(class_budgets(digits_counts, r["fraction"]).sum())
+        assert r["dataset"] == "digits" and r["model"] == "mlp"
+        assert r["n_selected"] == k
+        assert r["steps"] == 15 and r["selection_epochs"] == 1
+        assert r["epochs"] == math.ceil(15 / math.ceil(k / 128))
+        assert 0 <= r["final_acc"] <= r["best_acc"] <= 100
+        assert r["selection_seconds"] >= 0 and r["training_seconds"] > 0
+        assert raw[0]["weighted"] in ("True", "False")
+
+    summary = (out / "summary.md").read_text()
+    assert "## digits, mlp" in summary and "| 5 % | 10 % |" in summary
+    assert "Paired difference to uniform, final accuracy" in summary
+    diffs = paired_differences(rows, "final_acc")[("digits", "mlp", "lcmat(rho=1.0)", 0.1)]
+    by = {(r["method"], r["seed"]): r["final_acc"] for r in rows if r["fraction"] == 0.1}
+    assert diffs == pytest.approx({s: by[("lcmat", s)] - by[("uniform", s)] for s in (0, 1)})
+    mean, std = np.mean(list(diffs.values())), np.std(list(diffs.values()), ddof=1)
+    wins = sum(v > 0 for v in diffs.values())
+    assert f"{mean:+.2f} ± {std:.2f} ({wins}/2)" in summary
+
+    assert (out / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+    log = json.loads((out / "selection_models.json").read_text())
+    assert sorted(log) == ["digits/mlp/e1/s0", "digits/mlp/e1/s1"]
+
+    # --summary-only rewrites the report from the CSV alone.
+    (out / "summary.md").unlink()
+    (out / "accuracy.png").unlink()
+    assert main(["experiment", "--out", str(out), "--summary-only"]) == 0
+    assert (out / "summary.md").read_text() == summary
+    assert (out / "accuracy.png").is_file()
+
+
+def test_resume_skips_done_rows(tmp_path, monkeypatch):
+    trainings = count_calls(monkeypatch, "train_on_coreset")
+    pretrainings = count_calls(monkeypatch, "train_selection_model")
+    out = tmp_path / "run"
+    settings = dict(dataset="digits", model="mlp", methods=["uniform", "el2n", "forgetting"], fractions=[0.1],
+                    out_dir=out, selection_epochs=1, epochs=None, steps=4, evaluations=1, progress=False,
+                    log=lambda *a: None)
+
+    run_experiment(seeds=[0], **settings)
+    assert len(trainings) == 3 and len(pretrainings) == 1
+
+    with pytest.raises(ValueError, match="already exists"):
+        run_experiment(seeds=[0], **settings)
+    with pytest.raises(ValueError, match="steps"):
+        run_experiment(seeds=[0], resume=True, **dict(settings, steps=5))
+
+    rows = run_experiment(seeds=[0, 1], resume=True, **settings)  # only seed 1 is new
+    assert len(trainings) == 6 and len(pretrainings) == 2
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("uniform", "el2n", "forgetting")
+                                                       for s in (0, 1)}
+
+    # Drop one finished row: resume trains exactly that one, from the cached selection model.
+    path = out / "results.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not (line.startswith("digits,mlp,el2n,") and ",0.1,0," in line)]
+    assert len(kept) == len(lines) - 1
+    path.write_text("".join(kept))
+    run_experiment(seeds=[0, 1], resume=True, **settings)
+    assert len(trainings) == 7 and len(pretrainings) == 2
+    assert len(read_results(path)) == 6
+
+    run_experiment(seeds=[0], overwrite=True, **settings)
+    assert len(read_results(path)) == 3 and len(pretrainings) == 2  # checkpoints are reused
+
+
+def test_uniform_only_runs_need_no_selection_model(tmp_path, monkeypatch):
+    pretrainings = count_calls(monkeypatch, "train_selection_model")
+    rows = run_experiment("digits", "mlp", ["uniform"], [0.1], [3], tmp_path, selection_epochs=1, epochs=2,
+                          progress=False, log=lambda *a: None)
+    assert len(rows) == 1 and rows[0]["epochs"] == 2 and rows[0]["steps"] is None and not pretrainings
+
+
+def test_bad_arguments_fail_before_any_training(tmp_path, monkeypatch):
+    trainings = count_calls(monkeypatch, "train_on_coreset")
+    common = dict(out_dir=tmp_path, selection_epochs=1, steps=2, progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="fraction: 0.001 gives class"):
+        run_experiment("digits", "mlp", ["uniform"], [0.1, 0.001], [0], **common)
+    with pytest.raises(ValueError, match="unknown method"):
+        run_experiment("digits", "mlp", ["uniform", "lcmatt"], [0.1], [0], **common)
+    with pytest.raises(ValueError, match="unknown model"):
+        run_experiment("digits", "mlpp", ["uniform"], [0.1], [0], **common)
+    with pytest.raises(ValueError, match="seeds"):
+        run_experiment("digits", "mlp", ["uniform"], [0.1], [0, 0], **common)
+    with pytest.raises(ValueError, match="steps"):
+        run_experiment("digits", "mlp", ["uniform"], [0.1], [0], **dict(common, steps=0))
+    with pytest.raises(SystemExit, match="--epochs or --steps"):
+        main(["experiment", "--preset", "cpu", "--epochs", "2", "--steps", "3", "--out", str(tmp_path)])
+    assert not trainings
+
+
+# --------------------------------------------------------------------------------------------------
+# Arithmetic on a hand-made results file
+# --------------------------------------------------------------------------------------------------
+
+def write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in RESULT_COLUMNS})
+
+
+def hand_made_rows():
+    def row(method, fraction, seed, final, best, options="", model="lenet"):
+        return dict(dataset="fmnist", model=model, method=method, options=options, fraction=fraction, seed=seed,
+                    n_selected=10, weighted=False, selection_epochs=10, epochs=5, steps=300, final_acc=final,
+                    best_acc=best, selection_seconds=0.5, training_seconds=2.0)
+
+    return [
+        row("uniform", 0.01, 0, 50.0, 51.0), row("uniform", 0.01, 1, 52.0, 52.0), row("uniform", 0.01, 2, 54.0, 55.0),
+        row("lcmat", 0.01, 0, 53.0, 53.0), row("lcmat", 0.01, 1, 51.0, 54.0), row("lcmat", 0.01, 2, 60.0, 60.0),
+        row("lcmat", 0.01, 3, 99.0, 99.0),                     # no uniform row for seed 3: not paired
+        row("lcmat", 0.01, 0, 49.0, 50.0, options="rho=1.0"),  # a variant, paired with seed 0 only
+        row("uniform", 0.1, 0, 70.0, 71.0), row("fdmat", 0.1, 0, 68.5, 71.0),
+        row("uniform", 0.01, 1, 10.0, 10.0, model="mlp"),     # another model: never paired with lenet
+        row("lcmat", 0.01, 1, 11.0, 11.0, model="mlp"),
+    ]
+
+
+def test_paired_difference_arithmetic(tmp_path):
+    path = tmp_path / "results.csv"
+    write_csv(path, hand_made_rows())
+    rows = read_results(path)
+
+    final = paired_differences(rows, "final_acc")
+    assert final[("fmnist", "lenet", "lcmat", 0.01)] == {0: 3.0, 1: -1.0, 2: 6.0}
+    assert final[("fmnist", "lenet", "lcmat(rho=1.0)", 0.01)] == {0: -1.0}
+    assert final[("fmnist", "lenet", "fdmat", 0.1)] == {0: -1.5}
+    assert final[("fmnist", "mlp", "lcmat", 0.01)] == {1: 1.0}
+    assert not any(key[2] == "uniform" for key in final)
+    best = paired_differences(rows, "best_acc")
+    assert best[("fmnist", "lenet", "lcmat", 0.01)] == {0: 2.0, 1: 2.0, 2: 5.0}
+    with pytest.raises(ValueError, match="metric"):
+        paired_differences(rows, "acc")
+
+    stats = {(s["model"], s["label"], s["fraction"]): s for s in summarize(rows)}
+    uniform = stats[("lenet", "uniform", 0.01)]
+    assert (uniform["n"], uniform["final_mean"], uniform["final_std"]) == (3, 52.0, 2.0)
+    lcmat_stats = stats[("lenet", "lcmat", 0.01)]
+    assert lcmat_stats["n"] == 4 and lcmat_stats["final_mean"] == pytest.approx((53 + 51 + 60 + 99) / 4)
+    assert stats[("lenet", "fdmat", 0.1)]["final_std"] is None
+
+    text = summary_markdown(rows)
+    # diffs 3, -1, 6: mean 8/3, sample std sqrt(37/3), 2 wins of 3 pairs.
+    assert f"| lcmat | +{8 / 3:.2f} ± {math.sqrt(37 / 3):.2f} (2/3) | - |" in text
+    assert "| lcmat(rho=1.0) | -1.00 (0/1) | - |" in text
+    assert "| fdmat | - | -1.50 (0/1) |" in text
+    # Cells with fewer seeds than the section (4 here) show their count.
+    assert "| uniform | 52.00 ± 2.00 (3) | 70.00 (1) |" in text
+    assert "| lcmat | 65.75 ± 22.50 | - |" in text
+    assert "## fmnist, lenet" in text and "## fmnist, mlp" in text
+
+
+def test_plot_is_written_for_hand_made_rows(tmp_path):
+    from lcmat.plots import plot_accuracy
+
+    path = plot_accuracy([dict(r, options=r["options"] or "") for r in hand_made_rows()], tmp_path / "p.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+# --------------------------------------------------------------------------------------------------
+# Small pieces
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps,k,batch,expected", [
+    (300, 300, 128, 100),   # 3 batches per epoch
+    (300, 6000, 128, 7),    # 47 batches per epoch: 329 steps
+    (300, 128, 128, 300),
+    (300, 129, 128, 150),
+    (1, 10_000, 128, 1),
+])
+def test_epochs_for_steps(steps, k, batch, expected):
+    assert epochs_for_steps(steps, k, batch) == expected
+    assert expected * math.ceil(k / batch) >= steps
+
+
+def test_epochs_for_steps_rejects_bad_steps():
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="steps"):
+            epochs_for_steps(bad, 10, 4)
+
+
+def test_parse_methods_and_options():
+    specs = parse_methods("all")
+    assert [s.name for s in specs] == list(lcmat.METHODS) and all(not s.options for s in specs)
+    specs = parse_methods(["LCMat-S", "lcmat:num_coords=5:mode=compat", "kCenterGreedy"], {"lcmat": {"rho": "2"}})
+    assert [s.label for s in specs] == ["lcmat(rho=2.0)", "lcmat(mode=compat num_coords=5 rho=2.0)", "kcenter"]
+    assert specs[1].options == {"rho": 2.0, "num_coords": 5, "mode": "compat"}
+    assert parse_methods("craig:weights=false")[0].options == {"weights": False}
+    assert parse_option("lcmat.rho=1") == ("lcmat", "rho", "1")
+    with pytest.raises(ValueError, match="'lam' is not an option of lcmat"):
+        parse_methods("lcmat:lam=3")
+    with pytest.raises(ValueError, match="cannot read 'x' as int"):
+        parse_methods("lcmat:num_coords=x")
+    with pytest.raises(ValueError, match="more than once"):
+        parse_methods("lcmat,LCMat")
+    with pytest.raises(ValueError, match="METHOD.NAME=VALUE"):
+        parse_option("rho=1")
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_option("lcma.rho=1")
+
+
+def test_demo_runs_from_any_directory_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["demo", "--methods", "uniform,el2n", "--seeds", "0,1", "--steps", "5",
+                     "--selection-epochs", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "| 10 % | el2n | 143 |" in out and "/2 seeds)" in out  # paired over both seeds
+    folder = tmp_path / "results" / "demo-digits"
+    assert (folder / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
+    assert len(read_results(folder / "results.csv")) == 8  # 2 methods x 2 fractions x 2 seeds
