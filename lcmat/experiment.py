@@ -94,7 +94,7 @@ PRESETS = {
 _METHOD_ALIASES = {"lcmat_s": "lcmat", "lcmats": "lcmat", "kcentergreedy": "kcenter", "k_center": "kcenter",
                    "kcenter_greedy": "kcenter", "leastconfidence": "least_confidence", "random": "uniform"}
 # Constructor arguments the experiment sets itself; they are not method options.
-_RESERVED = {"self", "fraction", "seed", "balance", "progress", "backend", "dtype"}
+_RESERVED = {"self", "fraction", "seed", "progress", "backend", "dtype"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -565,14 +565,20 @@ class _Features:
         return self._train_bn[batch_size]
 
 
+def _needs_selection_model(spec):
+    """Every method but plain Uniform reads the selection model's features or forgetting counts
+    (Uniform with coverage=True stratifies by their difficulty)."""
+    return spec.name != "uniform" or bool(spec.options.get("coverage"))
+
+
 def _select(spec, fraction, seed, labels, features, stats, backend):
     """(Coreset, wall seconds) of one method at one fraction."""
     options = dict(spec.options)
     selector = get_method(spec.name, fraction=fraction, seed=seed, progress=False, backend=backend, **options)
     extra, H, Z = {}, None, None
-    if spec.name == "forgetting":
+    if stats.get("forgetting") is not None:  # Forgetting, and difficulty="forgetting" under coverage
         extra["forgetting"] = stats["forgetting"]
-    elif spec.name != "uniform":
+    if selector.required():
         if getattr(selector, "mode", "paper") == "compat":
             H, Z = features.train_bn(selector.batch_size)
         else:
@@ -670,7 +676,7 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
         if not todo:
             continue
         stats, features = {}, None
-        if any(spec.name != "uniform" for _, _, spec in todo):
+        if any(_needs_selection_model(spec) for _, _, spec in todo):
             selection_model, stats = _selection_model(dataset_name, model_label, build, train, selection_epochs,
                                                       seed, device, progress, cache_dir)
             features = _Features(selection_model, train, device, progress)

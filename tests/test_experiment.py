@@ -145,6 +145,38 @@ def test_uniform_only_runs_need_no_selection_model(tmp_path, monkeypatch):
     assert len(rows) == 1 and rows[0]["epochs"] == 2 and rows[0]["steps"] is None and not pretrainings
 
 
+def test_coverage_and_global_budget_variants_run_as_their_selectors(tmp_path, monkeypatch):
+    """uniform:coverage=True (CCS) needs the selection model's logits for its strata; balance=False
+    is a method option; each row's coreset is the selector's own on the same features."""
+    pretrainings = count_calls(monkeypatch, "train_selection_model")
+    expected = {
+        "uniform": lambda: lcmat.Uniform(0.2, seed=0),
+        "uniform(coverage=True prune_hard=0.2)": lambda: lcmat.Uniform(0.2, seed=0, coverage=True, prune_hard=0.2),
+        "el2n(balance=False)": lambda: lcmat.EL2N(0.2, seed=0, balance=False),
+        "fdmat(balance=False coverage=True)": lambda: lcmat.FDMat(0.2, seed=0, balance=False, coverage=True),
+    }
+    original, checked = experiment._select, []
+
+    def spy(spec, fraction, seed, labels, features, stats, backend):
+        coreset, seconds = original(spec, fraction, seed, labels, features, stats, backend)
+        H, Z = (None, None) if features is None else features.eval_mode()[:2]
+        want = expected[spec.label]().select_features(embeddings=H, logits=Z, labels=labels)
+        np.testing.assert_array_equal(coreset.indices, want.indices)
+        checked.append((spec.label, coreset.indices))
+        return coreset, seconds
+
+    monkeypatch.setattr(experiment, "_select", spy)
+    rows = run_experiment("digits", "mlp", [m.replace("(", ":").replace(")", "").replace(" ", ":")
+                                            for m in expected], [0.2], [0], tmp_path, selection_epochs=1,
+                          epochs=None, steps=2, evaluations=1, progress=False, log=lambda *a: None)
+    assert len(pretrainings) == 1 and [label for label, _ in checked] == list(expected)
+    assert [(r["method"], r["options"]) for r in rows] == [
+        ("uniform", ""), ("uniform", "coverage=True prune_hard=0.2"), ("el2n", "balance=False"),
+        ("fdmat", "balance=False coverage=True")]
+    assert not np.array_equal(checked[0][1], checked[1][1])  # the strata change the random picks
+    assert rows[2]["n_selected"] == round(0.2 * len(load_dataset("digits", "train")))
+
+
 def test_bad_arguments_fail_before_any_training(tmp_path, monkeypatch):
     trainings = count_calls(monkeypatch, "train_on_coreset")
     common = dict(out_dir=tmp_path, selection_epochs=1, steps=2, progress=False, log=lambda *a: None)
