@@ -167,8 +167,24 @@ def _check_options(name, options, where):
         if key not in allowed:
             raise ValueError(f"{where}: {key!r} is not an option of {name} "
                              f"(its options: {', '.join(allowed) or 'none'})")
-        checked[key] = _parse_text(value, allowed[key], f"{where} {name}.{key}")
+        try:
+            checked[key] = _parse_text(value, allowed[key], f"{where} {name}.{key}")
+        except ValueError:
+            if not _selector_accepts(name, key, value):
+                raise
+            checked[key] = value.strip()  # a word the option also takes, e.g. lcmat's rho=auto
     return checked
+
+
+def _selector_accepts(name, key, value):
+    """Does the selector take this text as it is for the option (e.g. LCMat(rho="auto"))?"""
+    if not isinstance(value, str):
+        return False
+    try:
+        METHODS[name](**{key: value.strip()})
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def parse_option(text):

@@ -299,6 +299,9 @@ def test_parse_methods_and_options():
         parse_methods("lcmat:lam=3")
     with pytest.raises(ValueError, match="cannot read 'x' as int"):
         parse_methods("lcmat:num_coords=x")
+    assert parse_methods("lcmat:rho=auto")[0].options == {"rho": "auto"}  # a word the selector takes
+    with pytest.raises(ValueError, match="cannot read 'automatic' as float"):
+        parse_methods("lcmat:rho=automatic")
     with pytest.raises(ValueError, match="more than once"):
         parse_methods("lcmat,LCMat")
     with pytest.raises(ValueError, match="METHOD.NAME=VALUE"):
