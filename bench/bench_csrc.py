@@ -160,10 +160,30 @@ def bench_lcmat(reference_full):
         print(f"| {backend} | {what} | {r['seconds']:.2f} | {r['peak_mb']:.0f} |", flush=True)
     ref_full = results["reference", "full"]["seconds"] if reference_full else \
         results["reference", "block"]["seconds"] * C_
+    gemm_full, gemm_half = gram_gemm_floor(N, C_, D)
+    print(f"\nfloor: the Gram GEMM H_c H_c^T of one class takes {gemm_full:.3f} s in ATen (the reference computes "
+          f"it whole), {gemm_half:.3f} s for its upper triangle in 512-row blocks (the least any exact fp32 "
+          f"backend must do): the per-class speed-up is bounded by "
+          f"{results['reference', 'block']['seconds'] / gemm_half:.1f}x even if everything else took no time")
     label = "measured" if reference_full else f"extrapolated: {C_} x one class"
     print(f"\nwhole LCMat-S: reference {ref_full:.1f} s ({label}) vs cpu "
           f"{results['cpu', 'full']['seconds']:.1f} s: {ref_full / results['cpu', 'full']['seconds']:.1f}x; "
           f"per class {results['reference', 'block']['seconds'] / results['cpu', 'block']['seconds']:.1f}x")
+
+
+def gram_gemm_floor(N, C_, D, reps=3):
+    """Median seconds of class 0's Gram GEMM H H^T: whole, and its upper triangle in row blocks."""
+    H, _, y = lcmat_data(N, C_, D)
+    h = H[y == 0].contiguous()
+    n, block = len(h), 512
+
+    def triangle():
+        for r0 in range(0, n, block):
+            torch.mm(h[r0:r0 + block], h[r0:].T)
+
+    full = statistics.median(timed(lambda: torch.mm(h, h.T))[0] for _ in range(reps))
+    half = statistics.median(timed(triangle)[0] for _ in range(reps))
+    return full, half
 
 
 def bench_ot(reps, imagenet, pot_rows):

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import brute
-from lcmat.reference import (curvature_moments, gradient_distance, gradient_gram,
+from lcmat.reference import (coords_by_variance, curvature_moments, gradient_distance, gradient_gram,
                              hessian_diag_coords, last_layer_factors, lcmat_distance,
                              pairwise_l1, top_variance_coords)
 
@@ -133,6 +133,19 @@ def assert_top_variance(var, coords, num_coords, rtol=1e-9):
     rest = [float(var[j]) for j in range(var.numel()) if j not in coords]
     if chosen and rest:
         assert max(rest) <= min(chosen) + tol
+
+
+@given(P=st.integers(1, 60), num_coords=st.integers(0, 70), levels=st.integers(1, 5),
+       seed=st.integers(0, 2**31 - 1))
+def test_coords_by_variance_equals_the_full_stable_sort(P, num_coords, levels, seed):
+    """Few distinct variances (many ties, zeros among them): the first K of all P coordinates
+    sorted by decreasing variance, lowest index first among equals."""
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randint(0, 4, (P,), generator=g).double()
+    var = torch.randint(0, levels, (P,), generator=g).double()  # small integers: exact arithmetic
+    second = mean.square() + var
+    expected = sorted(range(P), key=lambda j: (-float(var[j]), j))[:num_coords]
+    assert coords_by_variance(mean, second, num_coords).tolist() == expected
 
 
 @pytest.mark.parametrize("use_scale", [False, True])
