@@ -10,6 +10,7 @@ by the method's criterion. The base class decides which groups it runs on: each 
 (balance=True), the whole set (balance=False), or the difficulty strata of each (coverage=True).
 """
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -469,6 +470,10 @@ class FDMat(ScoreSelector):
         reg = 1.0 / self.lam
         f, g, n_iter, err = ops.sinkhorn_log(a, b, M, reg, self.max_iter, self.tol, backend=self.backend)
         self.last_ot = {"iterations": int(n_iter), "marginal_error": float(err)}
+        if not float(err) <= self.tol:
+            warnings.warn(f"FDMat: Sinkhorn stopped at max_iter={self.max_iter} with relative marginal error "
+                          f"{float(err):.2g} > tol={self.tol:g}; the scores come from the last iterate (raise "
+                          f"max_iter, or lower lam for a smoother plan)", RuntimeWarning, stacklevel=3)
         return ops.fdmat_scores(M, f, g, reg, backend=self.backend)
 
 

@@ -1,6 +1,8 @@
 """Every selector of lcmat.METHODS against its DEFINITION (DESIGN.md 2), by brute force on small
 synthetic problems: budgets, index bookkeeping, determinism, and the property that defines each
 method (tests/brute_selectors.py holds the materialised definitions)."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -326,6 +328,17 @@ def test_fdmat_float32_scores_close_to_pot():
     cs = lcmat.FDMat(fraction=0.2).select_features(embeddings=H.astype(np.float32), labels=y)
     expected = B.fdmat_scores(H.astype(np.float32).astype(np.float64), y)
     np.testing.assert_allclose(cs.scores, expected, rtol=2e-3, atol=1e-6 * expected.max())
+
+
+def test_fdmat_warns_when_the_transport_has_not_converged():
+    H, _, y = B.make_problem(COUNTS, D=6, seed=3, nonneg=True)
+    selector = lcmat.FDMat(fraction=0.2, dtype=torch.float64, max_iter=2, tol=1e-12)
+    with pytest.warns(RuntimeWarning, match="max_iter=2 with relative marginal error"):
+        selector.select_features(embeddings=H, labels=y)
+    assert selector.last_ot["iterations"] == 2 and selector.last_ot["marginal_error"] > 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lcmat.FDMat(**fdmat_options()).select_features(embeddings=H, labels=y)
 
 
 def test_fdmat_global_budget_keeps_the_smallest_overall():
