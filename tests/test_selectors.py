@@ -325,7 +325,7 @@ def test_fdmat_lambda_and_beta_are_used():
 
 def test_fdmat_float32_scores_close_to_pot():
     H, _, y = B.make_problem(COUNTS, D=6, seed=3, nonneg=True)
-    cs = lcmat.FDMat(fraction=0.2).select_features(embeddings=H.astype(np.float32), labels=y)
+    cs = lcmat.FDMat(fraction=0.2, tol=1e-6).select_features(embeddings=H.astype(np.float32), labels=y)
     expected = B.fdmat_scores(H.astype(np.float32).astype(np.float64), y)
     np.testing.assert_allclose(cs.scores, expected, rtol=2e-3, atol=1e-6 * expected.max())
 
