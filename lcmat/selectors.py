@@ -438,7 +438,7 @@ class FDMat(ScoreSelector):
     lam: the OT regularisation is reg = 1 / lam on costs M_ic = ||x_i - mu_c||^2 that lie in
     [0, 4] (the transformed features have norm at most about 1). lam = 10 (reg = 0.1), the
     default, keeps the plan between the hard assignment and the product coupling. Measured on
-    Fashion-MNIST (LeNet features, 0.2-20 %, docs/quality.md): lam = 100 trains within 2 points
+    Fashion-MNIST (LeNet features, 0.2-20 %, docs/quality.md): lam = 100 trains within 2.2 points
     of lam = 10 (identical picks at 0.2 %); lam = 1 is 11 points worse at 0.2 % and up to 5 points
     better at 20 %; none of them comes near Uniform.
     tol: Sinkhorn stops when the relative marginal error is at most tol (or after max_iter
