@@ -68,13 +68,7 @@ def main_py_select(name, dst_train, args):
     return method, subset, dst_subset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny networks train fastest on one thread (and a loaded machine stays usable)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from lcmat.experiment import (RESULT_COLUMNS, epochs_for_steps, paired_differenc
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tiny networks train fastest on one thread (and a loaded machine stays usable)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)
