@@ -237,7 +237,7 @@ def _experiment_settings(args):
     """run_experiment's keyword arguments: the preset (or the defaults), then the explicit options."""
     import torch
 
-    from .experiment import PRESETS, parse_option
+    from .experiment import PRESETS, parse_model_option, parse_option
 
     settings = dict(selection_epochs=10, epochs=200, steps=None, seeds=(0, 1, 2),
                     fractions=(0.005, 0.01, 0.05, 0.1), batch_size=128, lr=0.1, evaluations=None,
@@ -268,24 +268,13 @@ def _experiment_settings(args):
         except ValueError as err:
             raise SystemExit(f"lcmat experiment: --{err}")
         method_options.setdefault(method, {})[key] = value
-    model_options = {}
-    for text in args.model_option:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"lcmat experiment: --model-option: expected NAME=VALUE, got {text!r}")
-        model_options[key.strip()] = _number_or_text(value.strip())
+    try:
+        model_options = dict(parse_model_option(text) for text in args.model_option)
+    except ValueError as err:
+        raise SystemExit(f"lcmat experiment: --{err}")
     settings.update(method_options=method_options, model_options=model_options, data_dir=args.data_dir,
                     out_dir=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     return settings
-
-
-def _number_or_text(text):
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
 
 
 def cmd_experiment(args):

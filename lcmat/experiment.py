@@ -196,6 +196,20 @@ def parse_option(text):
     return canonical_method(method), key.strip(), value
 
 
+def parse_model_option(text):
+    """``"width=16"`` -> ``("width", 16)`` (ints and floats converted, anything else kept as text)."""
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"model-option: expected NAME=VALUE (e.g. width=16), got {text!r}")
+    value = value.strip()
+    for convert in (int, float):
+        try:
+            return key.strip(), convert(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
 def parse_methods(methods, method_options=None):
     """Method specs from names, ``"all"``, or ``"name:key=value:key=value"`` variants.
 

@@ -13,7 +13,8 @@ import lcmat.experiment as experiment
 from lcmat.cli import main
 from lcmat.coreset import class_budgets
 from lcmat.data import load_dataset
-from lcmat.experiment import (RESULT_COLUMNS, epochs_for_steps, paired_differences, parse_methods, parse_option,
+from lcmat.experiment import (RESULT_COLUMNS, epochs_for_steps, paired_differences, parse_methods, parse_model_option,
+                              parse_option,
                               read_results, run_experiment, summarize, summary_markdown)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -279,6 +280,15 @@ def test_epochs_for_steps_rejects_bad_steps():
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="steps"):
             epochs_for_steps(bad, 10, 4)
+
+
+def test_parse_model_option():
+    assert parse_model_option("width=16") == ("width", 16)
+    assert parse_model_option(" dropout = 0.5 ") == ("dropout", 0.5)
+    assert parse_model_option("norm=instance") == ("norm", "instance")
+    for bad in ["width", "=3", ""]:
+        with pytest.raises(ValueError, match="model-option"):
+            parse_model_option(bad)
 
 
 def test_parse_methods_and_options():

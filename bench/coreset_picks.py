@@ -1,0 +1,73 @@
+"""What kind of samples does each method pick? Difficulty of the picks under the selection model.
+
+    python bench/coreset_picks.py --dataset fashion-mnist --model lenet --seed 0 --fraction 0.05 \
+        --methods uniform,lcmat,lcmat:rho=1,uniform:coverage=True,lcmat:rho=1:coverage=True
+
+Uses the same cached selection model and features as `lcmat experiment` (same dataset, model,
+selection epochs and seed), selects with each method spec, and prints a markdown table: the share
+of the picks that the selection model classifies correctly and the median and 90th percentile of
+their cross-entropy loss, next to the same for the whole training set ("pool").
+"""
+import argparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lcmat.data import load_dataset
+from lcmat.experiment import (_Features, _model_label, _select, _selection_model, parse_methods,
+                              parse_model_option)
+from lcmat.models import get_model
+
+
+def pick_stats(correct, loss, indices):
+    """(% classified correctly, median loss, 90th percentile of the loss) over `indices`."""
+    return 100.0 * correct[indices].mean(), np.median(loss[indices]), np.percentile(loss[indices], 90)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--model", default="lenet")
+    parser.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--selection-epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fraction", type=float, default=0.05)
+    parser.add_argument("--methods", default="uniform,lcmat,lcmat:rho=1,uniform:coverage=True,"
+                                             "lcmat:rho=1:coverage=True")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model_options = dict(parse_model_option(text) for text in args.model_option)
+    train = load_dataset(args.dataset, "train", args.data_dir)
+
+    def build():
+        return get_model(args.model, train.num_classes, train.in_channels, train.im_size, **model_options)
+
+    net, stats = _selection_model(train.name, _model_label(args.model, model_options), build, train,
+                                  args.selection_epochs, args.seed, "cpu", True, None)
+    features = _Features(net, train, "cpu", True)
+    _, logits, _ = features.eval_mode()
+    labels = torch.as_tensor(train.targets)
+    logits = torch.as_tensor(logits).float()
+    correct = (logits.argmax(1) == labels).numpy()
+    loss = F.cross_entropy(logits, labels, reduction="none").numpy()
+
+    print(f"{train.name}, {args.model}, seed {args.seed}, selection model of {args.selection_epochs} epochs, "
+          f"fraction {100 * args.fraction:g} %\n")
+    print("| picks of | classified correctly | median loss | 90th percentile of the loss |")
+    print("|---|---:|---:|---:|")
+    rows = [("pool (all training samples)", np.arange(len(labels)))]
+    for spec in parse_methods(args.methods):
+        coreset, _ = _select(spec, args.fraction, args.seed, train.targets, features, stats, None)
+        rows.append((spec.label, coreset.indices))
+    for label, indices in rows:
+        acc, median, p90 = pick_stats(correct, loss, indices)
+        print(f"| {label} | {acc:.1f} % | {median:.3g} | {p90:.3g} |")
+
+
+if __name__ == "__main__":
+    main()
