@@ -13,9 +13,9 @@ import lcmat.experiment as experiment
 from lcmat.cli import main
 from lcmat.coreset import class_budgets
 from lcmat.data import load_dataset
-from lcmat.experiment import (RESULT_COLUMNS, epochs_for_steps, paired_differences, parse_methods, parse_model_option,
-                              parse_option,
-                              read_results, run_experiment, summarize, summary_markdown)
+from lcmat.experiment import (RESULT_COLUMNS, epochs_for_steps, paired_differences, parse_methods,
+                              parse_model_option, parse_option, read_results, run_experiment, summarize,
+                              summary_markdown)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
