@@ -8,7 +8,8 @@ Within a group (a class, or the whole set) with difficulty scores (higher = hard
 3. share the budget k over the strata, smallest stratum first: each gets
    min(its size, floor(budget left / strata left)), so small strata are taken whole and the
    rest is spread evenly;
-4. the selector's own criterion then picks inside each stratum.
+4. the selector's own criterion then picks inside each stratum (or, for the facility location
+   with quotas=True, over the whole group with each stratum held to its budget).
 """
 import math
 
@@ -46,13 +47,19 @@ def stratum_budgets(sizes, k):
     return budgets
 
 
+def coverage_strata(scores, k, num_strata=50, prune_hard=0.1):
+    """(kept positions, stratum of each kept position, budget of each stratum) for one group;
+    strata are numbered 0.. over the non-empty ones, and the budgets sum to k."""
+    kept = prune_hardest(scores, k, prune_hard)
+    ids = strata_of(np.asarray(scores)[kept], num_strata)
+    present, ids = np.unique(ids, return_inverse=True)  # renumber the non-empty strata 0..
+    budgets = stratum_budgets(np.bincount(ids, minlength=len(present)), k)
+    return kept, ids.astype(np.int64), budgets
+
+
 def coverage_groups(scores, k, num_strata=50, prune_hard=0.1):
     """[(positions, k_s)] for one group: the non-empty strata with their budgets (k_s > 0)."""
     if k <= 0:
         return []
-    kept = prune_hardest(scores, k, prune_hard)
-    ids = strata_of(np.asarray(scores)[kept], num_strata)
-    members = [kept[ids == s] for s in range(num_strata)]
-    members = [m for m in members if len(m)]
-    budgets = stratum_budgets([len(m) for m in members], k)
-    return [(m, int(b)) for m, b in zip(members, budgets) if b > 0]
+    kept, ids, budgets = coverage_strata(scores, k, num_strata, prune_hard)
+    return [(kept[ids == s], int(b)) for s, b in enumerate(budgets) if b > 0]

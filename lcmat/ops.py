@@ -120,6 +120,12 @@ def facility_location_greedy(dist, k, L=None, lazy=True, backend=None):
     return _call("facility_location_greedy", backend, dist, k, L, lazy)
 
 
+def facility_location_greedy_quotas(dist, groups, quotas, L=None):
+    """The greedy under per-group quotas has only the reference implementation: its cost is
+    small next to the distance block that any backend computes for it."""
+    return reference.facility_location_greedy_quotas(dist, groups, quotas, L)
+
+
 def sinkhorn_log(a, b, M, reg, max_iter=1000, tol=1e-6, check_every=1, backend=None):
     return _call("sinkhorn_log", backend, a, b, M, reg, max_iter, tol, check_every)
 

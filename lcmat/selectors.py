@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import ops
 from .coreset import Coreset, class_budgets, global_budget, split_budget
-from .coverage import coverage_groups
+from .coverage import coverage_groups, coverage_strata
 from .validation import (as_features, as_labels, as_tensor, check_bool, check_choice,
                          check_fraction, check_positive)
 
@@ -113,8 +113,8 @@ class Selector:
         picks, weights = [], []
         bar = tqdm(groups, desc=self.name, unit="group", leave=False,
                    disable=None if self.progress is None else not self.progress)
-        for positions, k in bar:
-            chosen, w = self._pick(data, positions, int(k))
+        for positions, k, *extra in bar:  # extra: whatever a selector's _groups adds for its _pick
+            chosen, w = self._pick(data, positions, int(k), *extra)
             picks.append(np.asarray(chosen, dtype=np.int64))
             weights.append(w)
         return self._coreset(data, picks, weights, time.perf_counter() - start)
@@ -339,7 +339,10 @@ class LCMat(Selector):
     mode="paper": s_i = 1, L = max D per class. mode="compat": s_i = 1 / b_i (b_i the size of
     the per-class mini-batch of `batch_size` the sample falls in, in dataset order), L = 10, as
     the released code computes it. weights=True returns gamma_j, the number of class samples
-    whose nearest selected element is j. Under coverage=True each stratum is its own block.
+    whose nearest selected element is j. Under coverage=True each stratum is its own block;
+    with quotas=True as well, one facility location runs over the whole (pruned) class and each
+    stratum may contribute only its budget (a greedy under a partition constraint), so coverage
+    is measured over the class rather than within each stratum.
     """
     name = "lcmat"
     needs = ("embeddings", "logits")
@@ -347,9 +350,13 @@ class LCMat(Selector):
 
     def __init__(self, fraction=0.1, rho=0.01, num_coords=100, mode="paper", batch_size=128,
                  weights=False, balance=True, seed=0, backend=None, progress=None,
-                 dtype=torch.float32, coverage=False, difficulty="el2n", prune_hard=0.1, num_strata=50):
+                 dtype=torch.float32, coverage=False, difficulty="el2n", prune_hard=0.1, num_strata=50,
+                 quotas=False):
         super().__init__(fraction, balance, seed, backend, progress, dtype, coverage, difficulty,
                          prune_hard, num_strata)
+        self.quotas = check_bool("quotas", quotas)
+        if self.quotas and not self.coverage:
+            raise ValueError("quotas: stratum quotas need coverage=True")
         if isinstance(rho, str) and rho != "auto":
             raise ValueError(f"rho: must be a number >= 0 or 'auto', got {rho!r}")
         self.rho = rho if rho == "auto" else check_positive("rho", rho, allow_zero=True)
@@ -379,10 +386,22 @@ class LCMat(Selector):
                 scale[idx] = batch_scale(len(idx), self.batch_size)
             data.scale = torch.as_tensor(scale, dtype=self.dtype, device=data.labels.device)
 
-    def _pick(self, data, positions, k):
+    def _groups(self, data):
+        if not self.quotas:
+            return super()._groups(data)
+        difficulty = self._difficulty(data)
+        groups = []
+        for positions, k in zip(data.class_indices, data.budgets):
+            if k > 0:
+                kept, strata, budgets = coverage_strata(difficulty[positions], k, self.num_strata, self.prune_hard)
+                groups.append((positions[kept], k, (strata, budgets)))
+        return groups
+
+    def _pick(self, data, positions, k, quotas=None):
         index = torch.as_tensor(positions, device=data.labels.device)
         scale = data.scale[index] if self.mode == "compat" else None
-        local, gamma = self.select_block(data.embeddings[index], data.logits[index], data.labels[index], k, scale)
+        local, gamma = self.select_block(data.embeddings[index], data.logits[index], data.labels[index], k, scale,
+                                         quotas)
         return positions[local], (gamma if self.weights else None)
 
     def _coreset(self, data, picks, weights, seconds):
@@ -391,8 +410,9 @@ class LCMat(Selector):
             coreset.info["rho"] = np.array(self._rho_used)
         return coreset
 
-    def select_block(self, embeddings, logits, labels, k, scale=None):
-        """(positions of the k picks within the block, their weights gamma) for one class."""
+    def select_block(self, embeddings, logits, labels, k, scale=None, quotas=None):
+        """(positions of the k picks within the block, their weights gamma) for one class;
+        quotas: (stratum of each position, budget of each stratum), see quotas=True."""
         e, q = ops.last_layer_factors(logits, labels, backend=self.backend)
         coords = torch.zeros(0, dtype=torch.long, device=embeddings.device)
         if self.rho != 0 and self.num_coords > 0:
@@ -402,7 +422,10 @@ class LCMat(Selector):
         else:
             dist = ops.lcmat_distance(embeddings, e, q, coords, self.rho, scale, backend=self.backend)
         L = None if self.mode == "paper" else 10.0
-        picks, _, gamma = ops.facility_location_greedy(dist, k, L, lazy=True, backend=self.backend)
+        if quotas is not None:
+            picks, _, gamma = ops.facility_location_greedy_quotas(dist, quotas[0], quotas[1], L)
+        else:
+            picks, _, gamma = ops.facility_location_greedy(dist, k, L, lazy=True, backend=self.backend)
         return picks.cpu().numpy(), gamma.cpu().numpy()
 
     def _auto_rho_distance(self, embeddings, e, q, coords, scale):

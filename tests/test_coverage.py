@@ -104,3 +104,75 @@ def test_auto_rho_equalises_the_median_of_both_terms():
         curv = R.pairwise_l1(R.hessian_diag_coords(h, q, coords))
         off = ~torch.eye(len(h), dtype=torch.bool)
         assert rho * curv[off].median() == pytest.approx(float(grad[off].median()), rel=1e-9)
+
+
+def _quota_greedy_by_definition(dist, groups, quotas):
+    """Each step: the eligible column whose addition raises F(S) = sum_i max_{j in S} max(0, L - D_ij)
+    the most, F evaluated from scratch (lowest index on ties)."""
+    sim = np.maximum(dist.max() - dist, 0.0)
+    picks, left = [], list(quotas)
+    for _ in range(sum(quotas)):
+        base = sim[:, picks].max(axis=1).sum() if picks else 0.0
+        best, best_gain = None, -1.0
+        for j in range(len(groups)):
+            if j in picks or left[groups[j]] == 0:
+                continue
+            gain = np.maximum(sim[:, picks + [j]].max(axis=1), 0).sum() - base
+            if gain > best_gain + 1e-12:
+                best, best_gain = j, gain
+        picks.append(best)
+        left[groups[best]] -= 1
+    return picks
+
+
+@given(st.integers(1, 14), st.integers(1, 4), st.integers(0, 10 ** 6))
+def test_quota_greedy_matches_its_definition(n, num_groups, seed):
+    from lcmat.reference import facility_location_greedy_quotas
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    groups = rng.integers(0, num_groups, size=n)
+    sizes = np.bincount(groups, minlength=num_groups)
+    quotas = [int(rng.integers(0, s + 1)) for s in sizes]
+    picks, objective, weights = facility_location_greedy_quotas(torch.tensor(dist), groups, quotas)
+    assert picks.tolist() == _quota_greedy_by_definition(dist, groups.tolist(), quotas)
+    assert np.bincount(groups[picks.numpy()], minlength=num_groups).tolist() == quotas
+    assert weights.sum() == (n if sum(quotas) else 0)
+
+
+def test_quota_greedy_without_a_binding_quota_is_the_plain_greedy():
+    from lcmat.reference import facility_location_greedy, facility_location_greedy_quotas
+    x = torch.randn(60, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    dist = torch.cdist(x, x)
+    plain = facility_location_greedy(dist, 7, lazy=False)
+    quota = facility_location_greedy_quotas(dist, torch.zeros(60, dtype=torch.long), [7])
+    for a, b in zip(plain, quota):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="quotas"):
+        facility_location_greedy_quotas(dist, torch.zeros(60, dtype=torch.long), [61])
+    with pytest.raises(ValueError, match="groups"):
+        facility_location_greedy_quotas(dist, torch.zeros(59, dtype=torch.long), [1])
+
+
+def test_lcmat_quotas_keep_stratum_budgets_and_cover_the_class():
+    from lcmat.coverage import coverage_strata
+    from lcmat.reference import facility_location_greedy_quotas
+    H, Z, y = _problem()
+    sel = lcmat.LCMat(fraction=0.1, rho=1.0, coverage=True, quotas=True, num_strata=5, dtype=torch.float64)
+    cs = sel.select_features(embeddings=H, logits=Z, labels=y)
+    assert cs.class_counts(y.numpy()).tolist() == [10, 10, 10, 10]
+    el2n = (torch.softmax(Z.double(), 1) - torch.nn.functional.one_hot(y, 4)).norm(dim=1).numpy()
+    for c in range(4):
+        members = np.flatnonzero(y.numpy() == c)
+        kept, strata, budgets = coverage_strata(el2n[members], 10, 5, 0.1)
+        chosen = np.isin(members[kept], cs.indices)
+        assert chosen.sum() == 10 and np.bincount(strata[chosen], minlength=len(budgets)).tolist() == budgets.tolist()
+        # the definition: one quota greedy over the kept samples' LCMat-S distance block
+        from lcmat import reference as R
+        h, z = H[members[kept]].double(), Z[members[kept]].double()
+        e, q = R.last_layer_factors(z, y[members[kept]])
+        dist = R.lcmat_distance(h, e, q, R.top_variance_coords(h, q, 100), 1.0)
+        picks, _, _ = facility_location_greedy_quotas(dist, strata, budgets)
+        assert sorted(members[kept][picks.numpy()].tolist()) == sorted(cs.indices[y.numpy()[cs.indices] == c].tolist())
+    with pytest.raises(ValueError, match="quotas"):
+        lcmat.LCMat(quotas=True)

@@ -76,6 +76,55 @@ def _lazy_picks(sim_t, k):
     return picks
 
 
+def facility_location_greedy_quotas(dist, groups, quotas, L=None):
+    """Greedy facility location under a partition constraint (quotas per group of columns).
+
+    groups [n]: the group of each column, in [0, len(quotas)); quotas[g]: how many picks group g
+    gets, k = sum(quotas). Each step adds the eligible column of largest gain over all n rows
+    (lowest index wins ties); a column is eligible while its group has fewer than quotas[g]
+    picks. Lazy evaluation stays exact: the constraint only removes candidates. Returns (picks
+    [k] in pick order, objective [k], weights [k]) as facility_location_greedy.
+    """
+    n = dist.shape[0]
+    groups = torch.as_tensor(groups, dtype=torch.long).cpu()
+    quotas = [int(q) for q in quotas]
+    if groups.shape != (n,):
+        raise ValueError(f"groups: expected {n} group ids, got shape {tuple(groups.shape)}")
+    if n and (int(groups.min()) < 0 or int(groups.max()) >= len(quotas)):
+        raise ValueError(f"groups: ids must lie in [0, {len(quotas)})")
+    sizes = torch.bincount(groups, minlength=len(quotas)).tolist()
+    for g, (q, size) in enumerate(zip(quotas, sizes)):
+        if not 0 <= q <= size:
+            raise ValueError(f"quotas: group {g} has {size} columns, quota {q}")
+    sim_t = _similarity_columns(dist, L)
+    picks = _lazy_quota_picks(sim_t, groups.tolist(), quotas)
+    picks = torch.tensor(picks, dtype=torch.long, device=dist.device)
+    k = len(picks)
+    objective = sim_t[picks].cummax(dim=0).values.sum(1) if k else sim_t.new_zeros(0)
+    return picks, objective, nearest_pick_counts(dist, picks)
+
+
+def _lazy_quota_picks(sim_t, groups, quotas):
+    n = sim_t.shape[0]
+    coverage = sim_t.new_zeros(n)
+    left = list(quotas)
+    heap = [(-float(g), j) for j, g in enumerate(_gains(sim_t, coverage).tolist()) if left[groups[j]] > 0]
+    heapq.heapify(heap)
+    picks, k = [], sum(quotas)
+    while len(picks) < k:
+        _, j = heapq.heappop(heap)
+        if left[groups[j]] == 0:  # its group is full: never eligible again
+            continue
+        gain = float(_gains(sim_t, coverage, slice(j, j + 1))[0])
+        if not heap or (-gain, j) <= heap[0]:
+            picks.append(j)
+            left[groups[j]] -= 1
+            coverage = torch.maximum(coverage, sim_t[j])
+        else:
+            heapq.heappush(heap, (-gain, j))
+    return picks
+
+
 def nearest_pick_counts(dist, picks):
     """gamma_j: the number of rows whose nearest selected element is pick j (ties: earlier pick)."""
     if len(picks) == 0:
