@@ -448,9 +448,9 @@ class CRAIG(LCMat):
 
     def __init__(self, fraction=0.1, mode="paper", batch_size=128, weights=True, balance=True,
                  seed=0, backend=None, progress=None, dtype=torch.float32, coverage=False,
-                 difficulty="el2n", prune_hard=0.1, num_strata=50):
+                 difficulty="el2n", prune_hard=0.1, num_strata=50, quotas=False):
         super().__init__(fraction, 0.0, 0, mode, batch_size, weights, balance, seed, backend,
-                         progress, dtype, coverage, difficulty, prune_hard, num_strata)
+                         progress, dtype, coverage, difficulty, prune_hard, num_strata, quotas)
 
 
 class FDMat(ScoreSelector):

@@ -176,3 +176,6 @@ def test_lcmat_quotas_keep_stratum_budgets_and_cover_the_class():
         assert sorted(members[kept][picks.numpy()].tolist()) == sorted(cs.indices[y.numpy()[cs.indices] == c].tolist())
     with pytest.raises(ValueError, match="quotas"):
         lcmat.LCMat(quotas=True)
+    craig = lcmat.CRAIG(fraction=0.1, coverage=True, quotas=True, num_strata=5).select_features(
+        embeddings=H, logits=Z, labels=y)
+    assert craig.class_counts(y.numpy()).tolist() == [10, 10, 10, 10] and craig.weights.sum() == 4 * 90
