@@ -155,8 +155,8 @@ def test_quota_greedy_without_a_binding_quota_is_the_plain_greedy():
 
 
 def test_lcmat_quotas_keep_stratum_budgets_and_cover_the_class():
+    from lcmat import reference as R
     from lcmat.coverage import coverage_strata
-    from lcmat.reference import facility_location_greedy_quotas
     H, Z, y = _problem()
     sel = lcmat.LCMat(fraction=0.1, rho=1.0, coverage=True, quotas=True, num_strata=5, dtype=torch.float64)
     cs = sel.select_features(embeddings=H, logits=Z, labels=y)
@@ -168,11 +168,10 @@ def test_lcmat_quotas_keep_stratum_budgets_and_cover_the_class():
         chosen = np.isin(members[kept], cs.indices)
         assert chosen.sum() == 10 and np.bincount(strata[chosen], minlength=len(budgets)).tolist() == budgets.tolist()
         # the definition: one quota greedy over the kept samples' LCMat-S distance block
-        from lcmat import reference as R
         h, z = H[members[kept]].double(), Z[members[kept]].double()
         e, q = R.last_layer_factors(z, y[members[kept]])
         dist = R.lcmat_distance(h, e, q, R.top_variance_coords(h, q, 100), 1.0)
-        picks, _, _ = facility_location_greedy_quotas(dist, strata, budgets)
+        picks, _, _ = R.facility_location_greedy_quotas(dist, strata, budgets)
         assert sorted(members[kept][picks.numpy()].tolist()) == sorted(cs.indices[y.numpy()[cs.indices] == c].tolist())
     with pytest.raises(ValueError, match="quotas"):
         lcmat.LCMat(quotas=True)

@@ -37,9 +37,14 @@ def facility_location_greedy(dist, k, L=None, lazy=False):
     if not 0 <= k <= n:
         raise ValueError(f"k: must lie in [0, {n}], got {k}")
     sim_t = _similarity_columns(dist, L)
-    picks = _lazy_picks(sim_t, k) if lazy else _naive_picks(sim_t, k)
+    picks = _lazy_picks(sim_t, [0] * n, [k]) if lazy else _naive_picks(sim_t, k)
+    return _greedy_result(dist, sim_t, picks)
+
+
+def _greedy_result(dist, sim_t, picks):
+    """(picks LongTensor, objective after each pick, nearest-pick counts)."""
     picks = torch.tensor(picks, dtype=torch.long, device=dist.device)
-    objective = sim_t[picks].cummax(dim=0).values.sum(1) if k else sim_t.new_zeros(0)
+    objective = sim_t[picks].cummax(dim=0).values.sum(1) if len(picks) else sim_t.new_zeros(0)
     return picks, objective, nearest_pick_counts(dist, picks)
 
 
@@ -57,19 +62,25 @@ def _naive_picks(sim_t, k):
     return picks
 
 
-def _lazy_picks(sim_t, k):
+def _lazy_picks(sim_t, groups, quotas):
+    """Lazy greedy where column j may be picked while its group groups[j] has fewer than
+    quotas[groups[j]] picks (the plain greedy: one group, quota k)."""
     n = sim_t.shape[0]
     coverage = sim_t.new_zeros(n)
+    left = list(quotas)
     # Heap of (-upper bound on gain, index): ties on the bound pop the lowest index first.
-    heap = [(-float(g), j) for j, g in enumerate(_gains(sim_t, coverage).tolist())]
+    heap = [(-float(g), j) for j, g in enumerate(_gains(sim_t, coverage).tolist()) if left[groups[j]] > 0]
     heapq.heapify(heap)
-    picks = []
+    picks, k = [], sum(quotas)
     while len(picks) < k:
         _, j = heapq.heappop(heap)
+        if left[groups[j]] == 0:  # its group is full: never eligible again
+            continue
         gain = float(_gains(sim_t, coverage, slice(j, j + 1))[0])
         # j is the true best if its fresh gain still beats every other bound (ties: lower index).
         if not heap or (-gain, j) <= heap[0]:
             picks.append(j)
+            left[groups[j]] -= 1
             coverage = torch.maximum(coverage, sim_t[j])
         else:
             heapq.heappush(heap, (-gain, j))
@@ -97,32 +108,7 @@ def facility_location_greedy_quotas(dist, groups, quotas, L=None):
         if not 0 <= q <= size:
             raise ValueError(f"quotas: group {g} has {size} columns, quota {q}")
     sim_t = _similarity_columns(dist, L)
-    picks = _lazy_quota_picks(sim_t, groups.tolist(), quotas)
-    picks = torch.tensor(picks, dtype=torch.long, device=dist.device)
-    k = len(picks)
-    objective = sim_t[picks].cummax(dim=0).values.sum(1) if k else sim_t.new_zeros(0)
-    return picks, objective, nearest_pick_counts(dist, picks)
-
-
-def _lazy_quota_picks(sim_t, groups, quotas):
-    n = sim_t.shape[0]
-    coverage = sim_t.new_zeros(n)
-    left = list(quotas)
-    heap = [(-float(g), j) for j, g in enumerate(_gains(sim_t, coverage).tolist()) if left[groups[j]] > 0]
-    heapq.heapify(heap)
-    picks, k = [], sum(quotas)
-    while len(picks) < k:
-        _, j = heapq.heappop(heap)
-        if left[groups[j]] == 0:  # its group is full: never eligible again
-            continue
-        gain = float(_gains(sim_t, coverage, slice(j, j + 1))[0])
-        if not heap or (-gain, j) <= heap[0]:
-            picks.append(j)
-            left[groups[j]] -= 1
-            coverage = torch.maximum(coverage, sim_t[j])
-        else:
-            heapq.heappush(heap, (-gain, j))
-    return picks
+    return _greedy_result(dist, sim_t, _lazy_picks(sim_t, groups.tolist(), quotas))
 
 
 def nearest_pick_counts(dist, picks):
