@@ -62,6 +62,8 @@ def extensions():
         print("lcmat: the compiler has no OpenMP; the CPU kernels will run on one thread")
     if os.environ.get("LCMAT_PORTABLE") != "1" and _compiles(["-march=native"]):
         cxx_flags.append("-march=native")
+    if _compiles(["-fno-math-errno"]):  # lets std::sqrt vectorise; no kernel reads errno
+        cxx_flags.append("-fno-math-errno")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if not sources:
         return [], {}

@@ -99,6 +99,33 @@ def test_curvature_and_top_coords(n, C, D, K, dtype, nc, scaled, seed):
         assert coords.tolist() == ref.tolist()
 
 
+@pytest.mark.parametrize("D", [31, 32, 33, 70])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_curvature_moments_many_column_slices(D, dtype):
+    # the kernel splits the weight coordinates into slices of 32 embedding columns, one per task
+    H, Z, y, s = last_layer_inputs(57, 4, D, dtype, D)
+    _, q = R.last_layer_factors(Z, y)
+    mean, second = csrc.curvature_moments(H, q, s)
+    mean_ref, second_ref = R.curvature_moments(H, q, s)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=0)
+    threads = torch.get_num_threads()
+    try:  # each sum runs over the rows in order, so the thread count does not change a bit
+        torch.set_num_threads(1)
+        one = csrc.curvature_moments(H, q, s)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], mean) and torch.equal(one[1], second)
+
+
+def test_curvature_moments_empty_class_like_reference():
+    H, q = torch.zeros(0, 3), torch.zeros(0, 2)
+    mean, second = csrc.curvature_moments(H, q, None)
+    mean_ref, second_ref = R.curvature_moments(H, q)
+    torch.testing.assert_close(mean, mean_ref, equal_nan=True)
+    torch.testing.assert_close(second, second_ref, equal_nan=True)
+
+
 def test_top_coords_ties_lowest_index_first():
     # duplicated embedding columns give equal variances: the lower coordinate must come first
     H, Z, y, _ = last_layer_inputs(20, 3, 4, torch.float64, 1)
@@ -185,6 +212,20 @@ def test_lcmat_distance_class_larger_than_tile_and_one_sample():
     assert out.shape == (1, 1) and out.item() == 0.0
 
 
+@pytest.mark.parametrize("n", [127, 129, 257, 289, 300])
+def test_lcmat_distance_tile_edges(n):
+    # rows come in blocks of 256 and tiles of 32 x 128; n = 289 leaves the last row alone in its tile
+    H, e, q, s = distance_inputs(n, 3, 5, torch.float64, n)
+    coords = R.top_variance_coords(H, q, 7, s)
+    for rho in (0.0, 0.3):
+        out = csrc.lcmat_distance(H, e, q, coords, rho, s)
+        torch.testing.assert_close(out, R.lcmat_distance(H, e, q, coords, rho, s), rtol=1e-9, atol=1e-9)
+        assert torch.equal(out, out.T) and torch.all(out.diagonal() == 0)
+    grad = csrc.gradient_distance(H, e, s)
+    assert torch.equal(grad, csrc.lcmat_distance(H, e, q, coords, 0.0, s))
+    torch.testing.assert_close(grad, R.gradient_distance(H, e, s), rtol=1e-9, atol=1e-9)
+
+
 def test_lcmat_distance_bad_coords():
     H, e, q, _ = distance_inputs(5, 3, 2, torch.float64, 0)
     with pytest.raises(RuntimeError, match="coords"):
@@ -246,6 +287,21 @@ def test_facility_location_exact_ties_lowest_index(n, reps, seed, dtype):
         picks, objective, weights = csrc.facility_location_greedy(dist, k, None, lazy)
         assert picks.tolist() == ref[0].tolist()
         assert torch.equal(weights, ref[2])
+
+
+def test_facility_location_nearly_symmetric_block():
+    # entries below the diagonal break the symmetry (candidate 3 covers rows 4-149 at no
+    # distance): the check, in tiles of 64, must see them, or column 3 is read as row 3
+    dist = random_dist(150, 3, torch.float64, 4)
+    broken = dist.clone()
+    broken[4:, 3] = 0.0
+    for d in (dist, broken):
+        ref = R.facility_location_greedy(d, 20, lazy=False)
+        picks, objective, weights = csrc.facility_location_greedy(d, 20, None, True)
+        assert picks.tolist() == ref[0].tolist()
+        torch.testing.assert_close(objective, ref[1])
+        assert torch.equal(weights, ref[2])
+    assert csrc.facility_location_greedy(broken, 20)[0][0] == 3 != csrc.facility_location_greedy(dist, 20)[0][0]
 
 
 def test_facility_location_edges():

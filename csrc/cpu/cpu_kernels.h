@@ -26,14 +26,24 @@ int64_t last_layer_grad_norms(const T* embeddings, const T* logits, const int64_
 
 // ---- lcmat_distance.cpp --------------------------------------------------------------------
 
-// Rows [r0, r1) of the gradient distance from the Gram identity, upper triangle only, then
-// mirrored, so the result is exactly symmetric: ee and hh [r1 - r0, n - r0] hold <s_i e_i, s_j e_j>
-// and <h_i, h_j> for those rows and the columns r0 .. n, diag_sq [n] holds ||g_j||^2 =
-// ||s_j e_j||^2 (1 + ||h_j||^2). Writes out_ij = sqrt(max(0, |g_i|^2 + |g_j|^2 - 2 <g_i, g_j>))
-// for j > i and its mirror out_ji, and a zero diagonal. Blocks are processed top to bottom.
+// Rows [r0, r1) of the per-class distance, upper triangle only, then mirrored, so the result is
+// exactly symmetric:
+//     out_ij = sqrt(max(0, |g_i|^2 + |g_j|^2 - 2 <s_i e_i, s_j e_j> (1 + <h_i, h_j>)))
+//              + rho sum_k |d_ik - d_jk|
+// hh [r1 - r0, n - r0] holds <h_i, h_j> for those rows and the columns r0 .. n (a GEMM);
+// se [n, C] and se_t [C, n] the scaled error factors; d [n, K] and d_t [K, n] the Hessian-diagonal
+// coordinates (K may be 0, then d and d_t may be null); diag_sq [n] holds
+// |g_j|^2 = |s_j e_j|^2 (1 + |h_j|^2). Writes a zero diagonal. Blocks are processed top to bottom.
 template <typename T>
-void gram_block_to_distance(T* out, const T* ee, const T* hh, const T* diag_sq, int64_t r0, int64_t r1,
-                            int64_t n);
+void distance_block(T* out, const T* hh, const T* se, const T* se_t, const T* d, const T* d_t, const T* diag_sq,
+                    T rho, int64_t r0, int64_t r1, int64_t n, int64_t C, int64_t K);
+
+// Mean and second moment over the n rows of every Hessian-diagonal coordinate, [C (D + 1)] each,
+// accumulated in float64: bias c from s_i q_ic, weight (c, d) from s_i q_ic h_id^2. q and
+// `scale` are float64; `scale` may be null. The sums run over the rows in order, whatever the thread count.
+template <typename T>
+void curvature_moments(const T* embeddings, const double* q, const double* scale, int64_t n, int64_t C, int64_t D,
+                       double* mean, double* second);
 
 // d_i restricted to K coordinates, written both as rows [n, K] and transposed [K, n]:
 // coordinate c < C is s_i q_ic, coordinate C + c D + d is s_i q_ic h_id^2. `coords` must lie in
@@ -42,13 +52,12 @@ template <typename T>
 void hessian_diag_coords(const T* embeddings, const T* q, const int64_t* coords, const T* scale,
                          int64_t n, int64_t C, int64_t D, int64_t K, T* out, T* out_t);
 
-// out_ij (=|+=) alpha * sum_k |a_ik - b_jk| for a [n, K] and b given transposed, b_t [K, m].
-// Tiled: O(tile) working memory, never n x m x K. With `symmetric` (b is a, m == n) only the
-// tiles on and above the diagonal are computed and mirrored, which halves the work and makes the
-// result exactly symmetric.
+// out_ij = sum_k |a_ik - b_jk| for a [n, K] and b given transposed, b_t [K, m]. Tiled: O(tile)
+// working memory, never n x m x K. With `symmetric` (b is a, m == n) only the tiles on and above
+// the diagonal are computed and mirrored, which halves the work and makes the result exactly
+// symmetric.
 template <typename T>
-void pairwise_l1(const T* a, int64_t n, const T* b_t, int64_t m, int64_t K, T alpha,
-                 bool accumulate, bool symmetric, T* out);
+void pairwise_l1(const T* a, int64_t n, const T* b_t, int64_t m, int64_t K, bool symmetric, T* out);
 
 // The k largest values of v [P] in decreasing order, lowest index first among equal values
 // (NaN counts as the largest, as in torch.sort). Writes k indices.
