@@ -245,19 +245,39 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
 
   // weights: rows whose nearest pick (smallest distance, earlier pick on ties) is each pick
   std::vector<int64_t> counts(k, 0);
-#pragma omp parallel
-  {
-    std::vector<int64_t> local(k, 0);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const T* row = dist + i * m;
-      int64_t best = 0;
-      for (int64_t p = 1; p < k; ++p)
-        if (row[picks[p]] < row[picks[best]]) best = p;
-      ++local[best];
+  if (cols.symmetric) {
+    // D_i,pick = D_pick,i: stream the picks' rows, keeping each row's nearest so far (a loop
+    // that vectorises, where reading D_i,pick row by row gathers k scattered entries per row)
+    std::vector<T> nearest(dist + picks[0] * n, dist + picks[0] * n + n);
+    std::vector<int32_t> owner(n, 0);
+#pragma omp parallel for schedule(static)
+    for (int64_t i0 = 0; i0 < n; i0 += 1024) {
+      const int64_t i1 = std::min(n, i0 + 1024);
+      for (int64_t p = 1; p < k; ++p) {
+        const T* col = dist + picks[p] * n;
+        for (int64_t i = i0; i < i1; ++i) {
+          const bool closer = col[i] < nearest[i];
+          nearest[i] = closer ? col[i] : nearest[i];
+          owner[i] = closer ? static_cast<int32_t>(p) : owner[i];
+        }
+      }
     }
+    for (int64_t i = 0; i < n; ++i) ++counts[owner[i]];
+  } else {
+#pragma omp parallel
+    {
+      std::vector<int64_t> local(k, 0);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < n; ++i) {
+        const T* row = dist + i * m;
+        int64_t best = 0;
+        for (int64_t p = 1; p < k; ++p)
+          if (row[picks[p]] < row[picks[best]]) best = p;
+        ++local[best];
+      }
 #pragma omp critical(lcmat_fl_counts)
-    for (int64_t p = 0; p < k; ++p) counts[p] += local[p];
+      for (int64_t p = 0; p < k; ++p) counts[p] += local[p];
+    }
   }
   for (int64_t p = 0; p < k; ++p) weights[p] = static_cast<T>(counts[p]);
 }
