@@ -118,6 +118,16 @@ def test_curvature_moments_many_column_slices(D, dtype):
     assert torch.equal(one[0], mean) and torch.equal(one[1], second)
 
 
+def test_curvature_moments_many_classes():
+    # above 64 classes the moments come from float64 GEMMs instead of the one-pass kernel
+    H, Z, y, s = last_layer_inputs(40, 100, 6, torch.float64, 2)
+    _, q = R.last_layer_factors(Z, y)
+    mean, second = csrc.curvature_moments(H, q, s)
+    mean_ref, second_ref = R.curvature_moments(H, q, s)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=0)
+
+
 def test_curvature_moments_empty_class_like_reference():
     H, q = torch.zeros(0, 3), torch.zeros(0, 2)
     mean, second = csrc.curvature_moments(H, q, None)
