@@ -186,8 +186,9 @@ std::tuple<Tensor, Tensor> curvature_moments_cpu(const Tensor& embeddings_in, co
   const Tensor h = checked_rows(embeddings_in, n, embeddings_in.scalar_type(), "embeddings");
   const optional<Tensor> scale = checked_scale(scale_in, n, at::kDouble);
   // The one-pass kernel keeps 2 C x 32 float64 sums per task in L1: 8 ms against 48 ms for the
-  // GEMMs at C = 10, n = 5,000; at C = 1,000 they spill and the float64 GEMMs win (0.27 s against
-  // about 0.07 s per ImageNet class), so many classes take the GEMMs.
+  // GEMMs at C = 10, n = 5,000. At C = 1,000 they spill (0.27 s for the first ImageNet-shaped
+  // class, 0.19 s with the GEMMs, bench_imagenet_shape.py on 2026-12-02), so many classes take
+  // the GEMMs.
   if (C > 64) return curvature_moments_aten(h, q_in, scale);
   const Tensor q = q_in.to(at::kDouble).contiguous();
   const int64_t D = h.size(1);

@@ -64,6 +64,13 @@ bool exactly_symmetric(const T* dist, int64_t n, int64_t m) {
   return symmetric;
 }
 
+// sim = max(0, L - D) for one entry
+template <typename T>
+inline T similarity(T L, T d) {
+  const T s = L - d;
+  return s > T(0) ? s : T(0);
+}
+
 // Column j of sim, as a contiguous row: either sim^T's row j, or row j of a symmetric D turned
 // into similarities on the fly. gain() and cover() give the same values either way.
 template <typename T>
@@ -76,14 +83,13 @@ struct Columns {
 
   const T* column(int64_t j) const { return symmetric ? dist + j * n : sim_t.data() + j * n; }
 
-  // max(0, sim_ij - cov_i) for i in [i0, i0 + w), into buf. A plain loop that vectorises.
+  // buf_t = max(0, sim - cov_t) for the w entries col_t of a column and their coverages cov_t.
+  // A plain loop that vectorises.
   void excess(const T* __restrict col, const T* __restrict cov, int64_t w, T* __restrict buf) const {
     const T Lv = L;
     if (symmetric) {
       for (int64_t t = 0; t < w; ++t) {
-        T s = Lv - col[t];
-        s = s > T(0) ? s : T(0);
-        const T d = s - cov[t];
+        const T d = similarity(Lv, col[t]) - cov[t];
         buf[t] = d > T(0) ? d : T(0);
       }
     } else {
@@ -122,8 +128,7 @@ struct Columns {
     const T Lv = L;
     if (symmetric) {
       for (int64_t i = 0; i < n; ++i) {
-        T s = Lv - col[i];
-        s = s > T(0) ? s : T(0);
+        const T s = similarity(Lv, col[i]);
         cov[i] = cov[i] < s ? s : cov[i];
       }
     } else {
@@ -175,8 +180,7 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
       const int64_t ie = std::min(n, ib + B), je = std::min(m, jb + B);
       for (int64_t i = ib; i < ie; ++i) {
         for (int64_t j = jb; j < je; ++j) {
-          const T s = Lt - dist[i * m + j];
-          cols.sim_t[j * n + i] = s > T(0) ? s : T(0);
+          cols.sim_t[j * n + i] = similarity(Lt, dist[i * m + j]);
         }
       }
     }
