@@ -81,25 +81,27 @@ Tensor empty_matrix(int64_t n, int64_t m, const at::TensorOptions& options) {
   return out;
 }
 
-// The per-class distance (DESIGN.md 2.1), row blocks top to bottom: per block one GEMM for
-// <h_i, h_j> right of its diagonal (half the work of H H^T, into one reused buffer), then
-// cpu::distance_block turns it into distances, adding rho times the L1 term over d's K columns.
+// The per-class distance (DESIGN.md 2.1), row blocks top to bottom: per block two GEMMs for
+// <h_i, h_j> and <s_i e_i, s_j e_j> right of its diagonal (half the work of the full products,
+// into buffers reused by every block), then cpu::distance_block turns them into distances, adding
+// rho times the L1 term over d's K columns.
 Tensor distance_blocks(const Tensor& h, const Tensor& se, const Tensor& d, const Tensor& d_t, double rho) {
-  const int64_t n = se.size(0), C = se.size(1), K = d.defined() ? d.size(1) : 0;
+  const int64_t n = se.size(0), K = d.defined() ? d.size(1) : 0;
   Tensor out = empty_matrix(n, n, se.options());
   const Tensor diag_sq = ((se * se).sum(1) * (1.0 + (h * h).sum(1))).contiguous();
-  const Tensor se_t = se.t().contiguous();
   constexpr int64_t tile = 256;
   Tensor hh_buffer = at::empty({std::min(n, tile) * n}, se.options());
+  Tensor ee_buffer = at::empty({std::min(n, tile) * n}, se.options());
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lcmat_distance", [&] {
     for (int64_t r0 = 0; r0 < n; r0 += tile) {
       const int64_t r1 = std::min(n, r0 + tile);
       Tensor hh = hh_buffer.narrow(0, 0, (r1 - r0) * (n - r0)).view({r1 - r0, n - r0});
+      Tensor ee = ee_buffer.narrow(0, 0, (r1 - r0) * (n - r0)).view({r1 - r0, n - r0});
       at::mm_out(hh, h.narrow(0, r0, r1 - r0), h.narrow(0, r0, n - r0).t());
-      cpu::distance_block(out.data_ptr<scalar_t>(), hh.data_ptr<scalar_t>(), se.data_ptr<scalar_t>(),
-                          se_t.data_ptr<scalar_t>(), K > 0 ? d.data_ptr<scalar_t>() : nullptr,
-                          K > 0 ? d_t.data_ptr<scalar_t>() : nullptr, diag_sq.data_ptr<scalar_t>(),
-                          static_cast<scalar_t>(K > 0 ? rho : 0.0), r0, r1, n, C, K);
+      at::mm_out(ee, se.narrow(0, r0, r1 - r0), se.narrow(0, r0, n - r0).t());
+      cpu::distance_block(out.data_ptr<scalar_t>(), hh.data_ptr<scalar_t>(), ee.data_ptr<scalar_t>(),
+                          K > 0 ? d.data_ptr<scalar_t>() : nullptr, K > 0 ? d_t.data_ptr<scalar_t>() : nullptr,
+                          diag_sq.data_ptr<scalar_t>(), static_cast<scalar_t>(K > 0 ? rho : 0.0), r0, r1, n, K);
     }
   });
   return out;

@@ -30,13 +30,14 @@ int64_t last_layer_grad_norms(const T* embeddings, const T* logits, const int64_
 // exactly symmetric:
 //     out_ij = sqrt(max(0, |g_i|^2 + |g_j|^2 - 2 <s_i e_i, s_j e_j> (1 + <h_i, h_j>)))
 //              + rho sum_k |d_ik - d_jk|
-// hh [r1 - r0, n - r0] holds <h_i, h_j> for those rows and the columns r0 .. n (a GEMM);
-// se [n, C] and se_t [C, n] the scaled error factors; d [n, K] and d_t [K, n] the Hessian-diagonal
-// coordinates (K may be 0, then d and d_t may be null); diag_sq [n] holds
-// |g_j|^2 = |s_j e_j|^2 (1 + |h_j|^2). Writes a zero diagonal. Blocks are processed top to bottom.
+// hh and ee [r1 - r0, n - r0] hold <h_i, h_j> and <s_i e_i, s_j e_j> for those rows and the
+// columns r0 .. n (two GEMMs), or are both null for no gradient term (then diag_sq is zero);
+// d [n, K] and d_t [K, n] the Hessian-diagonal coordinates (K may be 0, then d and d_t may be
+// null); diag_sq [n] holds |g_j|^2 = |s_j e_j|^2 (1 + |h_j|^2). Writes a zero diagonal. Blocks
+// are processed top to bottom.
 template <typename T>
-void distance_block(T* out, const T* hh, const T* se, const T* se_t, const T* d, const T* d_t, const T* diag_sq,
-                    T rho, int64_t r0, int64_t r1, int64_t n, int64_t C, int64_t K);
+void distance_block(T* out, const T* hh, const T* ee, const T* d, const T* d_t, const T* diag_sq, T rho, int64_t r0,
+                    int64_t r1, int64_t n, int64_t K);
 
 // Mean and second moment over the n rows of every Hessian-diagonal coordinate, [C (D + 1)] each,
 // accumulated in float64: bias c from s_i q_ic, weight (c, d) from s_i q_ic h_id^2. q and

@@ -1,8 +1,7 @@
 // The per-class LCMat-S distance block (lcmat/reference/lcmat_distance.py):
 //     D_ij = || g_i - g_j ||_2 + rho * || d_i[K] - d_j[K] ||_1
-// The big GEMM of the Gram identity, H H^T, runs in ATen (csrc/ops.cpp); here is the rest: the
-// distance tiles (the small Gram of the error factors, the L1 term, the square root) computed in
-// one pass, the curvature moments, gathering d_i[K], and the standalone tiled pairwise L1.
+// The GEMMs of the Gram identity run in ATen (csrc/ops.cpp); here is the rest: the distance tiles
+// (the Gram product, the L1 term, the square root, the mirror) computed in one pass, the curvature moments, gathering d_i[K], and the standalone tiled pairwise L1.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -84,29 +83,23 @@ void l1_tile<float>(const float* a, const float* b_t, int64_t m, int64_t K, int6
 
 // One tile of distance_block: rows [i0, i1) and columns [j0, j1). Every entry is computed from
 // its inputs in L1 and written once; the tile's transpose goes to the rows below through a local
-// copy, so both writes are contiguous. hh null: no gradient term (C = 0, diag_sq zero).
+// copy, so both writes are contiguous. hh and ee null: no gradient term (diag_sq zero).
 template <typename T>
-void distance_tile(T* out, const T* hh, const T* se, const T* se_t, const T* d, const T* d_t, const T* diag_sq,
-                   T rho, int64_t r0, int64_t n, int64_t C, int64_t K, int64_t i0, int64_t i1, int64_t j0,
-                   int64_t j1) {
-  T l1[kTileRows * kTileCols], gram_e[kTileCols], value[kTileCols];
+void distance_tile(T* out, const T* hh, const T* ee, const T* d, const T* d_t, const T* diag_sq, T rho, int64_t r0,
+                   int64_t n, int64_t K, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  T l1[kTileRows * kTileCols], value[kTileCols];
   T transposed[kTileCols * kTileRows];
-  const int64_t w = j1 - j0, hh_cols = n - r0;
+  const int64_t w = j1 - j0, gram_cols = n - r0;
   if (K > 0) l1_tile(d, d_t, n, K, i0, i1, j0, w, l1);
   for (int64_t i = i0; i < i1; ++i) {
-    // <s_i e_i, s_j e_j>, summed over c in order
-    for (int64_t jj = 0; jj < w; ++jj) gram_e[jj] = T(0);
-    for (int64_t c = 0; c < C; ++c) {
-      const T a = se[i * C + c];
-      const T* b = se_t + c * n + j0;
-      for (int64_t jj = 0; jj < w; ++jj) gram_e[jj] += a * b[jj];
-    }
     // <g_i, g_j> = <s_i e_i, s_j e_j> (1 + <h_i, h_j>); ||g_i - g_j||^2 from the diagonal.
-    const T* hh_row = hh ? hh + (i - r0) * hh_cols + (j0 - r0) : nullptr;
+    const int64_t at = (i - r0) * gram_cols + (j0 - r0);
+    const T* hh_row = hh ? hh + at : nullptr;
+    const T* ee_row = ee ? ee + at : nullptr;
     const T* l1_row = l1 + (i - i0) * kTileCols;
     const T di = diag_sq[i];
     for (int64_t jj = 0; jj < w; ++jj) {
-      const T gram = hh_row ? gram_e[jj] * (T(1) + hh_row[jj]) : T(0);
+      const T gram = hh_row ? ee_row[jj] * (T(1) + hh_row[jj]) : T(0);
       const T d2 = di + diag_sq[j0 + jj] - T(2) * gram;
       value[jj] = std::sqrt(d2 > T(0) ? d2 : T(0)) + (K > 0 ? rho * l1_row[jj] : T(0));
     }
@@ -126,8 +119,8 @@ void distance_tile(T* out, const T* hh, const T* se, const T* se_t, const T* d, 
 }  // namespace
 
 template <typename T>
-void distance_block(T* out, const T* hh, const T* se, const T* se_t, const T* d, const T* d_t, const T* diag_sq,
-                    T rho, int64_t r0, int64_t r1, int64_t n, int64_t C, int64_t K) {
+void distance_block(T* out, const T* hh, const T* ee, const T* d, const T* d_t, const T* diag_sq, T rho, int64_t r0,
+                    int64_t r1, int64_t n, int64_t K) {
   const int64_t row_tiles = (r1 - r0 + kTileRows - 1) / kTileRows;
   const int64_t col_tiles = (n - r0 + kTileCols - 1) / kTileCols;
 #pragma omp parallel for schedule(dynamic, 1)
@@ -135,7 +128,7 @@ void distance_block(T* out, const T* hh, const T* se, const T* se_t, const T* d,
     const int64_t i0 = r0 + (t / col_tiles) * kTileRows, i1 = std::min(r1, i0 + kTileRows);
     const int64_t j0 = r0 + (t % col_tiles) * kTileCols, j1 = std::min(n, j0 + kTileCols);
     if (j1 <= i0) continue;  // entirely below the diagonal: written as the mirror of another tile
-    distance_tile(out, hh, se, se_t, d, d_t, diag_sq, rho, r0, n, C, K, i0, i1, j0, j1);
+    distance_tile(out, hh, ee, d, d_t, diag_sq, rho, r0, n, K, i0, i1, j0, j1);
   }
 }
 
@@ -225,8 +218,8 @@ template <typename T>
 void pairwise_l1(const T* a, int64_t n, const T* b_t, int64_t m, int64_t K, bool symmetric, T* out) {
   if (symmetric) {  // the upper triangle, mirrored: the distance block with no gradient term
     const std::vector<T> zeros(n, T(0));
-    distance_block(out, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr),
-                   static_cast<const T*>(nullptr), a, b_t, zeros.data(), T(1), 0, n, n, 0, K);
+    distance_block(out, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), a, b_t, zeros.data(), T(1),
+                   0, n, n, K);
     return;
   }
   const int64_t row_tiles = (n + kTileRows - 1) / kTileRows, col_tiles = (m + kTileCols - 1) / kTileCols;
@@ -256,8 +249,8 @@ void top_k_stable(const T* v, int64_t P, int64_t k, int64_t* out) {
 }
 
 #define LCMAT_INSTANTIATE(T)                                                                     \
-  template void distance_block<T>(T*, const T*, const T*, const T*, const T*, const T*, const T*, T, \
-                                  int64_t, int64_t, int64_t, int64_t, int64_t);                   \
+  template void distance_block<T>(T*, const T*, const T*, const T*, const T*, const T*, T, int64_t,  \
+                                  int64_t, int64_t, int64_t);                                     \
   template void curvature_moments<T>(const T*, const double*, const double*, int64_t, int64_t, int64_t, \
                                      double*, double*);                                            \
   template void hessian_diag_coords<T>(const T*, const T*, const int64_t*, const T*, int64_t,  \
