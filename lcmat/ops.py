@@ -94,10 +94,12 @@ def curvature_moments(embeddings, q, scale=None, backend=None):
 
 
 def top_variance_coords(embeddings, q, num_coords, scale=None, backend=None):
-    """The backend computes the moments; the ordering (reference.coords_by_variance) is shared,
+    """The backend computes the moments, of the classes' weight rows that can reach the top only
+    (reference.top_variance_coords_pruned); the ordering (reference.coords_by_variance) is shared,
     so every backend picks the same coordinates."""
-    mean, second = curvature_moments(embeddings, q, scale, backend=backend)
-    return reference.coords_by_variance(mean, second, num_coords)
+    def moments(h, q_rows, s):
+        return curvature_moments(h, q_rows, s, backend=backend)
+    return reference.top_variance_coords_pruned(embeddings, q, num_coords, scale, moments)
 
 
 def hessian_diag_coords(embeddings, q, coords, scale=None, backend=None):

@@ -147,6 +147,22 @@ def test_top_coords_ties_lowest_index_first():
         csrc.top_variance_coords(H, q, -1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(3))
+def test_ops_top_variance_coords_prunes_rows_like_the_full_reference(seed, dtype):
+    """An ImageNet-like class (many classes, a confident model): lcmat.ops skips the weight rows
+    that cannot reach the top and runs the cpu moments on column subsets of q."""
+    from lcmat import ops
+    H, Z, _, s = last_layer_inputs(300, 200, 24, dtype, seed)
+    Z[:, 0] += 20.0
+    Z[:, 1:6] += 10.0
+    _, q = R.last_layer_factors(Z, torch.zeros(300, dtype=torch.long))
+    for K in (1, 30, 100):
+        for scale in (None, s):
+            expected = R.top_variance_coords(H, q, K, scale).tolist()
+            assert ops.top_variance_coords(H, q, K, scale, backend="cpu").tolist() == expected
+
+
 def distance_inputs(n, C, D, dtype, seed):
     H, Z, y, s = last_layer_inputs(n, C, D, torch.float64, seed)
     e, q = R.last_layer_factors(Z, y)

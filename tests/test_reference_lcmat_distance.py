@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import brute
 from lcmat.reference import (coords_by_variance, curvature_moments, gradient_distance, gradient_gram,
                              hessian_diag_coords, last_layer_factors, lcmat_distance,
-                             pairwise_l1, top_variance_coords)
+                             pairwise_l1, top_variance_coords, top_variance_coords_pruned, weight_row_bounds)
 
 F64 = dict(rtol=1e-10, atol=1e-13)
 F32 = dict(rtol=1e-4, atol=1e-5)
@@ -203,6 +203,98 @@ def test_top_variance_coords_duplicate_columns():
 
 # ---------------------------------------------------------------------------------------------
 # Gathered Hessian-diagonal coordinates
+
+# ---- the pruned search: same coordinates, fewer moment GEMMs -------------------------------------
+
+def confident_class(n, C, D, seed, margin=16.0, use_scale=False):
+    """One class (label 0) of a confident model: the label's logit `margin` above the rest, a few
+    confusable classes in between, so most classes' weight rows have tiny variances."""
+    h, z, _, s = brute.random_class(n, C, D, seed)
+    z[:, 0] += margin
+    z[:, 1:4] += margin / 2
+    _, q = last_layer_factors(z, torch.zeros(n, dtype=torch.long))
+    return h.abs(), q, (s if use_scale else None)
+
+
+def counting(moments):
+    """moments, recording how many classes each call was given."""
+    calls = []
+
+    def wrapped(h, q, scale):
+        calls.append(q.shape[1])
+        return moments(h, q, scale)
+    return wrapped, calls
+
+
+@given(n=st.integers(1, 12), C=st.integers(1, 8), D=st.integers(1, 5), seed=st.integers(0, 2**31 - 1),
+       use_scale=st.booleans())
+def test_weight_row_bounds_bound_every_weight_variance(n, C, D, seed, use_scale):
+    h, _, q, scale, _, d = materialise(n, C, D, seed, use_scale)
+    var = brute.population_variance(d)[C:].view(C, D)
+    m2 = (d * d).mean(0)[C:].view(C, D)
+    bound = weight_row_bounds(h, q, scale)
+    assert bound.shape == (C,) and bound.dtype == torch.float64
+    assert bool((bound >= m2.amax(1) * (1 - 1e-12)).all())
+    assert bool((bound >= var.amax(1) * (1 - 1e-12)).all())
+
+
+@pytest.mark.parametrize("use_scale", [False, True])
+@pytest.mark.parametrize("num_coords", [1, 7, 40])
+def test_pruned_coords_equal_the_full_search_and_skip_rows(num_coords, use_scale):
+    h, q, scale = confident_class(50, 60, 9, seed=num_coords, use_scale=use_scale)
+    moments, calls = counting(curvature_moments)
+    got = top_variance_coords_pruned(h, q, num_coords, scale, moments, first_rows=2)
+    assert got.tolist() == top_variance_coords(h, q, num_coords, scale).tolist()
+    assert sum(calls) < 60  # rows were skipped: the test exercises the pruning
+    assert calls == [2 * 2 ** i for i in range(len(calls))]  # chunks double
+
+
+@pytest.mark.parametrize("logit_scale", [0.0, 0.3, 3.0])
+def test_pruned_coords_flat_softmax_compute_every_row(logit_scale):
+    """A flat softmax (every class alike, or exactly uniform: all rows tie) leaves nothing to
+    skip; the coordinates, tie order included, are those of the full search."""
+    h, z, _, _ = brute.random_class(30, 40, 6, seed=5, logit_scale=logit_scale)
+    _, q = last_layer_factors(z, torch.zeros(30, dtype=torch.long))
+    moments, calls = counting(curvature_moments)
+    for num_coords in (1, 50, 300):
+        assert (top_variance_coords_pruned(h, q, num_coords, None, moments, first_rows=3).tolist()
+                == top_variance_coords(h, q, num_coords).tolist())
+
+
+@given(num_coords=st.integers(0, 40), n=st.integers(1, 10), C=st.integers(1, 9), D=st.integers(1, 4),
+       first_rows=st.integers(1, 4), seed=st.integers(0, 2**31 - 1), use_scale=st.booleans(),
+       confident=st.booleans())
+def test_pruned_coords_fuzz(num_coords, n, C, D, first_rows, seed, use_scale, confident):
+    if confident and C >= 4:
+        h, q, scale = confident_class(n, C, D, seed, use_scale=use_scale)
+    else:
+        h, _, q, scale, _, _ = materialise(n, C, D, seed, use_scale)
+    assert (top_variance_coords_pruned(h, q, num_coords, scale, first_rows=first_rows).tolist()
+            == top_variance_coords(h, q, num_coords, scale).tolist())
+
+
+def test_pruned_coords_ties_across_skipped_rows():
+    """Duplicated classes (identical q columns) and a dead unit: ties inside and across rows are
+    broken by the lowest index, exactly as in the full search; K > P returns all of them."""
+    h, q, _ = confident_class(20, 12, 5, seed=3)
+    q = torch.cat([q, q[:, :4]], dim=1)  # classes 12..15 repeat 0..3
+    h[:, 2] = 0.0
+    for num_coords in (1, 5, 6, 11, 30, 97, 1000):
+        assert (top_variance_coords_pruned(h, q, num_coords, first_rows=1).tolist()
+                == top_variance_coords(h, q, num_coords).tolist())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_coords_nan_or_inf_raise_in_both_searches(bad):
+    h, q, _ = confident_class(20, 30, 4, seed=4)
+    q[3, 17] = bad
+    moments, calls = counting(curvature_moments)
+    with pytest.raises(ValueError, match="embeddings, q: .*NaN"):
+        top_variance_coords(h, q, 5)
+    with pytest.raises(ValueError, match="embeddings, q: .*NaN"):
+        top_variance_coords_pruned(h, q, 5, None, moments, first_rows=2)
+    assert sum(calls) == 30  # a NaN bound never lets a row be skipped
+
 
 @given(data=st.data(), **shapes)
 def test_hessian_diag_coords(data, n, C, D, seed, use_scale):

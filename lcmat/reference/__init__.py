@@ -8,6 +8,7 @@ from .last_layer import last_layer_factors, last_layer_grad_norms
 from .linear_grad_norms import linear_grad_norms, per_sample_grad_norms
 from .lcmat_distance import (coords_by_variance, curvature_moments, gradient_distance, gradient_gram,
                              hessian_diag_coords, lcmat_distance, pairwise_l1,
-                             top_variance_coords)
+                             ordered_variance, top_variance_coords, top_variance_coords_pruned,
+                             weight_row_bounds)
 from .sinkhorn import (sinkhorn_log, sinkhorn_log_ragged, sinkhorn_plan,
                        squared_euclidean_cost)
