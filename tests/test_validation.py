@@ -8,6 +8,7 @@ import torch
 
 import brute_selectors as B
 import lcmat
+from lcmat.validation import check_finite
 
 LOGIT_METHODS = sorted(n for n, cls in lcmat.METHODS.items() if "logits" in cls.needs)
 EMBEDDING_METHODS = sorted(n for n, cls in lcmat.METHODS.items() if "embeddings" in cls.needs)
@@ -82,6 +83,26 @@ def test_non_finite_logits(name, bad):
     Z[4, 0] = bad
     with raises_naming("logits"):
         select(name, H, Z, y, fraction=0.5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("row", [0, 6, 13, 19])
+def test_check_finite_names_the_first_bad_row_in_any_chunk(bad, row):
+    x = torch.randn(20, 3)
+    x[row, 2] = bad
+    if row < 19:
+        x[19, 0] = bad
+    with pytest.raises(ValueError, match=rf"emb: contains NaN or Inf \(first in row {row}\)"):
+        check_finite("emb", x, rows_per_chunk=7)
+
+
+def test_check_finite_large_finite_values_whose_sum_overflows_pass():
+    x = torch.full((10, 4), 3e38)  # every entry finite, every chunk sum inf
+    x[5] = -3e38
+    check_finite("emb", x, rows_per_chunk=4)
+    x[7, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"first in row 7"):
+        check_finite("emb", x, rows_per_chunk=4)
 
 
 def test_non_finite_torch_inputs():
