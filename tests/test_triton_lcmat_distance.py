@@ -120,3 +120,21 @@ def test_gpu_class_sized_block():
     l1 = R.pairwise_l1(R.hessian_diag_coords(h, q, coords, s))
     out = T.lcmat_distance(h32, e32, q32, coords, 0.01, s32)
     _assert_close_gradient_part(out.double() - 0.01 * l1, R.gradient_distance(h, e, s), torch.float32)
+
+
+def test_ops_top_variance_coords_prunes_rows_on_triton_like_the_full_reference():
+    """Many classes, a confident model: lcmat.ops runs the Triton moments on the column subsets of
+    q that can reach the top (reference.top_variance_coords_pruned), same coordinates."""
+    from lcmat import ops
+    g = torch.Generator().manual_seed(3)
+    n, c, d = 40, 48, 6
+    z = torch.randn(n, c, generator=g, dtype=torch.float64)
+    z[:, 0] += 20.0
+    z[:, 1:4] += 10.0
+    _, q = R.last_layer_factors(z, torch.zeros(n, dtype=torch.long))
+    h = torch.randn(n, d, generator=g, dtype=torch.float64).abs()
+    for dtype in DTYPES:
+        hd, qd = h.to(dtype).to(DEV), q.to(dtype).to(DEV)
+        for k in (1, 10, 30):
+            expected = R.top_variance_coords(hd, qd, k).tolist()
+            assert ops.top_variance_coords(hd, qd, k, backend="triton").tolist() == expected
