@@ -348,6 +348,32 @@ def test_facility_location_nearly_symmetric_block():
     assert csrc.facility_location_greedy(broken, 20)[0][0] == 3 != csrc.facility_location_greedy(dist, 20)[0][0]
 
 
+@given(n=st.integers(2, 41), data=st.data(), dtype=DTYPES, seed=st.integers(0, 99))
+def test_facility_location_one_broken_mirror_entry_anywhere(n, data, dtype, seed):
+    """One entry D_ij != D_ji, in a full 8 x 8 block, a diagonal block or the n mod 8 strip: the
+    symmetry check must see it (else column j is read as row j and j's objective is wrong)."""
+    i = data.draw(st.integers(0, n - 1))
+    j = data.draw(st.integers(0, n - 1).filter(lambda v: v != i))
+    dist = random_dist(n, 3, dtype, seed)
+    dist[i, j] = 0.0  # j covers i at no distance, i does not cover j
+    ref = R.facility_location_greedy(dist, n, lazy=False)
+    picks, objective, weights = csrc.facility_location_greedy(dist, n, None, True)
+    assert picks.tolist() == ref[0].tolist()
+    torch.testing.assert_close(objective, ref[1])
+    assert torch.equal(weights, ref[2])
+
+
+def test_facility_location_signed_zero_keeps_the_block_symmetric():
+    """-0 == +0: a mirror pair (+0, -0) keeps the block symmetric; the reference's result."""
+    dist = random_dist(19, 3, torch.float32, 1)
+    dist[2, 11], dist[11, 2] = 0.0, -0.0
+    ref = R.facility_location_greedy(dist, 6, lazy=False)
+    picks, objective, weights = csrc.facility_location_greedy(dist, 6, None, True)
+    assert picks.tolist() == ref[0].tolist()
+    torch.testing.assert_close(objective, ref[1])
+    assert torch.equal(weights, ref[2])
+
+
 def test_facility_location_edges():
     dist = random_dist(7, 2, torch.float64, 0)
     picks, objective, weights = csrc.facility_location_greedy(dist, 0)
