@@ -24,10 +24,12 @@ namespace cpu {
 
 namespace {
 
-// Heap entry: larger gain first, then lower index.
+// Heap entry: larger gain first, then lower index. `step`: the greedy step whose coverage the
+// gain was computed with (fresh at that step, an upper bound after it).
 struct Candidate {
   double gain;
   int64_t index;
+  int64_t step;
   bool operator<(const Candidate& other) const {  // "pops later than"
     if (gain != other.gain) return gain < other.gain;
     return index > other.index;
@@ -262,7 +264,7 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
     // best fresh gain if it beats every remaining bound, else push the fresh gains back and
     // double the batch. Exact: fresh gains are true gains and stale ones upper bounds.
     std::vector<Candidate> init(m);
-    for (int64_t j = 0; j < m; ++j) init[j] = {gain[j], j};
+    for (int64_t j = 0; j < m; ++j) init[j] = {gain[j], j, 0};
     std::priority_queue<Candidate> heap(std::less<Candidate>(), std::move(init));
     constexpr int64_t kMaxBatch = 64;
     std::vector<Candidate> batch;
@@ -275,8 +277,11 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
           heap.pop();
         }
         const int64_t bs = static_cast<int64_t>(batch.size());
+        // Only stale entries are re-evaluated: a fresh one popped again would give the same gain.
 #pragma omp parallel for schedule(dynamic, 1) if (bs >= 16)
-        for (int64_t b = 0; b < bs; ++b) batch[b].gain = cols.gain(batch[b].index, cov.data());
+        for (int64_t b = 0; b < bs; ++b) {
+          if (batch[b].step != step) batch[b] = {cols.gain(batch[b].index, cov.data()), batch[b].index, step};
+        }
         int64_t best = 0;
         for (int64_t b = 1; b < bs; ++b)
           if (batch[best] < batch[b]) best = b;
