@@ -47,7 +47,8 @@ void l1_tile(const T* a, const T* b_t, int64_t m, int64_t K, int64_t i0, int64_t
 
 #if defined(__AVX512F__)
 // float32 with AVX-512: the AVX2 kernel below with 512-bit registers, 4 rows x 32 columns of
-// sums in eight registers. 1.8x faster than the AVX2 kernel on Zen 5 (full-width units).
+// sums in eight registers. On Zen 5 the whole symmetric pairwise_l1 of 5,000 x 100 takes 49 ms
+// against 59 ms with the AVX2 kernel (both include writing the 100 MB result).
 template <>
 void l1_tile<float>(const float* a, const float* b_t, int64_t m, int64_t K, int64_t i0, int64_t i1, int64_t j0,
                     int64_t w, float* sums) {
