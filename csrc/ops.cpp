@@ -81,6 +81,27 @@ Tensor empty_matrix(int64_t n, int64_t m, const at::TensorOptions& options) {
   return out;
 }
 
+// a a^T, rows [r0, r1) and columns [r0, n), for distance_blocks: cpu::gram_upper on panels
+// packed once per class where the build has AVX-512 (float, and at least 32 columns: below that
+// the product is bound by its writes), else ATen's GEMM.
+struct GramOperand {
+  const Tensor& a;
+  Tensor panels;
+  explicit GramOperand(const Tensor& a_) : a(a_) {
+    if (a.scalar_type() == at::kFloat && a.size(1) >= 32 && cpu::gram_kernel_available()) {
+      panels = at::empty({cpu::gram_panels_size(a.size(0), a.size(1))}, a.options());
+      cpu::gram_pack(a.data_ptr<float>(), a.size(0), a.size(1), panels.data_ptr<float>());
+    }
+  }
+  void upper_rows(int64_t r0, int64_t r1, Tensor& out) const {
+    if (panels.defined()) {
+      cpu::gram_upper(panels.data_ptr<float>(), a.size(0), a.size(1), r0, r1, out.data_ptr<float>());
+    } else {
+      at::mm_out(out, a.narrow(0, r0, r1 - r0), a.narrow(0, r0, a.size(0) - r0).t());
+    }
+  }
+};
+
 // The per-class distance (DESIGN.md 2.1), row blocks top to bottom: per block two GEMMs for
 // <h_i, h_j> and <s_i e_i, s_j e_j> right of its diagonal (half the work of the full products,
 // into buffers reused by every block), then cpu::distance_block turns them into distances, adding
@@ -92,13 +113,14 @@ Tensor distance_blocks(const Tensor& h, const Tensor& se, const Tensor& d, const
   constexpr int64_t tile = 256;
   Tensor hh_buffer = at::empty({std::min(n, tile) * n}, se.options());
   Tensor ee_buffer = at::empty({std::min(n, tile) * n}, se.options());
+  const GramOperand h_gram(h), se_gram(se);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lcmat_distance", [&] {
     for (int64_t r0 = 0; r0 < n; r0 += tile) {
       const int64_t r1 = std::min(n, r0 + tile);
       Tensor hh = hh_buffer.narrow(0, 0, (r1 - r0) * (n - r0)).view({r1 - r0, n - r0});
       Tensor ee = ee_buffer.narrow(0, 0, (r1 - r0) * (n - r0)).view({r1 - r0, n - r0});
-      at::mm_out(hh, h.narrow(0, r0, r1 - r0), h.narrow(0, r0, n - r0).t());
-      at::mm_out(ee, se.narrow(0, r0, r1 - r0), se.narrow(0, r0, n - r0).t());
+      h_gram.upper_rows(r0, r1, hh);
+      se_gram.upper_rows(r0, r1, ee);
       cpu::distance_block(out.data_ptr<scalar_t>(), hh.data_ptr<scalar_t>(), ee.data_ptr<scalar_t>(),
                           K > 0 ? d.data_ptr<scalar_t>() : nullptr, K > 0 ? d_t.data_ptr<scalar_t>() : nullptr,
                           diag_sq.data_ptr<scalar_t>(), static_cast<scalar_t>(K > 0 ? rho : 0.0), r0, r1, n, K);

@@ -270,6 +270,24 @@ def test_lcmat_distance_tile_edges(n):
     torch.testing.assert_close(grad, R.gradient_distance(H, e, s), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 31, 33, 255, 256, 257, 300, 520])
+@pytest.mark.parametrize("D,C", [(5, 3), (32, 10), (33, 40), (100, 64)])
+def test_gradient_distance_float32_exact_on_integer_inputs(n, D, C):
+    """Small integers make every Gram entry exact in float32, in ATen's GEMM and in the packed
+    AVX-512 Gram kernel alike (used for float with at least 32 columns), and so are the squared
+    distances: the distances must be their correctly rounded square roots, which the float64
+    reference rounded to float32 is (torch's float32 sqrt is not always). Any misplaced row,
+    column or panel shows."""
+    g = torch.Generator().manual_seed(n * 1000 + D + C)
+    H = torch.randint(0, 4, (n, D), generator=g).float()
+    e = torch.randint(-2, 3, (n, C), generator=g).float()
+    out = csrc.gradient_distance(H, e, None)
+    assert torch.equal(out, R.gradient_distance(H.double(), e.double()).float())
+    q = torch.rand(n, C, generator=g)
+    coords = torch.arange(min(7, C))
+    torch.testing.assert_close(csrc.lcmat_distance(H, e, q, coords, 0.0, None), out, rtol=0, atol=0)
+
+
 def test_lcmat_distance_bad_coords():
     H, e, q, _ = distance_inputs(5, 3, 2, torch.float64, 0)
     with pytest.raises(RuntimeError, match="coords"):

@@ -39,6 +39,16 @@ template <typename T>
 void distance_block(T* out, const T* hh, const T* ee, const T* d, const T* d_t, const T* diag_sq, T rho, int64_t r0,
                     int64_t r1, int64_t n, int64_t K);
 
+// Gram products for the distance blocks, float only: where gram_kernel_available() (a build with
+// AVX-512), gram_pack copies a [n, D] into gram_panels_size(n, D) floats of k-major panels, and
+// gram_upper writes rows [r0, r1) of a a^T, at least the columns distance_block reads of them
+// (those right of the 128-wide tile holding their 32-row tile's first row), into gram
+// [r1 - r0, n - r0]. r0 must be a multiple of 256. Each entry is one in-order FMA chain over k.
+bool gram_kernel_available();
+int64_t gram_panels_size(int64_t n, int64_t D);
+void gram_pack(const float* a, int64_t n, int64_t D, float* panels);
+void gram_upper(const float* panels, int64_t n, int64_t D, int64_t r0, int64_t r1, float* gram);
+
 // Mean and second moment over the n rows of every Hessian-diagonal coordinate, [C (D + 1)] each,
 // accumulated in float64: bias c from s_i q_ic, weight (c, d) from s_i q_ic h_id^2. q and
 // `scale` are float64; `scale` may be null. The sums run over the rows in order, whatever the thread count.
