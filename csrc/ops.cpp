@@ -81,15 +81,42 @@ Tensor empty_matrix(int64_t n, int64_t m, const at::TensorOptions& options) {
   return out;
 }
 
+// Scratch tensors of distance_blocks (Gram panels and row-block buffers) of the given sizes,
+// carved from memory that each thread keeps between calls: allocated afresh, their tens of MB
+// would be page-faulted in again for every class (a third of a 30 ms ImageNet-shaped class, by
+// perf). The memory grows to the largest call seen and is never returned; the tensors are valid
+// until the thread's next call.
+std::vector<Tensor> scratch_tensors(const std::vector<int64_t>& numels, const at::TensorOptions& options) {
+  thread_local std::vector<char> memory;
+  auto bytes = [&](int64_t numel) { return (static_cast<size_t>(numel) * options.dtype().itemsize() + 63) / 64 * 64; };
+  size_t total = 0;
+  for (const int64_t numel : numels) total += bytes(numel);
+  if (memory.size() < total) {
+    memory = std::vector<char>();
+    memory.resize(total);
+  }
+  std::vector<Tensor> out;
+  size_t at = 0;
+  for (const int64_t numel : numels) {
+    out.push_back(at::from_blob(memory.data() + at, {numel}, options));
+    at += bytes(numel);
+  }
+  return out;
+}
+
 // a a^T, rows [r0, r1) and columns [r0, n), for distance_blocks: cpu::gram_upper on panels
 // packed once per class where the build has AVX-512 (float, and at least 32 columns: below that
 // the product is bound by its writes), else ATen's GEMM.
 struct GramOperand {
   const Tensor& a;
-  Tensor panels;
-  explicit GramOperand(const Tensor& a_) : a(a_) {
-    if (a.scalar_type() == at::kFloat && a.size(1) >= 32 && cpu::gram_kernel_available()) {
-      panels = at::empty({cpu::gram_panels_size(a.size(0), a.size(1))}, a.options());
+  Tensor panels;  // undefined: ATen's GEMM
+  static bool packs(const Tensor& a) {
+    return a.scalar_type() == at::kFloat && a.size(1) >= 32 && cpu::gram_kernel_available();
+  }
+  static int64_t panels_size(const Tensor& a) { return packs(a) ? cpu::gram_panels_size(a.size(0), a.size(1)) : 0; }
+  GramOperand(const Tensor& a_, const Tensor& memory) : a(a_) {
+    if (packs(a)) {
+      panels = memory;
       cpu::gram_pack(a.data_ptr<float>(), a.size(0), a.size(1), panels.data_ptr<float>());
     }
   }
@@ -111,9 +138,12 @@ Tensor distance_blocks(const Tensor& h, const Tensor& se, const Tensor& d, const
   Tensor out = empty_matrix(n, n, se.options());
   const Tensor diag_sq = ((se * se).sum(1) * (1.0 + (h * h).sum(1))).contiguous();
   constexpr int64_t tile = 256;
-  Tensor hh_buffer = at::empty({std::min(n, tile) * n}, se.options());
-  Tensor ee_buffer = at::empty({std::min(n, tile) * n}, se.options());
-  const GramOperand h_gram(h), se_gram(se);
+  const std::vector<Tensor> scratch = scratch_tensors(
+      {std::min(n, tile) * n, std::min(n, tile) * n, GramOperand::panels_size(h), GramOperand::panels_size(se)},
+      se.options());
+  const Tensor& hh_buffer = scratch[0];
+  const Tensor& ee_buffer = scratch[1];
+  const GramOperand h_gram(h, scratch[2]), se_gram(se, scratch[3]);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lcmat_distance", [&] {
     for (int64_t r0 = 0; r0 < n; r0 += tile) {
       const int64_t r1 = std::min(n, r0 + tile);
