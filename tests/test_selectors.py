@@ -231,6 +231,19 @@ def test_lcmat_coordinate_set_matters_on_this_problem():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("counts,D", [([40, 300, 33], 48), ([6] * 34, 40)])
+def test_lcmat_float32_wide_features_match_the_definition(counts, D, backend):
+    """Shapes where the cpu backend's AVX-512 Gram kernel (float32, 32+ columns) replaces ATen's
+    GEMM where built with it: the embeddings' Gram across 256-row blocks (a class of 300), and
+    the error factors' Gram (34 classes); picks and weights are still the definition's."""
+    H, Z, y = B.make_problem(counts, D=D, seed=7)
+    cs = lcmat.LCMat(fraction=0.2, rho=1.0, num_coords=6, weights=True, backend=backend).select_features(
+        embeddings=H.astype(np.float32), logits=Z.astype(np.float32), labels=y)
+    H64, Z64 = H.astype(np.float32).astype(np.float64), Z.astype(np.float32).astype(np.float64)
+    B.check_lcmat(cs.indices, cs.weights, H64, Z64, y, 0.2, 1.0, 6, "paper", rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rho,num_coords,h_scale", LCMAT_CASES)
 def test_lcmat_compat_mode_is_the_definition(rho, num_coords, h_scale, backend):
     """s_i = 1 / b_i over per-class batches of 4 in dataset order (n_c = 25, 35, 11 leave last
