@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 EXT_SOURCES := $(shell find csrc triton_kernels -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: setup demo test test-all bench cuda-check clean
+.PHONY: setup demo test test-all bench gpu-wheels clean
 
 setup: $(VENV)/.built
 
@@ -33,6 +33,13 @@ test-all: setup
 
 bench: setup
 	$(PY) -m pytest bench -q --benchmark-only
+
+# POT as a Python 3.12 wheel for the GPU machine (it has torch, triton, pytest, hypothesis, not
+# POT); bench/gpu_check.sh installs what .whl/ holds. See the script's header.
+gpu-wheels: $(VENV)/.deps
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  -d .whl pot==$$($(PY) -m pip show pot | awk '/^Version/ {print $$2}')
 
 clean:
 	rm -rf $(VENV) build *.egg-info lcmat/*.so

@@ -1,6 +1,7 @@
 """LCMat-S and FDMat at ImageNet-1k shape on precomputed features: time and peak memory.
 
     OMP_WAIT_POLICY=passive python bench/bench_imagenet_shape.py --n 1281167 --classes 1000 --dim 512
+    python bench/bench_imagenet_shape.py --device cuda --backend cuda     # or --backend triton
 
 Synthetic post-ReLU embeddings and logits of that shape (float32: 2.6 GB + 5.1 GB) are made in
 chunks; each method then selects `fraction` of every class. Prints seconds and the process's
@@ -22,16 +23,30 @@ def peak_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
-def synthetic_features(n, classes, dim, seed=0, chunk=65536):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % classes
-    centers = torch.randn(classes, dim, generator=g)
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory():
+    """The process's peak resident memory, and the GPU's peak allocation where there is one."""
+    text = f"peak RSS {peak_rss_gb():.2f} GB"
+    if torch.cuda.is_available():
+        text += f", peak GPU memory {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GB"
+    return text
+
+
+def synthetic_features(n, classes, dim, seed=0, chunk=65536, device="cpu"):
+    g = torch.Generator(device=device).manual_seed(seed)
+    y = torch.arange(n, device=device) % classes
+    centers = torch.randn(classes, dim, generator=g, device=device)
     weight = 2.0 * centers / dim ** 0.5
-    H = torch.empty(n, dim)
-    Z = torch.empty(n, classes)
+    H = torch.empty(n, dim, device=device)
+    Z = torch.empty(n, classes, device=device)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        H[start:stop] = (centers[y[start:stop]] + 1.5 * torch.randn(stop - start, dim, generator=g)).relu_()
+        noise = torch.randn(stop - start, dim, generator=g, device=device)
+        H[start:stop] = (centers[y[start:stop]] + 1.5 * noise).relu_()
         torch.matmul(H[start:stop], weight.T, out=Z[start:stop])
     return H, Z, y
 
@@ -46,6 +61,7 @@ def profile_one_class(H, Z, y, fraction, backend):
     def timed(name, fn):
         start = time.perf_counter()
         out = fn()
+        synchronize()
         steps[name] = time.perf_counter() - start
         return out
 
@@ -62,6 +78,7 @@ def median_seconds(fn, reps=5):
     for _ in range(reps):
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -95,13 +112,15 @@ def main():
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--backend", default=None)
     parser.add_argument("--methods", default="lcmat,fdmat")
+    parser.add_argument("--device", default="cpu", help="where the features are made and selected from")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    H, Z, y = synthetic_features(args.n, args.classes, args.dim)
-    print(f"features N={args.n} C={args.classes} D={args.dim}: {time.perf_counter() - start:.1f} s, "
-          f"peak RSS {peak_rss_gb():.2f} GB, backends {ops.available_backends()}, "
-          f"{torch.get_num_threads()} threads")
+    H, Z, y = synthetic_features(args.n, args.classes, args.dim, device=args.device)
+    synchronize()
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"features N={args.n} C={args.classes} D={args.dim} on {args.device}: {time.perf_counter() - start:.1f} s, "
+          f"{peak_memory()}, backends {ops.available_backends()}, {where}")
     n_c, steps = profile_one_class(H, Z, y, args.fraction, args.backend)
     print(f"LCMat-S, one class (n_c={n_c}): " + ", ".join(f"{k} {v:.3f} s" for k, v in steps.items()))
     rows, classes, t_pruned, t_full = compare_coordinate_searches(H, Z, y, args.backend)
@@ -111,8 +130,8 @@ def main():
         selector = lcmat.get_method(name, fraction=args.fraction, backend=args.backend, progress=True)
         start = time.perf_counter()
         cs = selector.select_features(embeddings=H, logits=Z, labels=y)
-        print(f"{name}: {len(cs)} samples in {time.perf_counter() - start:.1f} s, "
-              f"peak RSS {peak_rss_gb():.2f} GB" +
+        synchronize()
+        print(f"{name}: {len(cs)} samples in {time.perf_counter() - start:.1f} s, {peak_memory()}" +
               (f", OT {selector.last_ot}" if hasattr(selector, "last_ot") else ""))
 
 
