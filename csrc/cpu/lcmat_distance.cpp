@@ -195,8 +195,8 @@ void pack_panels(const float* a, int64_t n, int64_t D, int64_t R, float* out) {
 }
 
 #if defined(__AVX512F__)
-// tile[r][c] = sum_k left[k][r] right[k][c], r < 8, c < 32.
-inline void gram_tile(const float* left, const float* right, int64_t D, float* tile) {
+// out[r ld + c] = sum_k left[k][r] right[k][c], r < 8, c < 32.
+inline void gram_tile(const float* left, const float* right, int64_t D, float* out, int64_t ld) {
   __m512 acc[kGramRows][2];
   for (auto& row : acc) row[0] = row[1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < D; ++k) {
@@ -208,8 +208,8 @@ inline void gram_tile(const float* left, const float* right, int64_t D, float* t
     }
   }
   for (int r = 0; r < kGramRows; ++r) {
-    _mm512_storeu_ps(tile + r * kGramCols, acc[r][0]);
-    _mm512_storeu_ps(tile + r * kGramCols + 16, acc[r][1]);
+    _mm512_storeu_ps(out + r * ld, acc[r][0]);
+    _mm512_storeu_ps(out + r * ld + 16, acc[r][1]);
   }
 }
 #endif
@@ -239,9 +239,13 @@ void gram_upper(const float* panels, int64_t n, int64_t D, int64_t r0, int64_t r
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t i0 = b * kGramRows, rows = std::min(r1, i0 + kGramRows) - i0;
       if (first_column(i0) >= j0 + kGramCols) continue;
-      gram_tile(left + b * kGramRows * D, right + p * kGramCols * D, D, tile);
-      for (int64_t r = 0; r < rows; ++r)
-        std::copy(tile + r * kGramCols, tile + r * kGramCols + w, gram + (i0 + r - r0) * ld + (j0 - r0));
+      float* dst = gram + (i0 - r0) * ld + (j0 - r0);
+      if (rows == kGramRows && w == kGramCols) {  // straight from the registers
+        gram_tile(left + b * kGramRows * D, right + p * kGramCols * D, D, dst, ld);
+        continue;
+      }
+      gram_tile(left + b * kGramRows * D, right + p * kGramCols * D, D, tile, kGramCols);
+      for (int64_t r = 0; r < rows; ++r) std::copy(tile + r * kGramCols, tile + r * kGramCols + w, dst + r * ld);
     }
   }
 #else
