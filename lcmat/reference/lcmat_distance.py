@@ -98,10 +98,11 @@ def weight_row_bounds(embeddings, q, scale=None):
 
 
 def _row_bounds(h4, sq2):
-    """weight_row_bounds from h^4 [n, D] and (s q)^2 [n, C] in float64; overwrites h4."""
+    """weight_row_bounds from h^4 [n, D] and (s q)^2 [n, C] in float64; overwrites both (in
+    place: fresh n x C temporaries cost more in page faults than in arithmetic)."""
     by_max = sq2.amax(0) * h4.sum(0).max()
     # column norms as sums of squares: vector_norm(dim=0) is several times slower here
-    by_norm = (sq2.square().sum(0) * h4.square_().sum(0).max()).sqrt_()
+    by_norm = (sq2.square_().sum(0) * h4.square_().sum(0).max()).sqrt_()
     return torch.minimum(by_max, by_norm) / h4.shape[0]
 
 
