@@ -13,6 +13,8 @@ import warnings
 
 import torch
 
+from . import reference
+
 try:
     from . import _C  # noqa: F401  (registers torch.ops.lcmat.*)
     _LOAD_ERROR = None
@@ -151,6 +153,13 @@ def sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost=None, x=None, 
 
 
 # ---- fdmat ------------------------------------------------------------------------------------
+
+def fdmat_transform(features, beta=0.5, eps=1e-6):
+    if features.device.type != "cpu":  # no CUDA kernel: ATen on the device, as the reference
+        return reference.fdmat_transform(features, beta, eps)
+    dt = _compute_dtype(features)
+    return _back(_ops().fdmat_transform(features.to(dt), float(beta), float(eps)), features.dtype)
+
 
 def prototype_cost(x, prototypes):
     dt = _compute_dtype(x)

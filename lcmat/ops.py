@@ -138,6 +138,10 @@ def sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost=None, x=None, 
                  cost, x, y, max_iter, tol, check_every)
 
 
+def fdmat_transform(features, beta=0.5, eps=1e-6, backend=None):
+    return _call("fdmat_transform", backend, features, beta, eps)
+
+
 def prototype_cost(x, prototypes, backend=None):
     return _call("prototype_cost", backend, x, prototypes)
 
@@ -157,6 +161,5 @@ def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
 
 
 # Not kernels, but shared by the selectors; always the reference (cheap, exact).
-fdmat_transform = reference.fdmat_transform
 class_prototypes = reference.class_prototypes
 sinkhorn_plan = reference.sinkhorn_plan

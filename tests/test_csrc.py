@@ -521,6 +521,38 @@ def test_sinkhorn_arguments():
 
 # ---- fdmat ------------------------------------------------------------------------------------
 
+@given(N=st.integers(1, 3000), D=st.integers(1, 40), beta=st.sampled_from([0.5, 1.0, 0.25, 2.0]),
+       dtype=DTYPES, nc=st.booleans(), seed=st.integers(0, 99))
+def test_fdmat_transform(N, D, beta, dtype, nc, seed):
+    """The same ATen steps as the reference with the mean's float64 sums done by cpu::column_sums
+    (fixed blocks of 1,024 rows): equal to the reference up to the sums' rounding."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(N, D, generator=g, dtype=torch.float64).to(dtype)
+    x[:, 0] = 0.0  # a dead unit: (0 + eps)^beta
+    out = csrc.fdmat_transform(maybe(x, nc), beta)
+    assert out.dtype == dtype and out.shape == (N, D)
+    torch.testing.assert_close(out, R.fdmat_transform(x, beta), rtol=1e-6 if dtype == torch.float32 else 1e-13,
+                               atol=1e-6 if dtype == torch.float32 else 1e-13)
+
+
+def test_fdmat_transform_thread_count_independent_and_ops_dispatch():
+    from lcmat import ops
+    x = torch.rand(5000, 16, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = csrc.fdmat_transform(x, 0.5)
+        torch.set_num_threads(2)
+        two = csrc.fdmat_transform(x, 0.5)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    assert ops.resolve("fdmat_transform", None, x)[0] == "cpu"
+    assert torch.equal(ops.fdmat_transform(x, 0.5), one)
+    with pytest.raises(RuntimeError, match="features"):
+        csrc.fdmat_transform(x[0], 0.5)
+
+
 @given(N=st.integers(0, 50), C=st.integers(1, 9), D=st.integers(1, 8), dtype=DTYPES,
        nc=st.booleans(), seed=st.integers(0, 99))
 def test_prototype_cost_and_scores(N, C, D, dtype, nc, seed):

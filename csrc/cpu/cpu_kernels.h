@@ -141,6 +141,11 @@ void squared_euclidean_from_dot(T* xy, const T* xx, const T* yy, int64_t n, int6
 
 // ---- fdmat.cpp -----------------------------------------------------------------------------
 
+// out_d = sum_i x_id in float64, [D], for the mean of FDMat's transformed features; the same
+// result whatever the thread count.
+template <typename T>
+void column_sums(const T* x, int64_t N, int64_t D, double* out);
+
 // s_i = sum_c (P_ic M_ic)^2 with P_ic = exp((f_i + g_c - M_ic) / reg), P never stored.
 template <typename T>
 void fdmat_scores(const T* M, const T* f, const T* g, int64_t N, int64_t C, double reg, T* out);

@@ -1,12 +1,37 @@
-// FDMat's transport score (lcmat/reference/fdmat.py):
+// FDMat (lcmat/reference/fdmat.py): the column sums of the feature transform, and the transport
+// score
 //     s_i = sum_c (P_ic M_ic)^2,   P_ic = exp((f_i + g_c - M_ic) / reg)
-// one streaming pass over M, the plan never stored. (prototype_cost is a GEMM in csrc/ops.cpp
-// followed by squared_euclidean_from_dot in sinkhorn.cpp.)
+// in one streaming pass over M, the plan never stored. (The rest of fdmat_transform is ATen in
+// csrc/ops.cpp; prototype_cost is a GEMM there followed by squared_euclidean_from_dot in
+// sinkhorn.cpp.)
+#include <algorithm>
+#include <vector>
+
 #include "cpu_kernels.h"
 #include "vexp.h"
 
 namespace lcmat {
 namespace cpu {
+
+template <typename T>
+void column_sums(const T* x, int64_t N, int64_t D, double* out) {
+  // Fixed blocks of rows, each summed row by row (the loop over columns vectorises), then the
+  // blocks' sums added in order: the same result for every thread count.
+  constexpr int64_t kBlock = 1024;
+  const int64_t blocks = (N + kBlock - 1) / kBlock;
+  std::vector<double> partial(static_cast<size_t>(blocks) * D, 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    double* acc = partial.data() + b * D;
+    for (int64_t i = b * kBlock, ie = std::min(N, i + kBlock); i < ie; ++i) {
+      const T* row = x + i * D;
+      for (int64_t d = 0; d < D; ++d) acc[d] += static_cast<double>(row[d]);
+    }
+  }
+  std::fill(out, out + D, 0.0);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t d = 0; d < D; ++d) out[d] += partial[b * D + d];
+}
 
 template <typename T>
 void fdmat_scores(const T* M, const T* f, const T* g, int64_t N, int64_t C, double reg, T* out) {
@@ -25,6 +50,8 @@ void fdmat_scores(const T* M, const T* f, const T* g, int64_t N, int64_t C, doub
   }
 }
 
+template void column_sums<float>(const float*, int64_t, int64_t, double*);
+template void column_sums<double>(const double*, int64_t, int64_t, double*);
 template void fdmat_scores<float>(const float*, const float*, const float*, int64_t, int64_t, double, float*);
 template void fdmat_scores<double>(const double*, const double*, const double*, int64_t, int64_t, double, double*);
 
