@@ -454,7 +454,14 @@ Tensor prototype_cost_cpu(const Tensor& x_in, const Tensor& prototypes_in) {
   const Tensor mu = prototypes_in.to(x.scalar_type()).contiguous();
   TORCH_CHECK(mu.size(1) == x.size(1), "prototypes: needs ", x.size(1), " columns like x, got ", mu.size(1));
   Tensor out = empty_matrix(x.size(0), mu.size(0), x.options());  // N x C: huge pages, as above
-  at::mm_out(out, x, mu.t());
+  if (GramOperand::packs(x)) {  // the AVX-512 Gram kernel of distance_blocks (see there)
+    Tensor right = at::empty({cpu::right_panels_size(mu.size(0), mu.size(1))}, mu.options());
+    cpu::pack_right_panels(mu.data_ptr<float>(), mu.size(0), mu.size(1), right.data_ptr<float>());
+    cpu::matmul_abt(x.data_ptr<float>(), x.size(0), right.data_ptr<float>(), mu.size(0), mu.size(1),
+                    out.data_ptr<float>());
+  } else {
+    at::mm_out(out, x, mu.t());
+  }
   const Tensor xx = (x * x).sum(1), pp = (mu * mu).sum(1);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "prototype_cost", [&] {
     cpu::squared_euclidean_from_dot(out.data_ptr<scalar_t>(), xx.data_ptr<scalar_t>(), pp.data_ptr<scalar_t>(),

@@ -535,6 +535,18 @@ def test_fdmat_transform(N, D, beta, dtype, nc, seed):
                                atol=1e-6 if dtype == torch.float32 else 1e-13)
 
 
+@pytest.mark.parametrize("N", [1, 7, 8, 9, 100])
+@pytest.mark.parametrize("C,D", [(1, 32), (31, 40), (32, 32), (33, 64), (70, 33)])
+def test_prototype_cost_float32_exact_on_integer_inputs(N, C, D):
+    """Small integers make x mu^T exact in float32 in ATen's GEMM and in the AVX-512 kernel
+    (used for float32 with at least 32 columns) alike: the costs must equal the float64
+    reference bit for bit, whatever the row block, panel or ragged edge."""
+    g = torch.Generator().manual_seed(N * 100 + C + D)
+    x = torch.randint(-3, 4, (N, D), generator=g).float()
+    mu = torch.randint(-3, 4, (C, D), generator=g).float()
+    assert torch.equal(csrc.prototype_cost(x, mu), R.prototype_cost(x.double(), mu.double()).float())
+
+
 def test_fdmat_transform_thread_count_independent_and_ops_dispatch():
     from lcmat import ops
     x = torch.rand(5000, 16, generator=torch.Generator().manual_seed(1))

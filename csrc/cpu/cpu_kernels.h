@@ -48,6 +48,11 @@ bool gram_kernel_available();
 int64_t gram_panels_size(int64_t n, int64_t D);
 void gram_pack(const float* a, int64_t n, int64_t D, float* panels);
 void gram_upper(const float* panels, int64_t n, int64_t D, int64_t r0, int64_t r1, float* gram);
+// The same kernel for out = a b^T, a [n, D] and b [m, D] (out [n, m]): b packed once by
+// pack_right_panels into right_panels_size(m, D) floats, a packed 8 rows at a time on the fly.
+int64_t right_panels_size(int64_t m, int64_t D);
+void pack_right_panels(const float* b, int64_t m, int64_t D, float* panels);
+void matmul_abt(const float* a, int64_t n, const float* right, int64_t m, int64_t D, float* out);
 
 // Mean and second moment over the n rows of every Hessian-diagonal coordinate, [C (D + 1)] each,
 // accumulated in float64: bias c from s_i q_ic, weight (c, d) from s_i q_ic h_id^2. q and

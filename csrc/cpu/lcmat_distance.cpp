@@ -220,6 +220,41 @@ void gram_pack(const float* a, int64_t n, int64_t D, float* panels) {
   pack_panels(a, n, D, kGramCols, panels + gram_panel_rows(n, kGramRows) * D);
 }
 
+int64_t right_panels_size(int64_t m, int64_t D) { return gram_panel_rows(m, kGramCols) * D; }
+
+void pack_right_panels(const float* b, int64_t m, int64_t D, float* panels) {
+  pack_panels(b, m, D, kGramCols, panels);
+}
+
+void matmul_abt(const float* a, int64_t n, const float* right, int64_t m, int64_t D, float* out) {
+#if defined(__AVX512F__)
+  const int64_t blocks = (n + kGramRows - 1) / kGramRows, panels = (m + kGramCols - 1) / kGramCols;
+#pragma omp parallel
+  {
+    std::vector<float> left(kGramRows * D);
+    alignas(64) float tile[kGramRows * kGramCols];
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t i0 = b * kGramRows, rows = std::min(n, i0 + kGramRows) - i0;
+      for (int64_t r = 0; r < kGramRows; ++r)
+        for (int64_t k = 0; k < D; ++k) left[k * kGramRows + r] = r < rows ? a[(i0 + r) * D + k] : 0.0f;
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t j0 = p * kGramCols, w = std::min(m, j0 + kGramCols) - j0;
+        float* dst = out + i0 * m + j0;
+        if (rows == kGramRows && w == kGramCols) {
+          gram_tile(left.data(), right + p * kGramCols * D, D, dst, m);
+          continue;
+        }
+        gram_tile(left.data(), right + p * kGramCols * D, D, tile, kGramCols);
+        for (int64_t r = 0; r < rows; ++r) std::copy(tile + r * kGramCols, tile + r * kGramCols + w, dst + r * m);
+      }
+    }
+  }
+#else
+  (void)a, (void)n, (void)right, (void)m, (void)D, (void)out;
+#endif
+}
+
 void gram_upper(const float* panels, int64_t n, int64_t D, int64_t r0, int64_t r1, float* gram) {
 #if defined(__AVX512F__)
   const float* left = panels;
