@@ -182,16 +182,16 @@ int64_t gram_panels_size(int64_t n, int64_t D) {
 
 namespace {
 // out[p][k][r] = a[p R + r][k] for panels of R rows, zero past row n.
+// dst[k][r] = a[r][k] for the `rows` rows of one panel of R, zero past them.
+void pack_panel(const float* a, int64_t rows, int64_t D, int64_t R, float* dst) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t k = 0; k < D; ++k) dst[k * R + r] = r < rows ? a[r * D + k] : 0.0f;
+}
+
 void pack_panels(const float* a, int64_t n, int64_t D, int64_t R, float* out) {
   const int64_t panels = (n + R - 1) / R;
 #pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < panels; ++p) {
-    float* dst = out + p * R * D;
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t i = p * R + r;
-      for (int64_t k = 0; k < D; ++k) dst[k * R + r] = i < n ? a[i * D + k] : 0.0f;
-    }
-  }
+  for (int64_t p = 0; p < panels; ++p) pack_panel(a + p * R * D, std::min(R, n - p * R), D, R, out + p * R * D);
 }
 
 #if defined(__AVX512F__)
@@ -236,8 +236,7 @@ void matmul_abt(const float* a, int64_t n, const float* right, int64_t m, int64_
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i0 = b * kGramRows, rows = std::min(n, i0 + kGramRows) - i0;
-      for (int64_t r = 0; r < kGramRows; ++r)
-        for (int64_t k = 0; k < D; ++k) left[k * kGramRows + r] = r < rows ? a[(i0 + r) * D + k] : 0.0f;
+      pack_panel(a + i0 * D, rows, D, kGramRows, left.data());
       for (int64_t p = 0; p < panels; ++p) {
         const int64_t j0 = p * kGramCols, w = std::min(m, j0 + kGramCols) - j0;
         float* dst = out + i0 * m + j0;
