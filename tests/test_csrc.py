@@ -392,6 +392,24 @@ def test_facility_location_signed_zero_keeps_the_block_symmetric():
     assert torch.equal(weights, ref[2])
 
 
+@pytest.mark.parametrize("n", [5, 21])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_facility_location_largest_entry_anywhere_sets_L(n, dtype):
+    """The paper mode's L = max D is read during the symmetry check: a largest mirror pair (or
+    diagonal entry) at every position (full 8 x 8 blocks, diagonal blocks, the n mod 8 strip)
+    must set it."""
+    base = random_dist(n, 3, dtype, n)
+    for i in range(n):
+        for j in range(i, n):
+            dist = base.clone()
+            dist[i, j] = dist[j, i] = 3 * float(base.max()) + 1
+            ref = R.facility_location_greedy(dist, 4, lazy=False)
+            picks, objective, weights = csrc.facility_location_greedy(dist, 4, None, True)
+            assert picks.tolist() == ref[0].tolist(), (i, j)
+            torch.testing.assert_close(objective, ref[1])
+            assert torch.equal(weights, ref[2])
+
+
 def test_facility_location_edges():
     dist = random_dist(7, 2, torch.float64, 0)
     picks, objective, weights = csrc.facility_location_greedy(dist, 0)

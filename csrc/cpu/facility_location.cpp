@@ -43,13 +43,16 @@ struct Candidate {
 // place; otherwise sim^T is built once. Compared in 64 x 64 tiles: the tile below the diagonal is
 // copied transposed into a local buffer (reading rows), then compared row against row, so no
 // loop reads memory with a stride of n (three times faster at n = 5,000). `!=` throughout: a NaN
-// entry makes the block non-symmetric, -0 equals +0.
+// entry makes the block non-symmetric, -0 equals +0. When the block is symmetric, *largest is its
+// largest entry (read on the way: every entry of the upper triangle passes through the check), so
+// the paper mode's L needs no pass of its own.
 template <typename T>
-bool exactly_symmetric_tiled(const T* dist, int64_t n) {
+bool exactly_symmetric_tiled(const T* dist, int64_t n, T* largest) {
   constexpr int64_t B = 64;
   const int64_t tiles = (n + B - 1) / B;
   bool symmetric = true;
-#pragma omp parallel for schedule(dynamic, 1) reduction(&& : symmetric)
+  T top = -std::numeric_limits<T>::infinity();
+#pragma omp parallel for schedule(dynamic, 1) reduction(&& : symmetric) reduction(max : top)
   for (int64_t ti = 0; ti < tiles; ++ti) {
     T lower_t[B * B];
     bool ok = true;
@@ -62,18 +65,22 @@ bool exactly_symmetric_tiled(const T* dist, int64_t n) {
       for (int64_t i = ib; i < ie; ++i) {
         const T* row = dist + i * n + jb;
         const T* other = lower_t + (i - ib) * B;
-        for (int64_t j = 0; j < je - jb; ++j) differ |= row[j] != other[j];
+        for (int64_t j = 0; j < je - jb; ++j) {
+          differ |= row[j] != other[j];
+          top = row[j] > top ? row[j] : top;
+        }
       }
       ok = !differ;
     }
     symmetric = symmetric && ok;
   }
+  *largest = top;
   return symmetric;
 }
 
 template <typename T>
-bool exactly_symmetric(const T* dist, int64_t n, int64_t m) {
-  return n == m && exactly_symmetric_tiled(dist, n);
+bool exactly_symmetric(const T* dist, int64_t n, int64_t m, T* largest) {
+  return n == m && exactly_symmetric_tiled(dist, n, largest);
 }
 
 #if defined(__AVX2__)
@@ -100,28 +107,42 @@ inline void transpose8(__m256 r[8]) {
 // times faster than the tiled copy at n = 5,000; the last n mod 8 rows and columns entry by entry.
 // NEQ_UQ is `!=` (true on NaN).
 template <>
-bool exactly_symmetric<float>(const float* dist, int64_t n, int64_t m) {
+bool exactly_symmetric<float>(const float* dist, int64_t n, int64_t m, float* largest) {
   if (n != m) return false;
   const int64_t blocks = n / 8, n8 = blocks * 8;
   bool symmetric = true;
-#pragma omp parallel for schedule(dynamic, 4) reduction(&& : symmetric)
+  float top = -std::numeric_limits<float>::infinity();
+#pragma omp parallel for schedule(dynamic, 4) reduction(&& : symmetric) reduction(max : top)
   for (int64_t bi = 0; bi < blocks; ++bi) {
     __m256 differ = _mm256_setzero_ps();
+    __m256 block_top = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     for (int64_t bj = bi; bj < blocks; ++bj) {
       __m256 r[8];
       for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(dist + (bj * 8 + k) * n + bi * 8);
       transpose8(r);
-      for (int k = 0; k < 8; ++k)
-        differ = _mm256_or_ps(differ, _mm256_cmp_ps(_mm256_loadu_ps(dist + (bi * 8 + k) * n + bj * 8), r[k],
-                                                     _CMP_NEQ_UQ));
+      for (int k = 0; k < 8; ++k) {
+        const __m256 upper = _mm256_loadu_ps(dist + (bi * 8 + k) * n + bj * 8);
+        differ = _mm256_or_ps(differ, _mm256_cmp_ps(upper, r[k], _CMP_NEQ_UQ));
+        block_top = _mm256_max_ps(block_top, upper);
+      }
     }
     bool ok = _mm256_movemask_ps(differ) == 0;
+    float lane[8];
+    _mm256_storeu_ps(lane, block_top);
+    for (int l = 0; l < 8; ++l) top = lane[l] > top ? lane[l] : top;
     for (int64_t i = bi * 8; i < bi * 8 + 8 && ok; ++i)
-      for (int64_t j = n8; j < n; ++j) ok = ok && !(dist[i * n + j] != dist[j * n + i]);
+      for (int64_t j = n8; j < n; ++j) {
+        ok = ok && !(dist[i * n + j] != dist[j * n + i]);
+        top = dist[i * n + j] > top ? dist[i * n + j] : top;
+      }
     symmetric = symmetric && ok;
   }
   for (int64_t i = n8; i < n && symmetric; ++i)
-    for (int64_t j = i; j < n; ++j) symmetric = symmetric && !(dist[i * n + j] != dist[j * n + i]);
+    for (int64_t j = i; j < n; ++j) {
+      symmetric = symmetric && !(dist[i * n + j] != dist[j * n + i]);
+      top = dist[i * n + j] > top ? dist[i * n + j] : top;
+    }
+  *largest = top;
   return symmetric;
 }
 #endif
@@ -252,9 +273,13 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
   if (k == 0) return;
   // L defaults to the largest distance (the paper mode); it is cast to T before use, as in the
   // reference, so that sim = max(0, L - D) is computed in T.
+  T largest;
+  const bool symmetric = exactly_symmetric(dist, n, m, &largest);
   T Lt;
   if (has_L) {
     Lt = static_cast<T>(L);
+  } else if (symmetric) {
+    Lt = largest;
   } else {
     Lt = -std::numeric_limits<T>::infinity();
 #pragma omp parallel for schedule(static) reduction(max : Lt)
@@ -263,7 +288,7 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
       Lt = row_max > Lt ? row_max : Lt;
     }
   }
-  Columns<T> cols{dist, {}, n, Lt, exactly_symmetric(dist, n, m)};
+  Columns<T> cols{dist, {}, n, Lt, symmetric};
   if (!cols.symmetric) {  // sim^T [m, n], built in cache-sized blocks
     cols.sim_t.resize(static_cast<size_t>(m) * n);
     constexpr int64_t B = 64;
