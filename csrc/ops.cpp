@@ -285,6 +285,27 @@ std::tuple<Tensor, Tensor, Tensor> facility_location_greedy_cpu(const Tensor& di
   return {picks, objective, weights};
 }
 
+GreedyBatch facility_location_greedy_batch_cpu(const std::vector<Tensor>& dists, const std::vector<int64_t>& ks,
+                                               optional<double> L, bool lazy) {
+  const std::vector<Tensor> blocks = greedy_batch_blocks(dists, ks);
+  std::vector<Tensor> picks, objective, weights;
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    picks.push_back(at::empty({ks[b]}, blocks[b].options().dtype(at::kLong)));
+    objective.push_back(at::empty({ks[b]}, blocks[b].options()));
+    weights.push_back(at::empty({ks[b]}, blocks[b].options()));
+  }
+  if (blocks.empty()) return {picks, objective, weights};
+  AT_DISPATCH_FLOATING_TYPES(blocks[0].scalar_type(), "facility_location_greedy_batch", [&] {
+    std::vector<cpu::GreedyBlock<scalar_t>> raw;
+    for (size_t b = 0; b < blocks.size(); ++b)
+      raw.push_back({blocks[b].data_ptr<scalar_t>(), blocks[b].size(0), blocks[b].size(1), ks[b],
+                     picks[b].data_ptr<int64_t>(), objective[b].data_ptr<scalar_t>(), weights[b].data_ptr<scalar_t>()});
+    cpu::facility_location_greedy_batch(raw.data(), static_cast<int64_t>(raw.size()), L.has_value(), L.value_or(0.0),
+                                        lazy);
+  });
+  return {picks, objective, weights};
+}
+
 // ---- sinkhorn ---------------------------------------------------------------------------------
 
 // The cost of problem p as ||x_i - y_j||^2, from its rows of x and y: computed once whole when
@@ -498,6 +519,7 @@ TORCH_LIBRARY(lcmat, m) {
   m.def("hessian_diag_coords(Tensor embeddings, Tensor q, Tensor coords, Tensor? scale) -> Tensor");
   m.def("lcmat_distance(Tensor embeddings, Tensor e, Tensor q, Tensor coords, float rho, Tensor? scale) -> Tensor");
   m.def("facility_location_greedy(Tensor dist, int k, float? L, bool lazy) -> (Tensor, Tensor, Tensor)");
+  m.def("facility_location_greedy_batch(Tensor[] dists, int[] ks, float? L, bool lazy) -> (Tensor[], Tensor[], Tensor[])");
   m.def("sinkhorn_log(Tensor a, Tensor b, Tensor M, float reg, int max_iter, float tol, int check_every)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("sinkhorn_log_ragged(Tensor a, Tensor b, int[] row_offsets, int[] col_offsets, float reg, Tensor? cost,"
@@ -517,6 +539,7 @@ TORCH_LIBRARY_IMPL(lcmat, CPU, m) {
   m.impl("hessian_diag_coords", &hessian_diag_coords_cpu);
   m.impl("lcmat_distance", &lcmat_distance_cpu);
   m.impl("facility_location_greedy", &facility_location_greedy_cpu);
+  m.impl("facility_location_greedy_batch", &facility_location_greedy_batch_cpu);
   m.impl("sinkhorn_log", &sinkhorn_log_cpu);
   m.impl("sinkhorn_log_ragged", &sinkhorn_log_ragged_cpu);
   m.impl("fdmat_transform", &fdmat_transform_cpu);

@@ -4,8 +4,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace lcmat {
 
@@ -100,5 +102,26 @@ inline std::tuple<at::Tensor, at::Tensor> curvature_moments_aten(const at::Tenso
   const at::Tensor second = at::cat({sq2.sum(0), at::mm(sq2.t(), h2.square()).flatten()}) / static_cast<double>(n);
   return {mean, second};
 }
+
+// Checks of the batched greedy shared by the CPU and CUDA bindings: one budget per block, blocks
+// of one floating dtype, each budget within its block. Returns the blocks made contiguous.
+inline std::vector<at::Tensor> greedy_batch_blocks(const std::vector<at::Tensor>& dists, const std::vector<int64_t>& ks) {
+  TORCH_CHECK(dists.size() == ks.size(), "ks: expected one budget per block (", dists.size(), "), got ", ks.size());
+  std::vector<at::Tensor> blocks;
+  for (size_t b = 0; b < dists.size(); ++b) {
+    check_float(dists[b], "dists");
+    check_dim(dists[b], 2, "dists");
+    TORCH_CHECK(dists[b].scalar_type() == dists[0].scalar_type(), "dists: block ", b, " is ",
+                dists[b].scalar_type(), ", block 0 ", dists[0].scalar_type());
+    TORCH_CHECK(dists[b].device() == dists[0].device(), "dists: block ", b, " is on ", dists[b].device(),
+                ", block 0 on ", dists[0].device());
+    const int64_t n = dists[b].size(0), m = dists[b].size(1);
+    TORCH_CHECK(ks[b] >= 0 && ks[b] <= std::min(n, m), "ks: block ", b, " is ", n, " x ", m, ", budget ", ks[b]);
+    blocks.push_back(dists[b].contiguous());
+  }
+  return blocks;
+}
+
+using GreedyBatch = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
 }  // namespace lcmat

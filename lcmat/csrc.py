@@ -122,6 +122,18 @@ def facility_location_greedy(dist, k, L=None, lazy=False):
     return _back(_ops().facility_location_greedy(dist.to(dt), int(k), L, bool(lazy)), dist.dtype)
 
 
+def facility_location_greedy_batch(dists, ks, L=None, lazy=False):
+    """The greedy on many blocks in one call (on the CPU, blocks in parallel over the threads)."""
+    dists, ks = reference.check_greedy_batch(dists, ks)
+    if not dists:
+        return []
+    dtype = dists[0].dtype
+    dt = _compute_dtype(dists[0])
+    L = None if L is None else float(L)
+    picks, objective, weights = _ops().facility_location_greedy_batch([d.to(dt) for d in dists], ks, L, bool(lazy))
+    return [(p, o.to(dtype), w.to(dtype)) for p, o, w in zip(picks, objective, weights)]
+
+
 # ---- sinkhorn ---------------------------------------------------------------------------------
 
 def sinkhorn_log(a, b, M, reg, max_iter=1000, tol=1e-6, check_every=1):

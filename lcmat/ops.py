@@ -122,6 +122,18 @@ def facility_location_greedy(dist, k, L=None, lazy=True, backend=None):
     return _call("facility_location_greedy", backend, dist, k, L, lazy)
 
 
+def facility_location_greedy_batch(dists, ks, L=None, lazy=True, backend=None):
+    """The greedy on many blocks (one per class) in one call: [(picks, objective, weights)]."""
+    dists = list(dists)
+    return resolve("facility_location_greedy_batch", backend, *dists[:1])[1](dists, ks, L, lazy)
+
+
+def parallel_blocks(device):
+    """How many blocks facility_location_greedy_batch runs at once on this device (the CPU
+    backend: one per thread), so that callers can hand it that many."""
+    return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+
+
 def facility_location_greedy_quotas(dist, groups, quotas, L=None):
     """The greedy under per-group quotas has only the reference implementation: its cost is
     small next to the distance block that any backend computes for it."""

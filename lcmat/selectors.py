@@ -111,12 +111,13 @@ class Selector:
         data.scores = self._prepare(data)
         groups = self._groups(data)
         picks, weights = [], []
-        bar = tqdm(groups, desc=self.name, unit="group", leave=False,
-                   disable=None if self.progress is None else not self.progress)
-        for positions, k, *extra in bar:  # extra: whatever a selector's _groups adds for its _pick
-            chosen, w = self._pick(data, positions, int(k), *extra)
-            picks.append(np.asarray(chosen, dtype=np.int64))
-            weights.append(w)
+        with tqdm(total=len(groups), desc=self.name, unit="group", leave=False,
+                  disable=None if self.progress is None else not self.progress) as bar:
+            for batch in self._batches(data, groups):
+                for chosen, w in self._pick_batch(data, batch):
+                    picks.append(np.asarray(chosen, dtype=np.int64))
+                    weights.append(w)
+                bar.update(len(batch))
         return self._coreset(data, picks, weights, time.perf_counter() - start)
 
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
@@ -164,6 +165,14 @@ class Selector:
     def _pick(self, data, positions, k):
         """(k chosen dataset positions, their weights or None)."""
         raise NotImplementedError
+
+    def _batches(self, data, groups):
+        """The groups in the runs that `_pick_batch` takes at once: one at a time here."""
+        return [[group] for group in groups]
+
+    def _pick_batch(self, data, batch):
+        """[(chosen, weights)] for a run of groups; extra: whatever a selector's _groups adds."""
+        return [self._pick(data, positions, int(k), *extra) for positions, k, *extra in batch]
 
     def _coreset(self, data, picks, weights, seconds):
         indices = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
@@ -347,6 +356,7 @@ class LCMat(Selector):
     name = "lcmat"
     needs = ("embeddings", "logits")
     per_class_only = True
+    BATCH_BYTES = 2 ** 29  # distance blocks held at once for one batched greedy (512 MiB)
 
     def __init__(self, fraction=0.1, rho=0.01, num_coords=100, mode="paper", batch_size=128,
                  weights=False, balance=True, seed=0, backend=None, progress=None,
@@ -398,11 +408,42 @@ class LCMat(Selector):
         return groups
 
     def _pick(self, data, positions, k, quotas=None):
+        embeddings, logits, labels, scale = self._block_inputs(data, positions)
+        local, gamma = self.select_block(embeddings, logits, labels, k, scale, quotas)
+        return positions[local], (gamma if self.weights else None)
+
+    def _block_inputs(self, data, positions):
+        """(embeddings, logits, labels, scale) of the given dataset positions."""
         index = torch.as_tensor(positions, device=data.labels.device)
         scale = data.scale[index] if self.mode == "compat" else None
-        local, gamma = self.select_block(data.embeddings[index], data.logits[index], data.labels[index], k, scale,
-                                         quotas)
-        return positions[local], (gamma if self.weights else None)
+        return data.embeddings[index], data.logits[index], data.labels[index], scale
+
+    def _batches(self, data, groups):
+        """Runs of consecutive groups for one batched greedy: as many as the greedy runs at
+        once (ops.parallel_blocks), their distance blocks within BATCH_BYTES together."""
+        if self.quotas:
+            return super()._batches(data, groups)
+        size = ops.parallel_blocks(data.labels.device)
+        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        batches, current, current_bytes = [], [], 0
+        for group in groups:
+            block_bytes = len(group[0]) ** 2 * itemsize
+            if current and (len(current) == size or current_bytes + block_bytes > self.BATCH_BYTES):
+                batches.append(current)
+                current, current_bytes = [], 0
+            current.append(group)
+            current_bytes += block_bytes
+        return batches + ([current] if current else [])
+
+    def _pick_batch(self, data, batch):
+        if self.quotas or len(batch) == 1:
+            return super()._pick_batch(data, batch)
+        dists = [self.block_distance(*self._block_inputs(data, positions)) for positions, _ in batch]
+        L = None if self.mode == "paper" else 10.0
+        results = ops.facility_location_greedy_batch(dists, [int(k) for _, k in batch], L, lazy=True,
+                                                     backend=self.backend)
+        return [(positions[picks.cpu().numpy()], gamma.cpu().numpy() if self.weights else None)
+                for (positions, _), (picks, _, gamma) in zip(batch, results)]
 
     def _coreset(self, data, picks, weights, seconds):
         coreset = super()._coreset(data, picks, weights, seconds)
@@ -413,20 +454,23 @@ class LCMat(Selector):
     def select_block(self, embeddings, logits, labels, k, scale=None, quotas=None):
         """(positions of the k picks within the block, their weights gamma) for one class;
         quotas: (stratum of each position, budget of each stratum), see quotas=True."""
-        e, q = ops.last_layer_factors(logits, labels, backend=self.backend)
-        coords = torch.zeros(0, dtype=torch.long, device=embeddings.device)
-        if self.rho != 0 and self.num_coords > 0:
-            coords = ops.top_variance_coords(embeddings, q, self.num_coords, scale, backend=self.backend)
-        if self.rho == "auto":
-            dist = self._auto_rho_distance(embeddings, e, q, coords, scale)
-        else:
-            dist = ops.lcmat_distance(embeddings, e, q, coords, self.rho, scale, backend=self.backend)
+        dist = self.block_distance(embeddings, logits, labels, scale)
         L = None if self.mode == "paper" else 10.0
         if quotas is not None:
             picks, _, gamma = ops.facility_location_greedy_quotas(dist, quotas[0], quotas[1], L)
         else:
             picks, _, gamma = ops.facility_location_greedy(dist, k, L, lazy=True, backend=self.backend)
         return picks.cpu().numpy(), gamma.cpu().numpy()
+
+    def block_distance(self, embeddings, logits, labels, scale=None):
+        """The block's n x n LCMat-S distances D_ij (the class docstring)."""
+        e, q = ops.last_layer_factors(logits, labels, backend=self.backend)
+        coords = torch.zeros(0, dtype=torch.long, device=embeddings.device)
+        if self.rho != 0 and self.num_coords > 0:
+            coords = ops.top_variance_coords(embeddings, q, self.num_coords, scale, backend=self.backend)
+        if self.rho == "auto":
+            return self._auto_rho_distance(embeddings, e, q, coords, scale)
+        return ops.lcmat_distance(embeddings, e, q, coords, self.rho, scale, backend=self.backend)
 
     def _auto_rho_distance(self, embeddings, e, q, coords, scale):
         grad = ops.gradient_distance(embeddings, e, scale, backend=self.backend)

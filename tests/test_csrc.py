@@ -4,6 +4,7 @@ float64 runs are compared with the float64 reference at tight tolerances; float3
 float64 reference (the truth) at tolerances derived from float32's epsilon and the data's scale.
 Facility-location picks must be identical to the reference's naive greedy.
 """
+import contextlib
 import math
 
 import pytest
@@ -422,6 +423,88 @@ def test_facility_location_edges():
         csrc.facility_location_greedy(dist[0], 2)
 
 
+@contextlib.contextmanager
+def num_threads(count):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@given(sizes=st.lists(st.integers(0, 70), max_size=7), frac=st.floats(0, 1), dtype=DTYPES,
+       givenL=st.booleans(), lazy=st.booleans(), threads=st.sampled_from([1, 2, 3]), seed=st.integers(0, 999))
+def test_facility_location_batch_matches_the_reference_per_block(sizes, frac, dtype, givenL, lazy, threads, seed):
+    """Blocks of very different sizes (empty, one sample, many): with more blocks than threads
+    they run in parallel, one thread each; with fewer, in turn. Each block gets the reference's
+    picks, and exactly what the one-block op gives it (the same code on one thread)."""
+    dists = [random_dist(n, 3, dtype, seed + b) for b, n in enumerate(sizes)]
+    ks = [round(frac * n) for n in sizes]
+    L = 2.0 if givenL else None
+    assume(not any(has_near_tie(d, k, L) for d, k in zip(dists, ks) if k > 0))
+    with num_threads(threads):
+        out = csrc.facility_location_greedy_batch(dists, ks, L, lazy)
+    assert len(out) == len(sizes)
+    for d, k, (picks, objective, weights) in zip(dists, ks, out):
+        ref = R.facility_location_greedy(d, k, L, lazy=False)
+        assert picks.tolist() == ref[0].tolist()
+        assert objective.dtype == dtype and weights.dtype == dtype
+        torch.testing.assert_close(objective, ref[1], **tol(dtype))
+        assert torch.equal(weights, ref[2])
+        single = csrc.facility_location_greedy(d, k, L, lazy)
+        assert torch.equal(objective, single[1])
+
+
+def test_facility_location_batch_many_blocks_in_parallel_equal_one_by_one():
+    """Twelve blocks on two threads (the parallel path), largest first, non-contiguous ones among
+    them, ties included: bit for bit what one call per block gives."""
+    sizes = [1, 300, 2, 57, 0, 140, 5, 300, 33, 1, 64, 9]
+    dists = [random_dist(n, 2, torch.float32, n) for n in sizes]
+    pts = torch.randint(0, 4, (20, 2)).double().repeat(3, 1)
+    dists[3] = torch.cdist(pts[:57], pts[:57], p=1).float()  # exact ties
+    dists[5] = noncontig(dists[5])
+    ks = [1, 30, 2, 20, 0, 14, 3, 300, 10, 0, 64, 9]
+    with num_threads(2):
+        out = csrc.facility_location_greedy_batch(dists, ks, None, True)
+    for d, k, got in zip(dists, ks, out):
+        single = csrc.facility_location_greedy(d, k, None, True)
+        for a, b in zip(got, single):
+            assert torch.equal(a, b)
+        assert got[0].tolist() == R.facility_location_greedy(d, k)[0].tolist()
+
+
+def test_facility_location_batch_arguments():
+    d = random_dist(6, 2, torch.float64, 0)
+    assert csrc.facility_location_greedy_batch([], []) == []
+    with pytest.raises(ValueError, match="ks"):
+        csrc.facility_location_greedy_batch([d, d], [1])
+    with pytest.raises(ValueError, match="ks: block 1"):
+        csrc.facility_location_greedy_batch([d, d], [1, 7])
+    with pytest.raises(ValueError, match="ks"):
+        csrc.facility_location_greedy_batch([d], [-1])
+    with pytest.raises(ValueError, match="dists: block 1"):
+        csrc.facility_location_greedy_batch([d, d.float()], [1, 1])
+    with pytest.raises(ValueError, match="dists: block 0"):
+        csrc.facility_location_greedy_batch([d[0]], [1])
+    with pytest.raises(RuntimeError, match="dists"):
+        torch.ops.lcmat.facility_location_greedy_batch([d.int()], [1], None, True)
+    with pytest.raises(RuntimeError, match="ks"):
+        torch.ops.lcmat.facility_location_greedy_batch([d], [1, 2], None, True)
+
+
+def test_ops_facility_location_batch_dispatch():
+    from lcmat import ops
+    dists = [random_dist(n, 3, torch.float32, n) for n in (40, 9, 25)]
+    ks = [4, 2, 5]
+    auto = ops.facility_location_greedy_batch(dists, ks)
+    ref = ops.facility_location_greedy_batch(dists, ks, backend="reference")
+    assert [p.tolist() for p, _, _ in auto] == [p.tolist() for p, _, _ in ref]
+    assert ops.resolve("facility_location_greedy_batch", None, dists[0])[0] == "cpu"
+    assert ops.facility_location_greedy_batch([], []) == []
+    assert ops.parallel_blocks("cpu") == torch.get_num_threads()
+
+
 # ---- sinkhorn ---------------------------------------------------------------------------------
 
 def ot_problem(n, m, dtype, seed, zero_mass=False):
@@ -674,6 +757,20 @@ def test_cuda_facility_location(dtype):
     dist = torch.cdist(pts, pts, p=1).to(dtype)
     assert csrc.facility_location_greedy(dist.cuda(), 30)[0].cpu().tolist() == \
         R.facility_location_greedy(dist, 30)[0].tolist()
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_facility_location_batch(dtype):
+    _need_cuda_build()
+    dists = [random_dist(n, 3, dtype, n) for n in (700, 1, 0, 90)]
+    ks = [60, 1, 0, 9]
+    out = csrc.facility_location_greedy_batch([d.cuda() for d in dists], ks)
+    for d, k, (picks, objective, weights) in zip(dists, ks, out):
+        ref = R.facility_location_greedy(d, k, lazy=False)
+        assert picks.cpu().tolist() == ref[0].tolist()
+        torch.testing.assert_close(objective.cpu(), ref[1], **tol(dtype))
+        assert torch.equal(weights.cpu(), ref[2])
 
 
 @cuda

@@ -244,6 +244,32 @@ def test_lcmat_float32_wide_features_match_the_definition(counts, D, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["paper", "compat"])
+@pytest.mark.parametrize("threads,batch_bytes,runs", [(1, 2 ** 29, []), (3, 2 ** 29, [3, 3]), (3, 1, []),
+                                                       (8, 30 * 30 * 8 + 12 * 12 * 8, [2, 4])])
+def test_lcmat_batched_greedy_is_the_definition(threads, batch_bytes, runs, mode, backend, monkeypatch):
+    """Classes go to one batched greedy in runs (as many as the threads, their blocks within
+    BATCH_BYTES; a run of one takes the one-block greedy): the definition's picks and weights
+    however the classes are grouped."""
+    calls = []
+    batch = lcmat.ops.facility_location_greedy_batch
+    monkeypatch.setattr(lcmat.ops, "facility_location_greedy_batch",
+                        lambda dists, *a, **kw: calls.append(len(dists)) or batch(dists, *a, **kw))
+    monkeypatch.setattr(lcmat.LCMat, "BATCH_BYTES", batch_bytes)
+    counts = [12, 30, 2, 25, 8, 17, 9]
+    H, Z, y = B.make_problem(counts, D=4, seed=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cs = lcmat.LCMat(fraction=0.3, rho=1.0, num_coords=5, mode=mode, batch_size=4, weights=True,
+                         dtype=torch.float64, backend=backend).select_features(embeddings=H, logits=Z, labels=y)
+    finally:
+        torch.set_num_threads(before)
+    B.check_lcmat(cs.indices, cs.weights, H, Z, y, 0.3, 1.0, 5, mode, 4)
+    assert calls == runs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rho,num_coords,h_scale", LCMAT_CASES)
 def test_lcmat_compat_mode_is_the_definition(rho, num_coords, h_scale, backend):
     """s_i = 1 / b_i over per-class batches of 4 in dataset order (n_c = 25, 35, 11 leave last

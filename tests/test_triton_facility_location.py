@@ -93,3 +93,17 @@ def test_negative_distances_do_not_overflow():
     dist = (torch.rand(19, 19, generator=g, dtype=torch.float64) * 2 - 1.5).to(DEV)
     _assert_same(dist, 6, None)
     _assert_same(dist, 6, 0.1)
+
+
+def test_batch_matches_reference_per_block():
+    dists = [_dist(n, 3, torch.float32, n) for n in (33, 1, 0, 70)]
+    ks = [5, 1, 0, 12]
+    out = T.facility_location_greedy_batch(dists, ks, None, True)
+    assert len(out) == 4
+    for d, k, (picks, objective, weights) in zip(dists, ks, out):
+        rp, ro, rw = R.facility_location_greedy(d, k)
+        assert picks.tolist() == rp.tolist()
+        torch.testing.assert_close(objective, ro, rtol=1e-5, atol=1e-5)
+        assert torch.equal(weights, rw)
+    with pytest.raises(ValueError, match="ks"):
+        T.facility_location_greedy_batch(dists, ks[:2])

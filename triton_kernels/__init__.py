@@ -22,7 +22,7 @@ try:
 except ImportError:  # the package imports without triton; `available` then says False
     pass
 else:
-    from .facility_location import facility_location_greedy, nearest_pick_counts
+    from .facility_location import facility_location_greedy, facility_location_greedy_batch, nearest_pick_counts
     from .fdmat import fdmat_scores, prototype_cost
     from .last_layer import (curvature_moments, last_layer_factors, last_layer_grad_norms,
                              top_variance_coords)

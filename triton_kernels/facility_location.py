@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lcmat.reference.facility_location import check_greedy_batch
+
 from ._config import autotune_configs, bucket, check_device, check_dims, float_dtype
 
 
@@ -158,3 +160,10 @@ def facility_location_greedy(dist, k, L=None, lazy=False):
                            step, n, num_tiles, dist.stride(0), dist.stride(1),
                            DT=DT, BLOCK=128)
     return picks, objective.to(dtype), nearest_pick_counts(dist, picks)
+
+
+def facility_location_greedy_batch(dists, ks, L=None, lazy=False):
+    """The greedy on many blocks in one call (twin of the reference's): the blocks run one after
+    another, each step of each block spreading its columns over the device."""
+    dists, ks = check_greedy_batch(dists, ks)
+    return [facility_location_greedy(d, k, L, lazy) for d, k in zip(dists, ks)]

@@ -91,6 +91,22 @@ template <typename T>
 void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bool has_L, double L,
                               bool lazy, int64_t* picks, T* objective, T* weights);
 
+// One block of a batched greedy: the arguments of facility_location_greedy.
+template <typename T>
+struct GreedyBlock {
+  const T* dist;
+  int64_t n, m, k;
+  int64_t* picks;
+  T* objective;
+  T* weights;
+};
+
+// facility_location_greedy on many blocks (one per class) in one call, with the same picks as
+// one call per block. With at least as many blocks as threads, the blocks run in parallel, one
+// thread each, largest first; otherwise one after another, each on every thread.
+template <typename T>
+void facility_location_greedy_batch(const GreedyBlock<T>* blocks, int64_t count, bool has_L, double L, bool lazy);
+
 // ---- sinkhorn.cpp --------------------------------------------------------------------------
 
 // The n x m cost of one transport problem, served one tile of rows at a time.

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <queue>
 #include <type_traits>
 #include <vector>
@@ -19,6 +20,10 @@
 #endif
 
 #include "cpu_kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace lcmat {
 namespace cpu {
@@ -325,6 +330,9 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
     for (int64_t j = 0; j < m; ++j) init[j] = {gain[j], j, 0};
     std::priority_queue<Candidate> heap(std::less<Candidate>(), std::move(init));
     constexpr int64_t kMaxBatch = 64;
+    // A batch goes parallel only when its gains outweigh waking the team (tens of microseconds
+    // with OMP_WAIT_POLICY=passive): at n = 1,282 a parallel batch made the greedy 2x slower.
+    constexpr int64_t kParallelWork = int64_t(1) << 18;
     std::vector<Candidate> batch;
     for (int64_t step = 0; step < k; ++step) {
       int64_t size = 1;
@@ -336,7 +344,7 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
         }
         const int64_t bs = static_cast<int64_t>(batch.size());
         // Only stale entries are re-evaluated: a fresh one popped again would give the same gain.
-#pragma omp parallel for schedule(dynamic, 1) if (bs >= 16)
+#pragma omp parallel for schedule(dynamic, 1) if (bs * n >= kParallelWork)
         for (int64_t b = 0; b < bs; ++b) {
           if (batch[b].step != step) batch[b] = {cols.gain(batch[b].index, cov.data()), batch[b].index, step};
         }
@@ -408,9 +416,35 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
   for (int64_t p = 0; p < k; ++p) weights[p] = static_cast<T>(counts[p]);
 }
 
-#define LCMAT_INSTANTIATE(T)                                                                   \
-  template void facility_location_greedy<T>(const T*, int64_t, int64_t, int64_t, bool, double, \
-                                            bool, int64_t*, T*, T*);
+template <typename T>
+void facility_location_greedy_batch(const GreedyBlock<T>* blocks, int64_t count, bool has_L, double L, bool lazy) {
+  auto run = [&](const GreedyBlock<T>& b) {
+    facility_location_greedy(b.dist, b.n, b.m, b.k, has_L, L, lazy, b.picks, b.objective, b.weights);
+  };
+  const int threads = max_threads();
+  if (threads < 2 || count < threads) {
+    for (int64_t b = 0; b < count; ++b) run(blocks[b]);
+    return;
+  }
+  // Largest blocks first, so that the last ones to start are the short ones.
+  std::vector<int64_t> order(count);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return blocks[a].n * blocks[a].m > blocks[b].n * blocks[b].m;
+  });
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < count; ++t) {
+#ifdef _OPENMP
+    omp_set_num_threads(1);  // the block's own parallel loops run on this thread alone
+#endif
+    run(blocks[order[t]]);
+  }
+}
+
+#define LCMAT_INSTANTIATE(T)                                                                          \
+  template void facility_location_greedy<T>(const T*, int64_t, int64_t, int64_t, bool, double, bool, \
+                                            int64_t*, T*, T*);                                       \
+  template void facility_location_greedy_batch<T>(const GreedyBlock<T>*, int64_t, bool, double, bool);
 LCMAT_INSTANTIATE(float)
 LCMAT_INSTANTIATE(double)
 #undef LCMAT_INSTANTIATE

@@ -211,6 +211,21 @@ std::tuple<Tensor, Tensor, Tensor> facility_location_greedy_cuda(const Tensor& d
   return {picks, objective, weights};
 }
 
+// The blocks one after another on the current stream: each step of a block's greedy already
+// spreads its columns over the device, and the calls queue without a host synchronisation.
+GreedyBatch facility_location_greedy_batch_cuda(const std::vector<Tensor>& dists, const std::vector<int64_t>& ks,
+                                                optional<double> L, bool lazy) {
+  const std::vector<Tensor> blocks = greedy_batch_blocks(dists, ks);
+  std::vector<Tensor> picks, objective, weights;
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    auto [p, o, w] = facility_location_greedy_cuda(blocks[b], ks[b], L, lazy);
+    picks.push_back(p);
+    objective.push_back(o);
+    weights.push_back(w);
+  }
+  return {picks, objective, weights};
+}
+
 // ---- sinkhorn ---------------------------------------------------------------------------------
 
 using SinkhornOut = std::tuple<Tensor, Tensor, Tensor, Tensor>;
@@ -370,6 +385,7 @@ TORCH_LIBRARY_IMPL(lcmat, CUDA, m) {
   m.impl("hessian_diag_coords", &hessian_diag_coords_cuda);
   m.impl("lcmat_distance", &lcmat_distance_cuda);
   m.impl("facility_location_greedy", &facility_location_greedy_cuda);
+  m.impl("facility_location_greedy_batch", &facility_location_greedy_batch_cuda);
   m.impl("sinkhorn_log", &sinkhorn_log_cuda);
   m.impl("sinkhorn_log_ragged", &sinkhorn_log_ragged_cuda);
   m.impl("prototype_cost", &prototype_cost_cuda);

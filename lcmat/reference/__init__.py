@@ -2,7 +2,8 @@
 
 Each family lives in its own module; `triton_kernels/` and `csrc/` hold twins with the same names.
 """
-from .facility_location import facility_location_greedy, facility_location_greedy_quotas, nearest_pick_counts
+from .facility_location import (check_greedy_batch, facility_location_greedy, facility_location_greedy_batch,
+                                facility_location_greedy_quotas, nearest_pick_counts)
 from .fdmat import class_prototypes, fdmat_scores, fdmat_transform, prototype_cost
 from .last_layer import last_layer_factors, last_layer_grad_norms
 from .linear_grad_norms import linear_grad_norms, per_sample_grad_norms

@@ -41,6 +41,30 @@ def facility_location_greedy(dist, k, L=None, lazy=False):
     return _greedy_result(dist, sim_t, picks)
 
 
+def facility_location_greedy_batch(dists, ks, L=None, lazy=False):
+    """The greedy of `facility_location_greedy` on many blocks in one call (one per class):
+    block b gets ks[b] picks; L (None: each block's own max D) applies to every block. Returns
+    one (picks, objective, weights) per block, in order."""
+    dists, ks = check_greedy_batch(dists, ks)
+    return [facility_location_greedy(d, k, L, lazy) for d, k in zip(dists, ks)]
+
+
+def check_greedy_batch(dists, ks):
+    """(list of blocks, list of int budgets), or ValueError naming the argument."""
+    dists, ks = list(dists), list(ks)
+    if len(dists) != len(ks):
+        raise ValueError(f"ks: expected one budget per block ({len(dists)}), got {len(ks)}")
+    for b, (d, k) in enumerate(zip(dists, ks)):
+        if not isinstance(d, torch.Tensor) or d.dim() != 2:
+            raise ValueError(f"dists: block {b} must be a 2-D tensor")
+        if (d.dtype, d.device) != (dists[0].dtype, dists[0].device):
+            raise ValueError(f"dists: block {b} is {d.dtype} on {d.device}, block 0 {dists[0].dtype} on "
+                             f"{dists[0].device}")
+        if int(k) != k or not 0 <= k <= min(d.shape):
+            raise ValueError(f"ks: block {b} has shape {tuple(d.shape)}, budget {k}")
+    return dists, [int(k) for k in ks]
+
+
 def _greedy_result(dist, sim_t, picks):
     """(picks LongTensor, objective after each pick, nearest-pick counts)."""
     picks = torch.tensor(picks, dtype=torch.long, device=dist.device)
