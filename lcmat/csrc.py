@@ -181,3 +181,80 @@ def prototype_cost(x, prototypes):
 def fdmat_scores(M, f, g, reg):
     dt = _compute_dtype(M)
     return _back(_ops().fdmat_scores(M.to(dt), f.to(dt), g.to(dt), float(reg)), M.dtype)
+
+
+# ---- shapes for torch.compile -----------------------------------------------------------------
+# torch.compile and torch.export trace the ops with fake tensors: each op's output shapes and
+# dtypes, as csrc/ops.cpp allocates them (checked against the real kernels by
+# torch.library.opcheck in tests/test_csrc.py).
+
+def _register_fakes():
+    fake = lambda name: torch.library.register_fake(f"lcmat::{name}")  # noqa: E731
+
+    @fake("last_layer_factors")
+    def _(logits, labels):
+        return logits.new_empty(logits.shape), logits.new_empty(logits.shape)
+
+    @fake("last_layer_grad_norms")
+    def _(embeddings, logits, labels, scale):
+        return logits.new_empty(logits.shape[0]), logits.new_empty(logits.shape[0])
+
+    @fake("curvature_moments")
+    def _(embeddings, q, scale):
+        P = q.shape[1] * (embeddings.shape[1] + 1)
+        return q.new_empty(P, dtype=torch.float64), q.new_empty(P, dtype=torch.float64)
+
+    @fake("top_variance_coords")
+    def _(embeddings, q, num_coords, scale):
+        return q.new_empty(torch.sym_min(num_coords, q.shape[1] * (embeddings.shape[1] + 1)), dtype=torch.long)
+
+    @fake("gradient_distance")
+    def _(embeddings, e, scale):
+        return e.new_empty(e.shape[0], e.shape[0])
+
+    @fake("pairwise_l1")
+    def _(a, b):
+        return a.new_empty(a.shape[0], (a if b is None else b).shape[0])
+
+    @fake("hessian_diag_coords")
+    def _(embeddings, q, coords, scale):
+        return q.new_empty(q.shape[0], coords.numel())
+
+    @fake("lcmat_distance")
+    def _(embeddings, e, q, coords, rho, scale):
+        return e.new_empty(e.shape[0], e.shape[0])
+
+    @fake("facility_location_greedy")
+    def _(dist, k, L, lazy):
+        return dist.new_empty(k, dtype=torch.long), dist.new_empty(k), dist.new_empty(k)
+
+    @fake("facility_location_greedy_batch")
+    def _(dists, ks, L, lazy):
+        return ([d.new_empty(k, dtype=torch.long) for d, k in zip(dists, ks)],
+                [d.new_empty(k) for d, k in zip(dists, ks)], [d.new_empty(k) for d, k in zip(dists, ks)])
+
+    @fake("sinkhorn_log")
+    def _(a, b, M, reg, max_iter, tol, check_every):
+        B, n, m = (M.shape if M.dim() == 3 else (1, *M.shape))
+        return M.new_empty(B, n), M.new_empty(B, m), M.new_empty(B, dtype=torch.long), M.new_empty(B)
+
+    @fake("sinkhorn_log_ragged")
+    def _(a, b, row_offsets, col_offsets, reg, cost, x, y, max_iter, tol, check_every):
+        P = len(row_offsets) - 1
+        return a.new_empty(a.shape), a.new_empty(b.shape), a.new_empty(P, dtype=torch.long), a.new_empty(P)
+
+    @fake("fdmat_transform")
+    def _(features, beta, eps):
+        return features.new_empty(features.shape)
+
+    @fake("prototype_cost")
+    def _(x, prototypes):
+        return x.new_empty(x.shape[0], prototypes.shape[0])
+
+    @fake("fdmat_scores")
+    def _(M, f, g, reg):
+        return M.new_empty(M.shape[0])
+
+
+if _C is not None:
+    _register_fakes()

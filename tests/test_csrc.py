@@ -684,6 +684,65 @@ def test_prototype_cost_and_scores(N, C, D, dtype, nc, seed):
 
 # ---- dispatch and half precision --------------------------------------------------------------
 
+def _op_samples():
+    """(op name, arguments) for every op of torch.ops.lcmat, small float32 and float64 inputs."""
+    samples = []
+    for dtype in (torch.float32, torch.float64):
+        H, Z, y, s = last_layer_inputs(13, 4, 6, dtype, 0)
+        e, q = R.last_layer_factors(Z, y)
+        coords = torch.tensor([0, 5, 11, 27])
+        dist = random_dist(13, 3, dtype, 0)
+        a, b, M = torch.ones(13, dtype=dtype), torch.full((5,), 13 / 5, dtype=dtype), torch.rand(13, 5, dtype=dtype)
+        x, mu = torch.rand(13, 6, dtype=dtype), torch.rand(5, 6, dtype=dtype)
+        samples += [
+            ("last_layer_factors", (Z, y)),
+            ("last_layer_grad_norms", (H, Z, y, s)),
+            ("curvature_moments", (H, q, s.double())),
+            ("top_variance_coords", (H, q, 7, None)),
+            ("gradient_distance", (H, e, None)),
+            ("pairwise_l1", (H, None)),
+            ("pairwise_l1", (H, H[:4])),
+            ("hessian_diag_coords", (H, q, coords, s)),
+            ("lcmat_distance", (H, e, q, coords, 0.5, None)),
+            ("facility_location_greedy", (dist, 4, None, True)),
+            ("facility_location_greedy_batch", ([dist, dist[:6, :6]], [4, 2], None, True)),
+            ("sinkhorn_log", (a, b, M, 0.5, 50, 1e-6, 1)),
+            ("sinkhorn_log", (a.repeat(2, 1), b.repeat(2, 1), M.repeat(2, 1, 1), 0.5, 50, 1e-6, 1)),
+            ("sinkhorn_log_ragged", (a, b, [0, 6, 13], [0, 2, 5], 0.5, torch.rand(6 * 2 + 7 * 3, dtype=dtype),
+                                     None, None, 50, 1e-6, 1)),
+            ("sinkhorn_log_ragged", (a, b, [0, 6, 13], [0, 2, 5], 0.5, None, x, mu, 50, 1e-6, 1)),
+            ("fdmat_transform", (x, 0.5, 1e-6)),
+            ("prototype_cost", (x, mu)),
+            ("fdmat_scores", (M, torch.rand(13, dtype=dtype), torch.rand(5, dtype=dtype), 0.5)),
+        ]
+    return samples
+
+
+def test_every_op_has_a_sample_for_opcheck():
+    registered = {op.split("::")[1] for op in torch._C._dispatch_get_all_op_names() if op.startswith("lcmat::")}
+    assert {name for name, _ in _op_samples()} == registered
+
+
+@pytest.mark.parametrize("name,args", _op_samples(), ids=lambda v: v if isinstance(v, str) else "")
+def test_op_registration_and_fake_shapes(name, args):
+    """torch.library.opcheck: the schema, and the fake kernel (what torch.compile traces with)
+    gives the real kernel's shapes and dtypes, static and dynamic."""
+    torch.library.opcheck(getattr(torch.ops.lcmat, name).default, args)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    """A selection step under torch.compile (no graph break): factors, distances, greedy."""
+    def step(h, z, y):
+        e, q = csrc.last_layer_factors(z, y)
+        dist = csrc.lcmat_distance(h, e, q, torch.tensor([1, 3, 8]), 0.5)
+        picks, objective, _ = csrc.facility_location_greedy(dist, 5, None, True)
+        return dist, picks, objective
+    H, Z, y, _ = last_layer_inputs(40, 3, 7, torch.float32, 1)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    for got, want in zip(compiled(H, Z, y), step(H, Z, y)):
+        assert torch.equal(got, want)
+
+
 def test_ops_selects_cpu_backend():
     import lcmat.ops as ops
     a = torch.randn(4, 3)
