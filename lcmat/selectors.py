@@ -8,6 +8,8 @@ coverage options, and offers `select_features(embeddings=, logits=, labels=)` an
 A selector is written as `_pick(data, positions, k)`: choose k of the given dataset positions
 by the method's criterion. The base class decides which groups it runs on: each class
 (balance=True), the whole set (balance=False), or the difficulty strata of each (coverage=True).
+A selector whose groups are cheaper together may also take them in runs (`_batches` and
+`_pick_batch`): LCMat hands several classes to one batched greedy.
 """
 import time
 import warnings
@@ -436,7 +438,7 @@ class LCMat(Selector):
         return batches + ([current] if current else [])
 
     def _pick_batch(self, data, batch):
-        if self.quotas or len(batch) == 1:
+        if len(batch) == 1:  # also every quotas=True group (see _batches)
             return super()._pick_batch(data, batch)
         dists = [self.block_distance(*self._block_inputs(data, positions)) for positions, _ in batch]
         L = None if self.mode == "paper" else 10.0
