@@ -239,17 +239,25 @@ std::tuple<Tensor, Tensor> curvature_moments_cpu(const Tensor& embeddings_in, co
   const int64_t n = q_in.size(0), C = q_in.size(1);
   const Tensor h = checked_rows(embeddings_in, n, embeddings_in.scalar_type(), "embeddings");
   const optional<Tensor> scale = checked_scale(scale_in, n, at::kDouble);
-  // The one-pass kernel keeps 2 C x 32 float64 sums per task in L1: 8 ms against 48 ms for the
-  // GEMMs at C = 10, n = 5,000. At C = 1,000 they spill (0.27 s for the first ImageNet-shaped
-  // class, 0.19 s with the GEMMs, bench_imagenet_shape.py on 2026-12-02), so many classes take
-  // the GEMMs.
-  if (C > 64) return curvature_moments_aten(h, q_in, scale);
-  const Tensor q = q_in.to(at::kDouble).contiguous();
+  // Without AVX-512 the one-pass kernel keeps 2 C x 32 float64 sums per task in L1: 8 ms against
+  // 48 ms for the GEMMs at C = 10, n = 5,000. At C = 1,000 they spill (0.27 s for the first
+  // ImageNet-shaped class, 0.19 s with the GEMMs, bench_imagenet_shape.py on 2026-12-02), so many
+  // classes take the GEMMs there. The AVX-512 kernel blocks the classes by 64 and takes any C.
+  if (C > 64 && !cpu::curvature_moments_register_blocked()) return curvature_moments_aten(h, q_in, scale);
+  const Tensor q = q_in.scalar_type() == at::kFloat ? q_in.contiguous() : q_in.to(at::kDouble).contiguous();
   const int64_t D = h.size(1);
-  Tensor mean = at::empty({C * (D + 1)}, q.options()), second = at::empty({C * (D + 1)}, q.options());
+  const auto f64 = h.options().dtype(at::kDouble);
+  Tensor mean = at::empty({C * (D + 1)}, f64), second = at::empty({C * (D + 1)}, f64);
+  const Tensor workspace = scratch_tensors({cpu::curvature_moments_workspace(n, C)}, f64)[0];
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "curvature_moments", [&] {
-    cpu::curvature_moments(h.data_ptr<scalar_t>(), q.data_ptr<double>(), scale ? scale->data_ptr<double>() : nullptr,
-                           n, C, D, mean.data_ptr<double>(), second.data_ptr<double>());
+    const double* s = scale ? scale->data_ptr<double>() : nullptr;
+    if (q.scalar_type() == at::kFloat) {
+      cpu::curvature_moments(h.data_ptr<scalar_t>(), q.data_ptr<float>(), s, n, C, D, workspace.data_ptr<double>(),
+                             mean.data_ptr<double>(), second.data_ptr<double>());
+    } else {
+      cpu::curvature_moments(h.data_ptr<scalar_t>(), q.data_ptr<double>(), s, n, C, D, workspace.data_ptr<double>(),
+                             mean.data_ptr<double>(), second.data_ptr<double>());
+    }
   });
   return {mean, second};
 }

@@ -120,13 +120,34 @@ def test_curvature_moments_many_column_slices(D, dtype):
 
 
 def test_curvature_moments_many_classes():
-    # above 64 classes the moments come from float64 GEMMs instead of the one-pass kernel
+    # above 64 classes: the register-blocked kernel in 64-class chunks (AVX-512 builds), else
+    # float64 GEMMs
     H, Z, y, s = last_layer_inputs(40, 100, 6, torch.float64, 2)
     _, q = R.last_layer_factors(Z, y)
     mean, second = csrc.curvature_moments(H, q, s)
     mean_ref, second_ref = R.curvature_moments(H, q, s)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-12, atol=0)
     torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("n,C,D", [(300, 67, 17), (513, 130, 48), (1, 5, 16), (257, 4, 15), (256, 64, 32)])
+@pytest.mark.parametrize("h_dtype,q_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float64),
+                                             (torch.float64, torch.float32), (torch.float64, torch.float64)])
+def test_curvature_moments_blocks_and_mixed_dtypes(n, C, D, h_dtype, q_dtype):
+    """Row blocks of 256, groups of 4 classes and chunks of 64, slices of 16 columns, each with a
+    ragged tail; q in float32 or float64 whatever the embeddings' dtype (q is used as given, not
+    rounded to the embeddings' dtype); the same bits on 1 and 3 threads."""
+    H, Z, y, s = last_layer_inputs(n, C, D, torch.float64, n + C)
+    _, q = R.last_layer_factors(Z, y)
+    H, q = H.to(h_dtype), q.to(q_dtype)
+    mean, second = csrc.curvature_moments(H, q, s)
+    mean_ref, second_ref = R.curvature_moments(H.double(), q.double(), s)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=0)
+    for threads in (1, 3):
+        with num_threads(threads):
+            again = csrc.curvature_moments(H, q, s)
+        assert torch.equal(again[0], mean) and torch.equal(again[1], second)
 
 
 def test_curvature_moments_empty_class_like_reference():

@@ -55,11 +55,16 @@ void pack_right_panels(const float* b, int64_t m, int64_t D, float* panels);
 void matmul_abt(const float* a, int64_t n, const float* right, int64_t m, int64_t D, float* out);
 
 // Mean and second moment over the n rows of every Hessian-diagonal coordinate, [C (D + 1)] each,
-// accumulated in float64: bias c from s_i q_ic, weight (c, d) from s_i q_ic h_id^2. q and
-// `scale` are float64; `scale` may be null. The sums run over the rows in order, whatever the thread count.
-template <typename T>
-void curvature_moments(const T* embeddings, const double* q, const double* scale, int64_t n, int64_t C, int64_t D,
-                       double* mean, double* second);
+// accumulated in float64: bias c from s_i q_ic, weight (c, d) from s_i q_ic h_id^2. `scale` is
+// float64 and may be null; `workspace` holds curvature_moments_workspace(n, C) doubles. The sums
+// run over the rows in order, whatever the thread count.
+template <typename T, typename Q>
+void curvature_moments(const T* embeddings, const Q* q, const double* scale, int64_t n, int64_t C, int64_t D,
+                       double* workspace, double* mean, double* second);
+int64_t curvature_moments_workspace(int64_t n, int64_t C);
+// Whether curvature_moments is the register-blocked kernel (AVX-512 builds), fast at any C; the
+// other one keeps C x 64 sums per task and is slower than two GEMMs beyond 64 classes.
+bool curvature_moments_register_blocked();
 
 // d_i restricted to K coordinates, written both as rows [n, K] and transposed [K, n]:
 // coordinate c < C is s_i q_ic, coordinate C + c D + d is s_i q_ic h_id^2. `coords` must lie in
