@@ -111,7 +111,7 @@ struct GramOperand {
   const Tensor& a;
   Tensor panels;  // undefined: ATen's GEMM
   static bool packs(const Tensor& a) {
-    return a.scalar_type() == at::kFloat && a.size(1) >= 32 && cpu::gram_kernel_available();
+    return a.scalar_type() == at::kFloat && a.size(1) >= 32 && cpu::built_with_avx512();
   }
   static int64_t panels_size(const Tensor& a) { return packs(a) ? cpu::gram_panels_size(a.size(0), a.size(1)) : 0; }
   GramOperand(const Tensor& a_, const Tensor& memory) : a(a_) {
@@ -243,7 +243,7 @@ std::tuple<Tensor, Tensor> curvature_moments_cpu(const Tensor& embeddings_in, co
   // 48 ms for the GEMMs at C = 10, n = 5,000. At C = 1,000 they spill (0.27 s for the first
   // ImageNet-shaped class, 0.19 s with the GEMMs, bench_imagenet_shape.py on 2026-12-02), so many
   // classes take the GEMMs there. The AVX-512 kernel blocks the classes by 64 and takes any C.
-  if (C > 64 && !cpu::curvature_moments_register_blocked()) return curvature_moments_aten(h, q_in, scale);
+  if (C > 64 && !cpu::built_with_avx512()) return curvature_moments_aten(h, q_in, scale);
   const Tensor q = q_in.scalar_type() == at::kFloat ? q_in.contiguous() : q_in.to(at::kDouble).contiguous();
   const int64_t D = h.size(1);
   const auto f64 = h.options().dtype(at::kDouble);

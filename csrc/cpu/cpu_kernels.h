@@ -39,12 +39,15 @@ template <typename T>
 void distance_block(T* out, const T* hh, const T* ee, const T* d, const T* d_t, const T* diag_sq, T rho, int64_t r0,
                     int64_t r1, int64_t n, int64_t K);
 
-// Gram products for the distance blocks, float only: where gram_kernel_available() (a build with
-// AVX-512), gram_pack copies a [n, D] into gram_panels_size(n, D) floats of k-major panels, and
-// gram_upper writes rows [r0, r1) of a a^T, at least the columns distance_block reads of them
+// Whether this build has the AVX-512 kernels: the Gram kernel below and the register-blocked
+// curvature moments (fast at any number of classes; the other kernel keeps C x 64 sums per task
+// and is slower than two GEMMs beyond 64 classes).
+bool built_with_avx512();
+
+// Gram products for the distance blocks, float only: where built_with_avx512(), gram_pack
+// copies a [n, D] into gram_panels_size(n, D) floats of k-major panels, and gram_upper writes rows [r0, r1) of a a^T, at least the columns distance_block reads of them
 // (those right of the 128-wide tile holding their 32-row tile's first row), into gram
 // [r1 - r0, n - r0]. r0 must be a multiple of 256. Each entry is one in-order FMA chain over k.
-bool gram_kernel_available();
 int64_t gram_panels_size(int64_t n, int64_t D);
 void gram_pack(const float* a, int64_t n, int64_t D, float* panels);
 void gram_upper(const float* panels, int64_t n, int64_t D, int64_t r0, int64_t r1, float* gram);
@@ -62,9 +65,6 @@ template <typename T, typename Q>
 void curvature_moments(const T* embeddings, const Q* q, const double* scale, int64_t n, int64_t C, int64_t D,
                        double* workspace, double* mean, double* second);
 int64_t curvature_moments_workspace(int64_t n, int64_t C);
-// Whether curvature_moments is the register-blocked kernel (AVX-512 builds), fast at any C; the
-// other one keeps C x 64 sums per task and is slower than two GEMMs beyond 64 classes.
-bool curvature_moments_register_blocked();
 
 // d_i restricted to K coordinates, written both as rows [n, K] and transposed [K, n]:
 // coordinate c < C is s_i q_ic, coordinate C + c D + d is s_i q_ic h_id^2. `coords` must lie in

@@ -169,7 +169,7 @@ constexpr int64_t kGramRows = 8, kGramCols = 32;
 
 int64_t gram_panel_rows(int64_t n, int64_t R) { return (n + R - 1) / R * R; }
 
-bool gram_kernel_available() {
+bool built_with_avx512() {
 #if defined(__AVX512F__)
   return true;
 #else
@@ -393,14 +393,6 @@ void weight_moments_avx512(const T* embeddings, const double* a_t, const double*
 #endif
 
 }  // namespace
-
-bool curvature_moments_register_blocked() {
-#if defined(__AVX512F__)
-  return true;
-#else
-  return false;
-#endif
-}
 
 int64_t curvature_moments_workspace(int64_t n, int64_t C) {
 #if defined(__AVX512F__)
