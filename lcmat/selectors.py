@@ -441,9 +441,8 @@ class LCMat(Selector):
         if len(batch) == 1:  # also every quotas=True group (see _batches)
             return super()._pick_batch(data, batch)
         dists = [self.block_distance(*self._block_inputs(data, positions)) for positions, _ in batch]
-        L = None if self.mode == "paper" else 10.0
-        results = ops.facility_location_greedy_batch(dists, [int(k) for _, k in batch], L, lazy=True,
-                                                     backend=self.backend)
+        results = ops.facility_location_greedy_batch(dists, [int(k) for _, k in batch], self._facility_L(),
+                                                     lazy=True, backend=self.backend)
         return [(positions[picks.cpu().numpy()], gamma.cpu().numpy() if self.weights else None)
                 for (positions, _), (picks, _, gamma) in zip(batch, results)]
 
@@ -457,12 +456,16 @@ class LCMat(Selector):
         """(positions of the k picks within the block, their weights gamma) for one class;
         quotas: (stratum of each position, budget of each stratum), see quotas=True."""
         dist = self.block_distance(embeddings, logits, labels, scale)
-        L = None if self.mode == "paper" else 10.0
+        L = self._facility_L()
         if quotas is not None:
             picks, _, gamma = ops.facility_location_greedy_quotas(dist, quotas[0], quotas[1], L)
         else:
             picks, _, gamma = ops.facility_location_greedy(dist, k, L, lazy=True, backend=self.backend)
         return picks.cpu().numpy(), gamma.cpu().numpy()
+
+    def _facility_L(self):
+        """The facility-location constant: None (max D of each block) in the paper mode, 10 in compat."""
+        return None if self.mode == "paper" else 10.0
 
     def block_distance(self, embeddings, logits, labels, scale=None):
         """The block's n x n LCMat-S distances D_ij (the class docstring)."""
