@@ -20,6 +20,7 @@
 #endif
 
 #include "cpu_kernels.h"
+#include "transpose8.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -89,25 +90,6 @@ bool exactly_symmetric(const T* dist, int64_t n, int64_t m, T* largest) {
 }
 
 #if defined(__AVX2__)
-// Transposes the 8 x 8 block held in r[0..7] (row k in r[k]).
-inline void transpose8(__m256 r[8]) {
-  __m256 t[8], u[8];
-  for (int k = 0; k < 8; k += 2) {
-    t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
-    t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
-  }
-  for (int k = 0; k < 8; k += 4) {
-    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int k = 0; k < 4; ++k) {
-    r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
-    r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
-  }
-}
-
 // float: 8 x 8 blocks of the upper triangle against the register-transposed mirror block, five
 // times faster than the tiled copy at n = 5,000; the last n mod 8 rows and columns entry by entry.
 // NEQ_UQ is `!=` (true on NaN).
