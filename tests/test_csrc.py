@@ -703,6 +703,19 @@ def test_prototype_cost_and_scores(N, C, D, dtype, nc, seed):
     torch.testing.assert_close(s.double(), R.fdmat_scores(M_ref, f, gg, 0.7), **tol(dtype))
 
 
+@pytest.mark.parametrize("N,C", [(5000, 3), (1400, 10), (300, 63), (300, 64), (70, 200), (1, 1), (0, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fdmat_scores_short_and_long_rows(N, C, dtype):
+    """Rows under 64 entries go in chunks of about 4,096 entries (several chunks and a ragged
+    last one here), longer rows one by one."""
+    g = torch.Generator().manual_seed(N + C)
+    M = 4 * torch.rand(N, C, generator=g, dtype=torch.float64)
+    f, gg = torch.randn(N, generator=g, dtype=torch.float64), torch.randn(C, generator=g, dtype=torch.float64)
+    s = csrc.fdmat_scores(M.to(dtype), f.to(dtype), gg.to(dtype), 0.5)
+    assert s.shape == (N,) and s.dtype == dtype
+    torch.testing.assert_close(s.double(), R.fdmat_scores(M, f, gg, 0.5), **tol(dtype))
+
+
 # ---- dispatch and half precision --------------------------------------------------------------
 
 def _op_samples():

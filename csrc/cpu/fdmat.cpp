@@ -33,9 +33,11 @@ void column_sums(const T* x, int64_t N, int64_t D, double* out) {
     for (int64_t d = 0; d < D; ++d) out[d] += partial[b * D + d];
 }
 
+namespace {
+
+// One row at a time, the exp vectorised across the row: for rows of 64 entries or more.
 template <typename T>
-void fdmat_scores(const T* M, const T* f, const T* g, int64_t N, int64_t C, double reg, T* out) {
-  const T r = static_cast<T>(reg);
+void scores_by_row(const T* M, const T* f, const T* g, int64_t N, int64_t C, T r, T* out) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < N; ++i) {
     const T* row = M + i * C;
@@ -47,6 +49,53 @@ void fdmat_scores(const T* M, const T* f, const T* g, int64_t N, int64_t C, doub
       s += pm * pm;
     }
     out[i] = s;
+  }
+}
+
+// Short rows (C = 10: too short for the exp to vectorise inside one, 0.7x ATen that way): a chunk
+// of about 4,096 entries at a time, in three loops over L1: the exponents row by row, (P M)^2 over
+// the chunk as one flat loop, then each row's sum.
+template <typename T>
+void scores_by_chunk(const T* M, const T* f, const T* g, int64_t N, int64_t C, T r, T* out) {
+  const int64_t rows = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
+  const int64_t chunks = (N + rows - 1) / rows;
+#pragma omp parallel
+  {
+    std::vector<T> buf(static_cast<size_t>(rows) * C);
+#pragma omp for schedule(static)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t i0 = chunk * rows, i1 = std::min(N, i0 + rows), count = (i1 - i0) * C;
+      for (int64_t i = i0; i < i1; ++i) {
+        T* b = buf.data() + (i - i0) * C;
+        const T* row = M + i * C;
+        const T fi = f[i];
+        for (int64_t c = 0; c < C; ++c) b[c] = (fi + g[c] - row[c]) / r;
+      }
+      T* b = buf.data();
+      const T* m = M + i0 * C;
+#pragma omp simd
+      for (int64_t t = 0; t < count; ++t) {
+        const T pm = vexp(b[t]) * m[t];
+        b[t] = pm * pm;
+      }
+      for (int64_t i = i0; i < i1; ++i) {
+        T s = 0;
+        for (int64_t c = 0; c < C; ++c) s += buf[(i - i0) * C + c];
+        out[i] = s;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void fdmat_scores(const T* M, const T* f, const T* g, int64_t N, int64_t C, double reg, T* out) {
+  const T r = static_cast<T>(reg);
+  if (C >= 64) {
+    scores_by_row(M, f, g, N, C, r, out);
+  } else {
+    scores_by_chunk(M, f, g, N, C, r, out);
   }
 }
 
