@@ -127,11 +127,10 @@ def facility_location_greedy_batch(dists, ks, L=None, lazy=False):
     dists, ks = reference.check_greedy_batch(dists, ks)
     if not dists:
         return []
-    dtype = dists[0].dtype
     dt = _compute_dtype(dists[0])
     L = None if L is None else float(L)
     picks, objective, weights = _ops().facility_location_greedy_batch([d.to(dt) for d in dists], ks, L, bool(lazy))
-    return [(p, o.to(dtype), w.to(dtype)) for p, o, w in zip(picks, objective, weights)]
+    return [_back(out, dists[0].dtype) for out in zip(picks, objective, weights)]
 
 
 # ---- sinkhorn ---------------------------------------------------------------------------------

@@ -426,10 +426,9 @@ class LCMat(Selector):
         if self.quotas:
             return super()._batches(data, groups)
         size = ops.parallel_blocks(data.labels.device)
-        itemsize = torch.empty(0, dtype=self.dtype).element_size()
         batches, current, current_bytes = [], [], 0
         for group in groups:
-            block_bytes = len(group[0]) ** 2 * itemsize
+            block_bytes = len(group[0]) ** 2 * self.dtype.itemsize
             if current and (len(current) == size or current_bytes + block_bytes > self.BATCH_BYTES):
                 batches.append(current)
                 current, current_bytes = [], 0

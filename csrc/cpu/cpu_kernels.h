@@ -45,9 +45,10 @@ void distance_block(T* out, const T* hh, const T* ee, const T* d, const T* d_t, 
 bool built_with_avx512();
 
 // Gram products for the distance blocks, float only: where built_with_avx512(), gram_pack
-// copies a [n, D] into gram_panels_size(n, D) floats of k-major panels, and gram_upper writes rows [r0, r1) of a a^T, at least the columns distance_block reads of them
-// (those right of the 128-wide tile holding their 32-row tile's first row), into gram
-// [r1 - r0, n - r0]. r0 must be a multiple of 256. Each entry is one in-order FMA chain over k.
+// copies a [n, D] into gram_panels_size(n, D) floats of k-major panels, and gram_upper writes
+// rows [r0, r1) of a a^T, at least the columns distance_block reads of them (those right of the
+// 128-wide tile holding their 32-row tile's first row), into gram [r1 - r0, n - r0]. r0 must be
+// a multiple of 256. Each entry is one in-order FMA chain over k.
 int64_t gram_panels_size(int64_t n, int64_t D);
 void gram_pack(const float* a, int64_t n, int64_t D, float* panels);
 void gram_upper(const float* panels, int64_t n, int64_t D, int64_t r0, int64_t r1, float* gram);
