@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import re
@@ -316,16 +317,26 @@ def _check_split(split):
 # Loaders
 # --------------------------------------------------------------------------------------------------
 
-def load_dataset(name, split="train", data_dir=None, transform=None, cache=True):
+def load_dataset(name, split="train", data_dir=None, transform=None, cache=True, imbalance=1.0,
+                 label_noise=0.0, corruption_seed=0):
     """Load an offline dataset as an :class:`ArrayDataset`.
 
     name: "mnist", "fashion-mnist", "emnist-letters", "cifar10" or "digits" (sklearn's 8x8 digits,
     needs no files). split: "train" or "test". data_dir: folder holding the datasets (default
     :func:`default_data_dir`). transform: per-image callable (e.g. ``RandomCropFlip()``).
     cache: keep decoded CIFAR-10 JPEGs as .npz under :func:`default_cache_dir`.
+
+    Corrupted training sets, for robustness studies (the test split is always the clean one):
+    imbalance: ratio >= 1 between the largest and the smallest class, with the exponential
+    long-tail profile n_c = n_max * imbalance^(-c / (C - 1)) (class 0 keeps all its samples);
+    label_noise: fraction in [0, 1) of samples whose label is replaced by a different class drawn
+    uniformly (symmetric noise), applied after the imbalance. Both are drawn from
+    ``corruption_seed``; the dataset records them in ``.corruption`` and keeps the true labels in
+    ``.clean_targets``.
     """
     key = _canonical_name(name)
     _check_split(split)
+    imbalance, label_noise = _check_corruption(split, imbalance, label_noise, corruption_seed)
     if key == "digits":
         data, targets = _load_digits_arrays(split)
     elif key in _IDX_FILES:
@@ -333,7 +344,63 @@ def load_dataset(name, split="train", data_dir=None, transform=None, cache=True)
     else:
         data, targets = _load_cifar10_arrays(split, _resolve_data_dir(data_dir, key), cache)
     mean, std = NORMALIZATION[key]
-    return ArrayDataset(data, targets, CLASS_NAMES[key], mean, std, transform=transform, name=key)
+    clean = targets
+    if imbalance != 1.0 or label_noise != 0.0:
+        rng = np.random.default_rng(corruption_seed)
+        keep = long_tail_indices(targets, imbalance, rng)
+        data, clean = data[keep], np.asarray(targets)[keep]
+        targets = symmetric_label_noise(clean, label_noise, len(CLASS_NAMES[key]), rng)
+    dataset = ArrayDataset(data, targets, CLASS_NAMES[key], mean, std, transform=transform, name=key)
+    dataset.clean_targets = np.asarray(clean, dtype=np.int64)
+    dataset.corruption = {"imbalance": imbalance, "label_noise": label_noise, "corruption_seed": corruption_seed}
+    return dataset
+
+
+def _check_corruption(split, imbalance, label_noise, seed):
+    try:
+        imbalance, label_noise = float(imbalance), float(label_noise)
+    except (TypeError, ValueError):
+        raise ValueError(f"imbalance/label_noise: expected numbers, got {imbalance!r} and {label_noise!r}") from None
+    if not (math.isfinite(imbalance) and imbalance >= 1.0):
+        raise ValueError(f"imbalance: must be a finite ratio >= 1 (1 = unchanged), got {imbalance}")
+    if not (0.0 <= label_noise < 1.0):
+        raise ValueError(f"label_noise: must lie in [0, 1), got {label_noise}")
+    if split != "train" and (imbalance != 1.0 or label_noise != 0.0):
+        raise ValueError(f"split: imbalance and label_noise apply to the training split only, got {split!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"corruption_seed: expected a non-negative integer, got {seed!r}")
+    return imbalance, label_noise
+
+
+def long_tail_indices(targets, imbalance, rng):
+    """Sorted indices of a long-tailed subset: class c keeps floor(n_max * imbalance^(-c/(C-1)))
+    of its samples (at least one, at most all), chosen at random."""
+    targets = np.asarray(targets)
+    if imbalance == 1.0:
+        return np.arange(len(targets))
+    classes = np.unique(targets)
+    n_max = max(int((targets == c).sum()) for c in classes)
+    span = max(len(classes) - 1, 1)
+    keep = []
+    for rank, c in enumerate(classes):
+        members = np.flatnonzero(targets == c)
+        wanted = int(n_max * imbalance ** (-rank / span))
+        keep.append(rng.choice(members, size=min(len(members), max(wanted, 1)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def symmetric_label_noise(targets, fraction, num_classes, rng):
+    """Labels with round(fraction * N) of them, chosen at random, moved to a different class drawn
+    uniformly among the other num_classes - 1."""
+    targets = np.asarray(targets, dtype=np.int64)
+    noisy = targets.copy()
+    count = int(round(fraction * len(targets)))
+    if count == 0 or num_classes < 2:
+        return noisy
+    flipped = rng.choice(len(targets), size=count, replace=False)
+    shift = rng.integers(1, num_classes, size=count)  # never 0: the new class differs
+    noisy[flipped] = (targets[flipped] + shift) % num_classes
+    return noisy
 
 
 def load_digits(split="train", transform=None):

@@ -402,3 +402,46 @@ def test_random_crop_flip_as_dataset_transform():
     x, _ = ds[0]
     plain = ds.get_batch([0], apply_transform=False)[0][0]
     assert x.shape == plain.shape and brute_force_is_crop_or_flip(x, plain, 2)
+
+
+def test_long_tail_profile_and_clean_test_split():
+    train = load_dataset("digits", "train", imbalance=10.0, corruption_seed=3)
+    full = load_dataset("digits", "train")
+    full_counts = np.bincount(full.targets, minlength=10)
+    counts = np.bincount(train.targets, minlength=10)
+    n_max = full_counts.max()
+    expected = [min(full_counts[c], max(int(n_max * 10.0 ** (-c / 9)), 1)) for c in range(10)]
+    assert counts.tolist() == expected
+    assert counts[0] == full_counts[0] and counts[9] == int(n_max / 10)
+    assert train.corruption == {"imbalance": 10.0, "label_noise": 0.0, "corruption_seed": 3}
+    np.testing.assert_array_equal(train.clean_targets, train.targets)
+    # every kept image is an image of the full set with the same label
+    rows = {img.tobytes(): int(t) for img, t in zip(full.data, full.targets)}
+    assert all(rows[img.tobytes()] == int(t) for img, t in zip(train.data, train.targets))
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("digits", "test", imbalance=10.0)
+
+
+def test_symmetric_label_noise_flips_exact_fraction_to_other_classes():
+    clean = load_dataset("digits", "train")
+    noisy = load_dataset("digits", "train", label_noise=0.4, corruption_seed=1)
+    np.testing.assert_array_equal(noisy.clean_targets, clean.targets)
+    flipped = noisy.targets != noisy.clean_targets
+    assert flipped.sum() == round(0.4 * len(clean))
+    assert noisy.targets.min() >= 0 and noisy.targets.max() < 10
+    again = load_dataset("digits", "train", label_noise=0.4, corruption_seed=1)
+    np.testing.assert_array_equal(again.targets, noisy.targets)
+    other = load_dataset("digits", "train", label_noise=0.4, corruption_seed=2)
+    assert (other.targets != noisy.targets).any()
+    # the new labels spread over the other classes
+    pairs = np.stack([noisy.clean_targets[flipped], noisy.targets[flipped]], 1)
+    assert len({tuple(p) for p in pairs}) > 50
+
+
+@pytest.mark.parametrize("kwargs, name", [({"imbalance": 0.5}, "imbalance"), ({"imbalance": float("inf")}, "imbalance"),
+                                          ({"label_noise": 1.0}, "label_noise"), ({"label_noise": -0.1}, "label_noise"),
+                                          ({"corruption_seed": -1, "label_noise": 0.1}, "corruption_seed"),
+                                          ({"imbalance": "x"}, "imbalance")])
+def test_corruption_arguments_are_validated(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        load_dataset("digits", "train", **kwargs)
