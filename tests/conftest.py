@@ -24,11 +24,13 @@ def _imitate_gpu_argument_typing():
 
     The compiler types a float argument as fp32 (triton.runtime.jit.mangle_type gives "fp32");
     the interpreter passes it on as an exact Python float, which then takes the dtype of the
-    tensor it meets. With LCMAT_TRITON_GPU_TYPING=1 the interpreter gets an fp32 scalar instead,
-    so a float64 kernel that takes a float constant as a plain argument loses the same digits as
-    on a GPU. Integers already follow the compiler (int32, or int64 past 2^31).
+    tensor it meets. Here the interpreter gets an fp32 scalar instead, so a float64 kernel that
+    takes a float constant as a plain argument loses the same digits as on a GPU, and its tests
+    fail on the CPU (tests/test_triton_gpu_typing.py checks the imitation itself). On by default
+    under the interpreter; LCMAT_TRITON_GPU_TYPING=0 gives the interpreter's own typing. Integers
+    already follow the compiler (int32, or int64 past 2^31).
     """
-    if os.environ.get("LCMAT_TRITON_GPU_TYPING", "0") != "1":
+    if os.environ.get("LCMAT_TRITON_GPU_TYPING", "1") != "1":
         return
     import numpy as np
     import triton.language as tl

@@ -893,3 +893,42 @@ def test_cuda_sinkhorn_and_fdmat(dtype):
     f, g = torch.randn(400, dtype=dtype), torch.randn(10, dtype=dtype)
     torch.testing.assert_close(csrc.fdmat_scores(M, f.cuda(), g.cuda(), 0.7).cpu(),
                                R.fdmat_scores(M.cpu(), f, g, 0.7), **tol(dtype))
+
+
+@cuda
+def test_cuda_ops_reject_a_cpu_tensor_beside_cuda_ones():
+    """The dispatcher sends an op with any CUDA argument to its CUDA kernel: a CPU tensor beside
+    CUDA ones is a ValueError naming it, never a host pointer handed to a kernel."""
+    _need_cuda_build()
+    H, Z, y, s = last_layer_inputs(20, 3, 5, torch.float32, 0)
+    e, q = R.last_layer_factors(Z, y)
+    dev = torch.device("cuda")
+    with pytest.raises(ValueError, match="embeddings: must be on cuda"):
+        csrc.last_layer_grad_norms(H, Z.to(dev), y.to(dev))
+    with pytest.raises(ValueError, match="scale: must be on cuda"):
+        csrc.last_layer_grad_norms(H.to(dev), Z.to(dev), y.to(dev), s)
+    with pytest.raises(ValueError, match="embeddings: must be on cuda"):
+        csrc.gradient_distance(H, e.to(dev))
+    with pytest.raises(ValueError, match="q: must be on cuda"):
+        csrc.lcmat_distance(H.to(dev), e.to(dev), q, torch.tensor([0, 4]), 0.5)
+    with pytest.raises(ValueError, match="b: must be on cuda"):
+        csrc.pairwise_l1(H.to(dev), H)
+    with pytest.raises(ValueError, match="prototypes: must be on cuda"):
+        csrc.prototype_cost(H.to(dev), H[:3])
+    with pytest.raises(ValueError, match="f: must be on cuda"):
+        csrc.fdmat_scores(Z.abs().to(dev), torch.zeros(20), torch.zeros(3, device=dev), 0.5)
+    a, b = torch.full((20,), 0.05), torch.full((3,), 1 / 3)
+    with pytest.raises(ValueError, match="a: must be on cuda"):
+        csrc.sinkhorn_log(a, b.to(dev), Z.abs().to(dev), 0.5)
+
+
+@cuda
+def test_cuda_hessian_coords_without_embedding_dimensions():
+    """D = 0: every coordinate is a bias one (the kernel never divides by D)."""
+    _need_cuda_build()
+    _, Z, y, _ = last_layer_inputs(9, 4, 3, torch.float64, 1)
+    _, q = R.last_layer_factors(Z, y)
+    H0 = torch.zeros(9, 0, dtype=torch.float64)
+    coords = torch.tensor([0, 3, 1])
+    got = csrc.hessian_diag_coords(H0.cuda(), q.cuda(), coords.cuda())
+    torch.testing.assert_close(got.cpu(), R.hessian_diag_coords(H0, q, coords))
