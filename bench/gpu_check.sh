@@ -85,9 +85,10 @@ CUDA_TESTS=(tests/test_csrc.py tests/test_ot_api.py)
 TRITON_TESTS=(tests/test_triton_last_layer.py tests/test_triton_lcmat_distance.py
   tests/test_triton_facility_location.py tests/test_triton_sinkhorn.py tests/test_triton_fdmat.py
   tests/test_triton_linear_grad_norms.py tests/test_triton_int64_offsets.py tests/test_triton_gpu_typing.py)
-# name|limit|script and arguments
+# name|limit|script and arguments (backends named: one that is missing fails its step, it does
+# not drop out of the table)
 BENCHES=(
-  "bench_lcmat_steps.md|90|bench/bench_lcmat_steps.py --device cuda --whole --reps 3"
+  "bench_lcmat_steps.md|90|bench/bench_lcmat_steps.py --device cuda --backends reference,cuda,triton --whole --reps 3"
   "bench_imagenet.log|100|bench/bench_imagenet_shape.py --device cuda --backend cuda --methods lcmat,fdmat"
   "bench_triton_kernels.md|60|bench/bench_triton.py --only kernels --reps 5"
   "bench_triton_sinkhorn.md|45|bench/bench_triton.py --only sinkhorn --problems 1000 --pot-problems 20 --iters 50"
