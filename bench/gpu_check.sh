@@ -84,7 +84,8 @@ check() {
 CUDA_TESTS=(tests/test_csrc.py tests/test_ot_api.py)
 TRITON_TESTS=(tests/test_triton_last_layer.py tests/test_triton_lcmat_distance.py
   tests/test_triton_facility_location.py tests/test_triton_sinkhorn.py tests/test_triton_fdmat.py
-  tests/test_triton_linear_grad_norms.py tests/test_triton_int64_offsets.py tests/test_triton_gpu_typing.py)
+  tests/test_triton_linear_grad_norms.py tests/test_triton_int64_offsets.py tests/test_triton_gpu_typing.py
+  tests/test_triton_config.py)
 # name|limit|script and arguments (backends named: one that is missing fails its step, it does
 # not drop out of the table)
 BENCHES=(
