@@ -34,8 +34,9 @@ test-all: setup
 bench: setup
 	$(PY) -m pytest bench -q --benchmark-only
 
-# POT as a Python 3.12 wheel for the GPU machine (it has torch, triton, pytest, hypothesis, not
-# POT); bench/gpu_check.sh installs what .whl/ holds. See the script's header.
+# What the GPU machine lacks, as Python 3.12 wheels in .whl/: POT only (its image has torch,
+# triton, numpy, scipy, pytest, pytest-benchmark, pytest-xdist, hypothesis, tqdm, scikit-learn,
+# matplotlib, pillow, pybind11, ninja); bench/gpu_check.sh installs what .whl/ holds.
 gpu-wheels: $(VENV)/.deps
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \

@@ -262,17 +262,6 @@ std::tuple<Tensor, Tensor> curvature_moments_cpu(const Tensor& embeddings_in, co
   return {mean, second};
 }
 
-Tensor top_variance_coords_cpu(const Tensor& embeddings, const Tensor& q, int64_t num_coords,
-                               const optional<Tensor>& scale) {
-  TORCH_CHECK(num_coords >= 0, "num_coords: must be >= 0, got ", num_coords);
-  auto [mean, second] = curvature_moments_cpu(embeddings, q, scale);
-  const Tensor var = (second - mean.square()).clamp_min_(0.0).contiguous();
-  const int64_t k = std::min<int64_t>(num_coords, var.numel());
-  Tensor out = at::empty({k}, var.options().dtype(at::kLong));
-  cpu::top_k_stable(var.data_ptr<double>(), var.numel(), k, out.data_ptr<int64_t>());
-  return out;
-}
-
 // ---- facility_location ------------------------------------------------------------------------
 
 std::tuple<Tensor, Tensor, Tensor> facility_location_greedy_cpu(const Tensor& dist_in, int64_t k,
@@ -521,7 +510,6 @@ TORCH_LIBRARY(lcmat, m) {
   m.def("last_layer_factors(Tensor logits, Tensor labels) -> (Tensor, Tensor)");
   m.def("last_layer_grad_norms(Tensor embeddings, Tensor logits, Tensor labels, Tensor? scale) -> (Tensor, Tensor)");
   m.def("curvature_moments(Tensor embeddings, Tensor q, Tensor? scale) -> (Tensor, Tensor)");
-  m.def("top_variance_coords(Tensor embeddings, Tensor q, int num_coords, Tensor? scale) -> Tensor");
   m.def("gradient_distance(Tensor embeddings, Tensor e, Tensor? scale) -> Tensor");
   m.def("pairwise_l1(Tensor a, Tensor? b) -> Tensor");
   m.def("hessian_diag_coords(Tensor embeddings, Tensor q, Tensor coords, Tensor? scale) -> Tensor");
@@ -541,7 +529,6 @@ TORCH_LIBRARY_IMPL(lcmat, CPU, m) {
   m.impl("last_layer_factors", &last_layer_factors_cpu);
   m.impl("last_layer_grad_norms", &last_layer_grad_norms_cpu);
   m.impl("curvature_moments", &curvature_moments_cpu);
-  m.impl("top_variance_coords", &top_variance_coords_cpu);
   m.impl("gradient_distance", &gradient_distance_cpu);
   m.impl("pairwise_l1", &pairwise_l1_cpu);
   m.impl("hessian_diag_coords", &hessian_diag_coords_cpu);

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -14,6 +15,25 @@ namespace lcmat {
 inline void check_float(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
               ": must be float32 or float64, got ", t.scalar_type());
+}
+
+// One tensor argument of an op, by name; an absent optional one is skipped.
+struct NamedTensor {
+  const char* name;
+  const at::Tensor* tensor;
+  NamedTensor(const char* n, const at::Tensor& t) : name(n), tensor(&t) {}
+  NamedTensor(const char* n, const std::optional<at::Tensor>& t) : name(n), tensor(t ? &*t : nullptr) {}
+};
+
+// Every tensor of an op on the device of its main one. The dispatcher sends an op to its CUDA
+// kernel when any argument is a CUDA tensor, and a kernel handed a host pointer reads garbage or
+// faults; so a tensor left on another device is a ValueError naming it (nothing is moved).
+inline void check_same_device(const NamedTensor& main, std::initializer_list<NamedTensor> others) {
+  for (const NamedTensor& other : others) {
+    if (other.tensor == nullptr || !other.tensor->defined()) continue;
+    TORCH_CHECK_VALUE(other.tensor->device() == main.tensor->device(), other.name, ": must be on ",
+                      main.tensor->device(), " like ", main.name, ", got a tensor on ", other.tensor->device());
+  }
 }
 
 inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {

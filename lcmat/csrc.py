@@ -80,12 +80,6 @@ def curvature_moments(embeddings, q, scale=None):
     return _ops().curvature_moments(embeddings, q, _as(scale, torch.float64))
 
 
-def top_variance_coords(embeddings, q, num_coords, scale=None):
-    if int(num_coords) < 0:
-        raise ValueError(f"num_coords: must be >= 0, got {num_coords}")
-    return _ops().top_variance_coords(embeddings, q, int(num_coords), _as(scale, torch.float64))
-
-
 def gradient_distance(embeddings, e, scale=None):
     dt = _compute_dtype(e)
     return _back(_ops().gradient_distance(embeddings.to(dt), e.to(dt), _as(scale, dt)), e.dtype)
@@ -202,10 +196,6 @@ def _register_fakes():
     def _(embeddings, q, scale):
         P = q.shape[1] * (embeddings.shape[1] + 1)
         return q.new_empty(P, dtype=torch.float64), q.new_empty(P, dtype=torch.float64)
-
-    @fake("top_variance_coords")
-    def _(embeddings, q, num_coords, scale):
-        return q.new_empty(torch.sym_min(num_coords, q.shape[1] * (embeddings.shape[1] + 1)), dtype=torch.long)
 
     @fake("gradient_distance")
     def _(embeddings, e, scale):

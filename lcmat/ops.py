@@ -8,8 +8,13 @@ Backends are modules exposing functions with the same names and signatures as
                                          but only when asked for by name)
 A backend that lacks a function falls back to the reference when chosen automatically, and
 raises when it was asked for by name. `backend=None` means: LCMAT_BACKEND if set, else the
-fastest available for the device (cuda: triton, then cuda, then reference; cpu: cpu, then
-reference).
+first available for the device: cpu tensors cpu, then reference; cuda tensors cuda, then triton,
+then reference.
+
+On CUDA tensors the compiled CUDA kernels come first because their float64 paths compute in
+float64 throughout (the reference's arithmetic), and no GPU run has yet measured the Triton
+kernels against them; triton still serves what the cuda backend lacks, and any kernel can be
+asked for by name (backend="triton") or through LCMAT_BACKEND.
 """
 import importlib
 import os
@@ -50,7 +55,7 @@ def _device_of(args):
 
 def _auto_order(device):
     if device.type == "cuda":
-        return ("triton", "cuda", "reference")
+        return ("cuda", "triton", "reference")
     return ("cpu", "reference")
 
 

@@ -12,6 +12,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+import lcmat.ops as ops
 import lcmat.reference as R
 
 csrc = pytest.importorskip("lcmat.csrc")
@@ -88,7 +89,7 @@ def test_curvature_and_top_coords(n, C, D, K, dtype, nc, scaled, seed):
     assert mean.dtype == torch.float64 and mean.shape == (C * (D + 1),)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-12, atol=0)
     torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=0)
-    coords = csrc.top_variance_coords(H, q, K, scale)
+    coords = ops.top_variance_coords(H, q, K, scale, backend="cpu")
     ref = R.top_variance_coords(H, q, K, scale)
     # the same variances in the same order; the same indices unless variances nearly tie (n = 1:
     # all are zero up to rounding)
@@ -163,10 +164,8 @@ def test_top_coords_ties_lowest_index_first():
     H, Z, y, _ = last_layer_inputs(20, 3, 4, torch.float64, 1)
     H = torch.cat([H, H], dim=1)
     _, q = R.last_layer_factors(Z, y)
-    coords = csrc.top_variance_coords(H, q, 24)
+    coords = ops.top_variance_coords(H, q, 24, backend="cpu")
     assert coords.tolist() == R.top_variance_coords(H, q, 24).tolist()
-    with pytest.raises(ValueError, match="num_coords"):
-        csrc.top_variance_coords(H, q, -1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -732,7 +731,6 @@ def _op_samples():
             ("last_layer_factors", (Z, y)),
             ("last_layer_grad_norms", (H, Z, y, s)),
             ("curvature_moments", (H, q, s.double())),
-            ("top_variance_coords", (H, q, 7, None)),
             ("gradient_distance", (H, e, None)),
             ("pairwise_l1", (H, None)),
             ("pairwise_l1", (H, H[:4])),
@@ -826,7 +824,7 @@ def test_cuda_last_layer_and_distance(dtype):
         torch.testing.assert_close(got.cpu(), want, **tol(dtype))
     e, q = R.last_layer_factors(Z, y)
     coords = R.top_variance_coords(H, q, 40, s)
-    assert csrc.top_variance_coords(H.to(dev), q.to(dev), 40, s.to(dev)).tolist() == coords.tolist()
+    assert ops.top_variance_coords(H.to(dev), q.to(dev), 40, s.to(dev), backend="cuda").tolist() == coords.tolist()
     ref = R.lcmat_distance(H.double(), e.double(), q.double(), coords, 0.3, s.double())
     got = csrc.lcmat_distance(H.to(dev), e.to(dev), q.to(dev), coords.to(dev), 0.3, s.to(dev))
     torch.testing.assert_close(got.cpu().double(), ref, **distance_tol(dtype, ref))
@@ -895,3 +893,42 @@ def test_cuda_sinkhorn_and_fdmat(dtype):
     f, g = torch.randn(400, dtype=dtype), torch.randn(10, dtype=dtype)
     torch.testing.assert_close(csrc.fdmat_scores(M, f.cuda(), g.cuda(), 0.7).cpu(),
                                R.fdmat_scores(M.cpu(), f, g, 0.7), **tol(dtype))
+
+
+@cuda
+def test_cuda_ops_reject_a_cpu_tensor_beside_cuda_ones():
+    """The dispatcher sends an op with any CUDA argument to its CUDA kernel: a CPU tensor beside
+    CUDA ones is a ValueError naming it, never a host pointer handed to a kernel."""
+    _need_cuda_build()
+    H, Z, y, s = last_layer_inputs(20, 3, 5, torch.float32, 0)
+    e, q = R.last_layer_factors(Z, y)
+    dev = torch.device("cuda")
+    with pytest.raises(ValueError, match="embeddings: must be on cuda"):
+        csrc.last_layer_grad_norms(H, Z.to(dev), y.to(dev))
+    with pytest.raises(ValueError, match="scale: must be on cuda"):
+        csrc.last_layer_grad_norms(H.to(dev), Z.to(dev), y.to(dev), s)
+    with pytest.raises(ValueError, match="embeddings: must be on cuda"):
+        csrc.gradient_distance(H, e.to(dev))
+    with pytest.raises(ValueError, match="q: must be on cuda"):
+        csrc.lcmat_distance(H.to(dev), e.to(dev), q, torch.tensor([0, 4]), 0.5)
+    with pytest.raises(ValueError, match="b: must be on cuda"):
+        csrc.pairwise_l1(H.to(dev), H)
+    with pytest.raises(ValueError, match="prototypes: must be on cuda"):
+        csrc.prototype_cost(H.to(dev), H[:3])
+    with pytest.raises(ValueError, match="f: must be on cuda"):
+        csrc.fdmat_scores(Z.abs().to(dev), torch.zeros(20), torch.zeros(3, device=dev), 0.5)
+    a, b = torch.full((20,), 0.05), torch.full((3,), 1 / 3)
+    with pytest.raises(ValueError, match="a: must be on cuda"):
+        csrc.sinkhorn_log(a, b.to(dev), Z.abs().to(dev), 0.5)
+
+
+@cuda
+def test_cuda_hessian_coords_without_embedding_dimensions():
+    """D = 0: every coordinate is a bias one (the kernel never divides by D)."""
+    _need_cuda_build()
+    _, Z, y, _ = last_layer_inputs(9, 4, 3, torch.float64, 1)
+    _, q = R.last_layer_factors(Z, y)
+    H0 = torch.zeros(9, 0, dtype=torch.float64)
+    coords = torch.tensor([0, 3, 1])
+    got = csrc.hessian_diag_coords(H0.cuda(), q.cuda(), coords.cuda())
+    torch.testing.assert_close(got.cpu(), R.hessian_diag_coords(H0, q, coords))

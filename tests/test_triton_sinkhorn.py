@@ -168,3 +168,22 @@ def test_gpu_imagenet_like_batch():
     opts = dict(max_iter=300, tol=1e-6, check_every=5)
     _assert_same(T.sinkhorn_log_ragged(a64, b64, ro, co, 5.0, cost=c64, **opts),
                  R.sinkhorn_log_ragged(a64, b64, ro, co, 5.0, cost=c64, **opts), torch.float64)
+
+
+@pytest.mark.parametrize("features,dtype", [(False, torch.float64), (True, torch.float32)])
+def test_split_column_pass_matches_reference(features, dtype):
+    """Problems of more than ROW_CHUNK rows take the split column pass (row chunks, then the
+    merge): a problem of several chunks and a ragged last one, one of a single column, one just
+    past a chunk, small and empty ones beside them, and zero masses."""
+    from lcmat.triton_kernels.sinkhorn import ROW_CHUNK, _Batch
+    ns, ms = [2 * ROW_CHUNK + 5, 7, ROW_CHUNK + 1, 0, 2], [10, 3, 1, 4, 0]
+    a, b, x, y, cost, ro, co = _ragged(ns, ms, 3, dtype, 11)
+    a[5] = 0.0  # a zero-mass row in the first problem's first chunk
+    b[0] = 0.0  # and a zero-mass column
+    kw = dict(x=x, y=y) if features else dict(cost=cost)
+    assert _Batch(a, b, ro, co, kw.get("cost"), kw.get("x"), kw.get("y")).col_parts is not None
+    args = (a, b, ro, co, 0.5)
+    ours = T.sinkhorn_log_ragged(*args, max_iter=20, tol=1e-7, **kw)
+    ref = R.sinkhorn_log_ragged(*args, max_iter=20, tol=1e-7, **kw)
+    _assert_same(ours, ref, dtype, exact_iters=dtype == torch.float64)
+    assert ours[1][0] == -torch.inf

@@ -119,6 +119,8 @@ def _calls():
             lambda a=a, b=b, c=cost: sinkhorn_log_ragged(a, b, ro, co, 1.0, cost=c, max_iter=2),
             lambda a=a, b=b, h=h, x=torch.randn(5, 3, dtype=dtype):
                 sinkhorn_log_ragged(a, b, ro, co, 1.0, x=h, y=x, max_iter=2),
+            lambda d=dtype: sinkhorn_log_ragged(torch.rand(600, dtype=d), torch.rand(5, dtype=d), [0, 600],
+                                                [0, 5], 1.0, cost=torch.rand(3000, dtype=d), max_iter=2),
             lambda h=h, m=h[:2]: prototype_cost(h, m),
             lambda d=dist, a=a: fdmat_scores(d, a, a, 1.0),
             lambda A=A, G=G: linear_grad_norms_with(A, G, True),

@@ -3,6 +3,15 @@
 Under TRITON_INTERPRET=1 (the CPU interpreter, used by the tests) every kernel keeps to a single
 small config so that no autotuning happens and CI stays fast; on a GPU the configs below are
 sized for Hopper (H100, 228 KB shared memory, 64K registers per SM) and Ampere (A100, 164 KB).
+With LCMAT_TRITON_FIXED_CONFIG=1 every kernel keeps its first GPU config (no autotuning: one
+compilation per specialisation, as the GPU test run needs from a cold cache).
+
+Determinism: an autotuned kernel's tile sizes set its summation order, so its last bits depend
+on the config the autotuner picked in this process. The kernels whose outputs feed greedy picks
+directly (the distance blocks of `lcmat_distance`, `pairwise_l1`) are pinned to one config, so
+their values, and the picks at near-ties, are the same in every process; the others (Sinkhorn,
+FDMat scores, last-layer norms, linear gradient norms) are deterministic per config. The greedy
+itself sums gains in fixed point and does not depend on its tiles (`facility_location`).
 """
 import os
 
@@ -11,15 +20,18 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+FIXED_CONFIG = os.environ.get("LCMAT_TRITON_FIXED_CONFIG", "0") == "1"
 
 
 def autotune_configs(gpu, interpret, warps=(4,), stages=(2,)):
-    """triton.Config list: every block dict of `gpu` crossed with warps x stages on a GPU, or the
-    single `interpret` block dict under the interpreter."""
+    """triton.Config list: every block dict of `gpu` crossed with warps x stages on a GPU (only
+    the first with LCMAT_TRITON_FIXED_CONFIG=1), or the single `interpret` block dict under the
+    interpreter."""
     if INTERPRET:
         return [triton.Config(dict(interpret), num_warps=4, num_stages=1)]
-    return [triton.Config(dict(blocks), num_warps=w, num_stages=s)
-            for blocks in gpu for w in warps for s in stages]
+    configs = [triton.Config(dict(blocks), num_warps=w, num_stages=s)
+               for blocks in gpu for w in warps for s in stages]
+    return configs[:1] if FIXED_CONFIG else configs
 
 
 def bucket(n):
@@ -30,6 +42,15 @@ def bucket(n):
 def compute_dtype(*tensors):
     """The Triton dtype the kernels accumulate in: float64 if any input is, else float32."""
     return tl.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else tl.float32
+
+
+def scalars(DT, device, *values):
+    """Float constants for a kernel as a tensor in its compute dtype DT, which the kernel loads.
+
+    A Python float passed as a kernel argument is typed float32 by the Triton compiler (the
+    interpreter keeps it exact), so a float64 kernel would compute with a rounded constant."""
+    dtype = torch.float64 if DT == tl.float64 else torch.float32
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def float_dtype(t, name):

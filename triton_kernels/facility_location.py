@@ -50,7 +50,7 @@ def _gains_kernel(dist_ptr, L_ptr, cover_ptr, selected_ptr, best_gain_ptr, best_
     L = tl.load(L_ptr).to(DT)
     gains = tl.zeros([BLOCK_J], tl.int64)
     for r0 in range(0, n, BLOCK_R):
-        rows = r0 + tl.arange(0, BLOCK_R)
+        rows = (r0 + tl.arange(0, BLOCK_R)).to(tl.int64)  # rows * stride past 2^31 for n > 46,340
         row_ok = rows < n
         d = tl.load(dist_ptr + rows[:, None] * stride_r + cols[None, :] * stride_c,
                     mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(DT)
@@ -90,7 +90,7 @@ def _pick_kernel(dist_ptr, L_ptr, cover_ptr, selected_ptr, best_gain_ptr, best_i
     L = tl.load(L_ptr).to(DT)
     total = tl.zeros([BLOCK], DT)
     for r0 in range(0, n, BLOCK):
-        rows = r0 + tl.arange(0, BLOCK)
+        rows = (r0 + tl.arange(0, BLOCK)).to(tl.int64)
         row_ok = rows < n
         d = tl.load(dist_ptr + rows * stride_r + j * stride_c, mask=row_ok, other=0.0).to(DT)
         cover = tl.maximum(tl.load(cover_ptr + rows, mask=row_ok, other=0.0),

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._config import (autotune_configs, bucket, check_device, check_dims, compute_dtype,
-                      float_dtype)
+                      float_dtype, scalars)
 
 
 @triton.autotune(
@@ -25,8 +25,8 @@ from ._config import (autotune_configs, bucket, check_device, check_dims, comput
 def _prototype_cost_kernel(x_ptr, mu_ptr, out_ptr, N, C, D, stride_xn, stride_xd, stride_mc,
                            stride_md, N_KEY, C_KEY, D_KEY, DT: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cls = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cls = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     cls_ok = cls < C
     dots = tl.zeros([BLOCK_M, BLOCK_N], DT)
@@ -54,12 +54,13 @@ def _prototype_cost_kernel(x_ptr, mu_ptr, out_ptr, N, C, D, stride_xn, stride_xd
         interpret={"BLOCK_N": 16, "BLOCK_C": 16}, warps=(4, 8)),
     key=["N_KEY", "C_KEY"])
 @triton.jit
-def _scores_kernel(M_ptr, f_ptr, g_ptr, out_ptr, N, C, inv_reg, stride_mn, stride_mc,
+def _scores_kernel(M_ptr, f_ptr, g_ptr, out_ptr, N, C, inv_reg_ptr, stride_mn, stride_mc,
                    stride_f, stride_g, N_KEY, C_KEY, DT: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     f = tl.load(f_ptr + rows * stride_f, mask=row_ok, other=0.0).to(DT)
+    inv_reg = tl.load(inv_reg_ptr)
     acc = tl.zeros([BLOCK_N], DT)
     for c0 in range(0, C, BLOCK_C):
         cls = c0 + tl.arange(0, BLOCK_C)
@@ -111,6 +112,8 @@ def fdmat_scores(M, f, g, reg):
     if n == 0:
         return out
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)
-    _scores_kernel[grid](M, f, g, out, n, c, 1.0 / float(reg), M.stride(0), M.stride(1),
-                         f.stride(0), g.stride(0), bucket(n), bucket(c), DT=compute_dtype(M, f, g))
+    dt = compute_dtype(M, f, g)
+    inv_reg = scalars(dt, M.device, 1.0 / float(reg))
+    _scores_kernel[grid](M, f, g, out, n, c, inv_reg, M.stride(0), M.stride(1),
+                         f.stride(0), g.stride(0), bucket(n), bucket(c), DT=dt)
     return out

@@ -21,8 +21,6 @@ import torch
 import triton
 import triton.language as tl
 
-from lcmat.reference.lcmat_distance import coords_by_variance
-
 from ._config import (autotune_configs, bucket, check_device, check_dims, check_labels,
                       check_scale, compute_dtype, float_dtype)
 
@@ -63,7 +61,7 @@ def _softmax_stats(z_ptr, rows, row_ok, y, C, stride_zn, stride_zc,
 def _factors_kernel(z_ptr, y_ptr, e_ptr, q_ptr, N, C, stride_zn, stride_zc, stride_y,
                     N_KEY, C_KEY, DT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """e = p - onehot(y), q = p (1 - p) for a block of rows; e, q contiguous [N, C]."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     y = tl.load(y_ptr + rows * stride_y, mask=row_ok, other=0)
     m, s, s_other, s2 = _softmax_stats(z_ptr, rows, row_ok, y, C, stride_zn, stride_zc,
@@ -96,7 +94,7 @@ def _grad_norms_kernel(h_ptr, z_ptr, y_ptr, scale_ptr, grad_ptr, err_ptr, N, C, 
                        N_KEY, C_KEY, D_KEY, HAS_SCALE: tl.constexpr, DT: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
     """||g_i|| = |s_i| ||e_i|| sqrt(1 + ||h_i||^2) and ||e_i|| in one pass over (H, Z, y)."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     y = tl.load(y_ptr + rows * stride_y, mask=row_ok, other=0)
     m, s, s_other, s2 = _softmax_stats(z_ptr, rows, row_ok, y, C, stride_zn, stride_zc,
@@ -143,7 +141,7 @@ def _moments_kernel(h_ptr, q_ptr, scale_ptr, sum1_ptr, sum2_ptr, N, C, D,
     b1 = tl.zeros([BLOCK_C], tl.float64)
     b2 = tl.zeros([BLOCK_C], tl.float64)
     for n0 in range(0, N, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
+        rows = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         row_ok = rows < N
         sq = tl.load(q_ptr + rows[:, None] * stride_qn + cls[None, :] * stride_qc,
                      mask=row_ok[:, None] & cls_ok[None, :], other=0.0).to(tl.float64)
@@ -244,12 +242,3 @@ def curvature_moments(embeddings, q, scale=None):
             scale.stride(0) if scale is not None else 0,
             bucket(n), bucket(c), bucket(d), HAS_SCALE=scale is not None)
     return sum1 / n, sum2 / n
-
-
-def top_variance_coords(embeddings, q, num_coords, scale=None):
-    """The `num_coords` coordinates of d_i with the largest variance over the rows (the class), in
-    decreasing variance, lowest index first among ties: the reference's `coords_by_variance`
-    (its tie and cancellation guards included) of the kernel's float64 moments."""
-    if int(num_coords) != num_coords or num_coords < 0:
-        raise ValueError(f"num_coords: expected a non-negative integer, got {num_coords!r}")
-    return coords_by_variance(*curvature_moments(embeddings, q, scale), int(num_coords))

@@ -46,7 +46,7 @@ def _gram_tile(x_ptr, t_rows, s_rows, t_ok, s_ok, K, stride_t, stride_k, DT: tl.
 def _ghost_kernel(a_ptr, g_ptr, partial_ptr, T, d_in, d_out, stride_an, stride_at, stride_ad,
                   stride_gn, stride_gt, stride_gd, stride_pn, T_KEY, DI_KEY, DO_KEY,
                   DT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
-    i = tl.program_id(0)
+    i = tl.program_id(0).to(tl.int64)  # i * stride exceeds 2^31 past 2^31 elements
     tb = tl.program_id(1)
     a_ptr += i * stride_an
     g_ptr += i * stride_gn
@@ -77,7 +77,7 @@ def _materialised_kernel(a_ptr, g_ptr, partial_ptr, T, d_in, d_out, stride_an, s
                          stride_ad, stride_gn, stride_gt, stride_gd, stride_pn, T_KEY, DI_KEY,
                          DO_KEY, DT: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr,
                          BLOCK_T: tl.constexpr):
-    i = tl.program_id(0)
+    i = tl.program_id(0).to(tl.int64)  # i * stride exceeds 2^31 past 2^31 elements
     ib = tl.program_id(1)
     a_ptr += i * stride_an
     g_ptr += i * stride_gn

@@ -8,7 +8,11 @@ Problem p owns rows [r_p, r_{p+1}) and columns [c_p, c_{p+1}); with potentials f
 Each half-iteration is ONE launch for the whole batch: one program per row tile (resp. column
 tile) of any problem, found through a tile table built once per call (problem of the tile, first
 row of the tile); the program streams its problem's columns (resp. rows) tile by tile with an
-online logsumexp (running max, rescaled running sum). The cost tile is read from a stored cost
+online logsumexp (running max, rescaled running sum). When a problem has more than ROW_CHUNK
+rows, the column half-iteration is split over row chunks instead (few columns and many rows
+would otherwise leave most of the GPU idle: one program for C = 10): one program per (column
+tile, row chunk) writes its chunk's running (max, sum), and a second launch merges the chunks of
+each column tile (max of the maxima, sums rescaled to it) into g, as the CUDA twin does. The cost tile is read from a stored cost
 (each problem's n_p x m_p block row-major, one after the other) or computed from features,
 M_ij = ||x_i||^2 + ||y_j||^2 - 2 <x_i, y_j> clamped at zero, with tl.dot over feature chunks.
 
@@ -33,12 +37,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import INTERPRET, autotune_configs, bucket, check_device, float_dtype
+from ._config import INTERPRET, autotune_configs, bucket, check_device, float_dtype, scalars
 
 # Rows (row kernel) and columns (column kernel) per program: fixed, because the tile tables are
 # built for them; the streamed dimension's tile is autotuned.
 TILE_R = 16 if INTERPRET else 32
 TILE_C = 16 if INTERPRET else 32
+# Rows per chunk of the split column half-iteration (used when a problem has more rows).
+ROW_CHUNK = 32 if INTERPRET else 512
 # How many iterations may pass between two host polls of "is any problem still active?".
 POLL_EVERY = 1 if INTERPRET else 8
 
@@ -91,13 +97,15 @@ _ROW_CONFIGS = dict(
 @triton.jit
 def _row_update_kernel(f_in_ptr, f_out_ptr, g_ptr, a_ptr, cost_ptr, x_ptr, y_ptr, xx_ptr, yy_ptr,
                        tile_problem_ptr, tile_start_ptr, row_off_ptr, col_off_ptr, cost_off_ptr,
-                       active_ptr, rowerr_ptr, reg, inv_reg, D,
+                       active_ptr, rowerr_ptr, params_ptr, D,
                        stride_xn, stride_xd, stride_yn, stride_yd, COLS_KEY, D_KEY,
                        CHECK: tl.constexpr, FEATURES: tl.constexpr, DT: tl.constexpr,
                        TILE: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
     """f_out = reg log a - reg LSE_j((g_j - M_ij)/reg) for one row tile; with CHECK also the
     row-marginal error terms |exp(f_in_i/reg + LSE_i) - a_i| of the potentials (f_in, g)."""
     t = tl.program_id(0)
+    reg = tl.load(params_ptr)
+    inv_reg = tl.load(params_ptr + 1)
     p = tl.load(tile_problem_ptr + t)
     if tl.load(active_ptr + p) == 0:
         return
@@ -112,7 +120,7 @@ def _row_update_kernel(f_in_ptr, f_out_ptr, g_ptr, a_ptr, cost_ptr, x_ptr, y_ptr
     m = tl.full([TILE], float("-inf"), DT)
     s = tl.zeros([TILE], DT)
     for c0 in range(c_start, c_end, BLOCK_J):
-        cols = c0 + tl.arange(0, BLOCK_J)
+        cols = (c0 + tl.arange(0, BLOCK_J)).to(tl.int64)  # (the bounds are int64 already)
         col_ok = cols < c_end
         M = _cost_tile(cost_ptr, cost_base, m_p, x_ptr, y_ptr, xx_ptr, yy_ptr, rows, cols,
                        r_start, c_start, row_ok, col_ok, D, stride_xn, stride_xd, stride_yn,
@@ -134,15 +142,37 @@ _COL_CONFIGS = dict(
     interpret={"BLOCK_I": 16, "BLOCK_D": 16}, warps=(4, 8), stages=(2, 3))
 
 
+@triton.jit
+def _col_lse(f_ptr, cost_ptr, x_ptr, y_ptr, xx_ptr, yy_ptr, cost_base, m_p, r_start, c_start,
+             lo, hi, cols, col_ok, inv_reg, D, stride_xn, stride_xd, stride_yn, stride_yd,
+             FEATURES: tl.constexpr, DT: tl.constexpr, TILE: tl.constexpr,
+             BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Online (max, sum) of LSE_i((f_i - M_ij)/reg) over the rows [lo, hi) for a column tile."""
+    m = tl.full([TILE], float("-inf"), DT)
+    s = tl.zeros([TILE], DT)
+    for r0 in range(lo, hi, BLOCK_I):
+        rows = (r0 + tl.arange(0, BLOCK_I)).to(tl.int64)  # (the bounds are int64 already)
+        row_ok = rows < hi
+        M = _cost_tile(cost_ptr, cost_base, m_p, x_ptr, y_ptr, xx_ptr, yy_ptr, rows, cols,
+                       r_start, c_start, row_ok, col_ok, D, stride_xn, stride_xd, stride_yn,
+                       stride_yd, FEATURES, DT, BLOCK_I, TILE, BLOCK_D)
+        f = tl.load(f_ptr + rows, mask=row_ok, other=0.0)
+        v = tl.where(row_ok[:, None], (f[:, None] - M) * inv_reg, float("-inf"))
+        m, s = _lse_update(m, s, v, 0)
+    return m, s
+
+
 @triton.autotune(configs=autotune_configs(**_COL_CONFIGS), key=["ROWS_KEY", "D_KEY"])
 @triton.jit
 def _col_update_kernel(f_ptr, g_ptr, b_ptr, cost_ptr, x_ptr, y_ptr, xx_ptr, yy_ptr,
                        tile_problem_ptr, tile_start_ptr, row_off_ptr, col_off_ptr, cost_off_ptr,
-                       active_ptr, reg, inv_reg, D, stride_xn, stride_xd, stride_yn, stride_yd,
+                       active_ptr, params_ptr, D, stride_xn, stride_xd, stride_yn, stride_yd,
                        ROWS_KEY, D_KEY, FEATURES: tl.constexpr, DT: tl.constexpr,
                        TILE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
     """g = reg log b - reg LSE_i((f_i - M_ij)/reg) for one column tile."""
     t = tl.program_id(0)
+    reg = tl.load(params_ptr)
+    inv_reg = tl.load(params_ptr + 1)
     p = tl.load(tile_problem_ptr + t)
     if tl.load(active_ptr + p) == 0:
         return
@@ -151,28 +181,84 @@ def _col_update_kernel(f_ptr, g_ptr, b_ptr, cost_ptr, x_ptr, y_ptr, xx_ptr, yy_p
     c_start = tl.load(col_off_ptr + p)
     c_end = tl.load(col_off_ptr + p + 1)
     cost_base = tl.load(cost_off_ptr + p)
-    m_p = c_end - c_start
     cols = tl.load(tile_start_ptr + t) + tl.arange(0, TILE)
     col_ok = cols < c_end
+    m, s = _col_lse(f_ptr, cost_ptr, x_ptr, y_ptr, xx_ptr, yy_ptr, cost_base, c_end - c_start,
+                    r_start, c_start, r_start, r_end, cols, col_ok, inv_reg, D, stride_xn,
+                    stride_xd, stride_yn, stride_yd, FEATURES, DT, TILE, BLOCK_I, BLOCK_D)
+    lse = m + tl.log(s)
+    b = tl.load(b_ptr + cols, mask=col_ok, other=1.0).to(DT)
+    tl.store(g_ptr + cols, reg * tl.log(b) - reg * lse, mask=col_ok)
+
+
+@triton.autotune(configs=autotune_configs(**_COL_CONFIGS), key=["ROWS_KEY", "D_KEY"])
+@triton.jit
+def _col_partial_kernel(f_ptr, part_m_ptr, part_s_ptr, cost_ptr, x_ptr, y_ptr, xx_ptr, yy_ptr,
+                        tile_problem_ptr, tile_start_ptr, row_off_ptr, col_off_ptr, cost_off_ptr,
+                        active_ptr, params_ptr, part_tile_ptr, part_chunk_ptr, D, stride_xn,
+                        stride_xd, stride_yn, stride_yd, ROWS_KEY, D_KEY,
+                        ROW_CHUNK: tl.constexpr, FEATURES: tl.constexpr, DT: tl.constexpr,
+                        TILE: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The split column pass, part 1: program v owns column tile u and row chunk k of its
+    problem, and writes that chunk's running (max, sum) for the tile's columns at slot v."""
+    v = tl.program_id(0)
+    u = tl.load(part_tile_ptr + v)
+    k = tl.load(part_chunk_ptr + v)
+    p = tl.load(tile_problem_ptr + u)
+    if tl.load(active_ptr + p) == 0:
+        return
+    inv_reg = tl.load(params_ptr + 1)
+    r_start = tl.load(row_off_ptr + p)
+    r_end = tl.load(row_off_ptr + p + 1)
+    c_start = tl.load(col_off_ptr + p)
+    c_end = tl.load(col_off_ptr + p + 1)
+    cost_base = tl.load(cost_off_ptr + p)
+    cols = tl.load(tile_start_ptr + u) + tl.arange(0, TILE)
+    col_ok = cols < c_end
+    lo = r_start + k * ROW_CHUNK
+    hi = tl.minimum(r_end, lo + ROW_CHUNK)
+    m, s = _col_lse(f_ptr, cost_ptr, x_ptr, y_ptr, xx_ptr, yy_ptr, cost_base, c_end - c_start,
+                    r_start, c_start, lo, hi, cols, col_ok, inv_reg, D, stride_xn, stride_xd,
+                    stride_yn, stride_yd, FEATURES, DT, TILE, BLOCK_I, BLOCK_D)
+    slot = v.to(tl.int64) * TILE + tl.arange(0, TILE)
+    tl.store(part_m_ptr + slot, m)
+    tl.store(part_s_ptr + slot, s)
+
+
+@triton.jit
+def _col_merge_kernel(g_ptr, b_ptr, part_m_ptr, part_s_ptr, tile_problem_ptr, tile_start_ptr,
+                      col_off_ptr, active_ptr, params_ptr, part_first_ptr, part_count_ptr,
+                      DT: tl.constexpr, TILE: tl.constexpr):
+    """The split column pass, part 2: for column tile u, LSE = M + log(sum_k s_k exp(m_k - M))
+    with M = max_k m_k over its chunks' (m_k, s_k), then g = reg log b - reg LSE."""
+    u = tl.program_id(0)
+    p = tl.load(tile_problem_ptr + u)
+    if tl.load(active_ptr + p) == 0:
+        return
+    reg = tl.load(params_ptr)
+    c_end = tl.load(col_off_ptr + p + 1)
+    cols = tl.load(tile_start_ptr + u) + tl.arange(0, TILE)
+    col_ok = cols < c_end
+    first = tl.load(part_first_ptr + u)
+    count = tl.load(part_count_ptr + u)
     m = tl.full([TILE], float("-inf"), DT)
     s = tl.zeros([TILE], DT)
-    for r0 in range(r_start, r_end, BLOCK_I):
-        rows = r0 + tl.arange(0, BLOCK_I)
-        row_ok = rows < r_end
-        M = _cost_tile(cost_ptr, cost_base, m_p, x_ptr, y_ptr, xx_ptr, yy_ptr, rows, cols,
-                       r_start, c_start, row_ok, col_ok, D, stride_xn, stride_xd, stride_yn,
-                       stride_yd, FEATURES, DT, BLOCK_I, TILE, BLOCK_D)
-        f = tl.load(f_ptr + rows, mask=row_ok, other=0.0)
-        v = tl.where(row_ok[:, None], (f[:, None] - M) * inv_reg, float("-inf"))
-        m, s = _lse_update(m, s, v, 0)
+    for j in range(0, count):
+        slot = (first + j) * TILE + tl.arange(0, TILE)
+        m_k = tl.load(part_m_ptr + slot)
+        s_k = tl.load(part_s_ptr + slot)
+        m_new = tl.maximum(m, m_k)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - m_safe) + s_k * tl.exp(m_k - m_safe)
+        m = m_new
     lse = m + tl.log(s)
     b = tl.load(b_ptr + cols, mask=col_ok, other=1.0).to(DT)
     tl.store(g_ptr + cols, reg * tl.log(b) - reg * lse, mask=col_ok)
 
 
 @triton.jit
-def _check_kernel(rowerr_ptr, row_off_ptr, sum_a_ptr, active_ptr, err_ptr, n_iter_ptr, it, tol,
-                  DT: tl.constexpr, BLOCK: tl.constexpr):
+def _check_kernel(rowerr_ptr, row_off_ptr, sum_a_ptr, active_ptr, err_ptr, n_iter_ptr, it,
+                  params_ptr, DT: tl.constexpr, BLOCK: tl.constexpr):
     """Per problem: err = sum of its rows' error terms / sum a; record it and the iteration;
     a problem stops when err <= tol (NaN stops it too, as `err > tol` is False in the reference)."""
     p = tl.program_id(0)
@@ -185,6 +271,7 @@ def _check_kernel(rowerr_ptr, row_off_ptr, sum_a_ptr, active_ptr, err_ptr, n_ite
         rows = r0 + tl.arange(0, BLOCK)
         total += tl.load(rowerr_ptr + rows, mask=rows < r_end, other=0.0)
     err = tl.sum(total, axis=0) / tl.load(sum_a_ptr + p)
+    tol = tl.load(params_ptr + 2)
     tl.store(err_ptr + p, err)
     tl.store(n_iter_ptr + p, it)
     tl.store(active_ptr + p, (err > tol).to(tl.int32))
@@ -262,33 +349,65 @@ class _Batch:
         self.row_problem = row_problem
         self.row_tiles = _tile_table(self.row_off, TILE_R)
         self.col_tiles = _tile_table(self.col_off, TILE_C)
+        self.col_parts = self._col_parts(n_p, dt, device)
         self.cols_key = bucket(int(m_p.max()) if self.num else 1)
         self.rows_key = bucket(int(n_p.max()) if self.num else 1)
+
+    def _col_parts(self, n_p, dt, device):
+        """The split column pass's tables when some problem has more than ROW_CHUNK rows (else
+        None): per program its column tile and row chunk, per column tile its first program and
+        chunk count, and the (max, sum) slots of every program."""
+        problem = self.col_tiles[0]
+        if len(problem) == 0 or int(n_p.max()) <= ROW_CHUNK:
+            return None
+        chunks = ((n_p[problem] + ROW_CHUNK - 1) // ROW_CHUNK).clamp_min(1)
+        tile = torch.repeat_interleave(torch.arange(len(problem), device=device), chunks)
+        first = torch.cumsum(chunks, 0) - chunks
+        chunk = torch.arange(len(tile), device=device) - first[tile]
+        slots = torch.empty(2, len(tile) * TILE_C, dtype=dt, device=device)
+        return dict(tile=tile.contiguous(), chunk=chunk.contiguous(), first=first.contiguous(),
+                    count=chunks.contiguous(), m=slots[0], s=slots[1])
 
     def _common(self, tiles):
         return (self.cost, self.x, self.y, self.xx, self.yy, tiles[0], tiles[1], self.row_off,
                 self.col_off, self.cost_off)
 
-    def row_update(self, f_in, f_out, g, active, rowerr, reg, check):
+    def params(self, reg, tol):
+        """(reg, 1 / reg, tol) in the compute dtype, for the kernels to load: a Python float
+        argument would reach a kernel as a float32 scalar, rounding a float64 solve's constants."""
+        return scalars(self.DT, self.a.device, reg, 1.0 / reg, tol)
+
+    def row_update(self, f_in, f_out, g, active, rowerr, params, check):
         if len(self.row_tiles[0]) == 0:
             return
         _row_update_kernel[(len(self.row_tiles[0]),)](
-            f_in, f_out, g, self.a, *self._common(self.row_tiles), active, rowerr, reg, 1.0 / reg,
-            self.D, self.x.stride(0), self.x.stride(1), self.y.stride(0), self.y.stride(1),
+            f_in, f_out, g, self.a, *self._common(self.row_tiles), active, rowerr, params, self.D, self.x.stride(0), self.x.stride(1), self.y.stride(0), self.y.stride(1),
             self.cols_key, bucket(self.D), CHECK=check, FEATURES=self.features, DT=self.DT,
             TILE=TILE_R)
 
-    def col_update(self, f, g, active, reg):
+    def col_update(self, f, g, active, params):
         if len(self.col_tiles[0]) == 0:
             return
+        parts = self.col_parts
+        if parts is not None:
+            _col_partial_kernel[(len(parts["tile"]),)](
+                f, parts["m"], parts["s"], *self._common(self.col_tiles), active, params,
+                parts["tile"], parts["chunk"], self.D, self.x.stride(0), self.x.stride(1),
+                self.y.stride(0), self.y.stride(1), bucket(min(self.rows_key, ROW_CHUNK)),
+                bucket(self.D), ROW_CHUNK=ROW_CHUNK, FEATURES=self.features, DT=self.DT,
+                TILE=TILE_C)
+            _col_merge_kernel[(len(self.col_tiles[0]),)](
+                g, self.b, parts["m"], parts["s"], *self.col_tiles, self.col_off, active, params,
+                parts["first"], parts["count"], DT=self.DT, TILE=TILE_C)
+            return
         _col_update_kernel[(len(self.col_tiles[0]),)](
-            f, g, self.b, *self._common(self.col_tiles), active, reg, 1.0 / reg, self.D,
+            f, g, self.b, *self._common(self.col_tiles), active, params, self.D,
             self.x.stride(0), self.x.stride(1), self.y.stride(0), self.y.stride(1),
             self.rows_key, bucket(self.D), FEATURES=self.features, DT=self.DT, TILE=TILE_C)
 
-    def check(self, rowerr, active, err, n_iter, it, tol):
+    def check(self, rowerr, active, err, n_iter, it, params):
         _check_kernel[(self.num,)](rowerr, self.row_off, self.sum_a, active, err, n_iter, it,
-                                   float(tol), DT=self.DT, BLOCK=128)
+                                   params, DT=self.DT, BLOCK=128)
 
 
 def _check_solver_args(reg, max_iter, tol, check_every):
@@ -311,7 +430,7 @@ def _solve(batch, reg, max_iter, tol, check_every, f0=None, g0=None):
     active = batch.nonempty.to(torch.int32)
     n_iter = torch.zeros(batch.num, dtype=torch.long, device=device)
     err = torch.where(batch.nonempty, torch.inf, 0.0).to(batch.dtype)
-    reg = float(reg)
+    params = batch.params(float(reg), float(tol))
 
     def is_check(it):
         return it % check_every == 0 or it == max_iter
@@ -321,20 +440,20 @@ def _solve(batch, reg, max_iter, tol, check_every, f0=None, g0=None):
     for it in range(1, max_iter + 1):
         f_cur, f_next = f_bufs[(it - 1) % 2], f_bufs[it % 2]
         check = it > 1 and is_check(it - 1)
-        batch.row_update(f_cur, f_next, g, active, rowerr, reg, check)
+        batch.row_update(f_cur, f_next, g, active, rowerr, params, check)
         if check:
-            batch.check(rowerr, active, err, n_iter, it - 1, tol)
+            batch.check(rowerr, active, err, n_iter, it - 1, params)
             if it - 1 - last_poll >= POLL_EVERY:
                 last_poll = it - 1
                 if not bool(active.any()):
                     finished = True
                     break
-        batch.col_update(f_next, g, active, reg)
+        batch.col_update(f_next, g, active, params)
     if not finished:
         # The final check of iteration max_iter: a row pass into the scratch buffer.
         batch.row_update(f_bufs[max_iter % 2], f_bufs[(max_iter + 1) % 2], g, active, rowerr,
-                         reg, True)
-        batch.check(rowerr, active, err, n_iter, max_iter, tol)
+                         params, True)
+        batch.check(rowerr, active, err, n_iter, max_iter, params)
     parity = (n_iter % 2)[batch.row_problem]
     f = torch.where(parity == 0, f_bufs[0], f_bufs[1])
     return f, g, n_iter, err

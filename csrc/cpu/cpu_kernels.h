@@ -81,11 +81,6 @@ void hessian_diag_coords(const T* embeddings, const T* q, const int64_t* coords,
 template <typename T>
 void pairwise_l1(const T* a, int64_t n, const T* b_t, int64_t m, int64_t K, bool symmetric, T* out);
 
-// The k largest values of v [P] in decreasing order, lowest index first among equal values
-// (NaN counts as the largest, as in torch.sort). Writes k indices.
-template <typename T>
-void top_k_stable(const T* v, int64_t P, int64_t k, int64_t* out);
-
 // ---- facility_location.cpp -----------------------------------------------------------------
 
 // Greedy facility location on the n x m distance block: k picks (columns) maximising

@@ -551,21 +551,6 @@ void pairwise_l1(const T* a, int64_t n, const T* b_t, int64_t m, int64_t K, bool
   }
 }
 
-template <typename T>
-void top_k_stable(const T* v, int64_t P, int64_t k, int64_t* out) {
-  std::vector<int64_t> idx(P);
-  std::iota(idx.begin(), idx.end(), int64_t(0));
-  // decreasing value, NaN first, then lowest index
-  auto before = [v](int64_t x, int64_t y) {
-    const bool nx = std::isnan(v[x]), ny = std::isnan(v[y]);
-    if (nx != ny) return nx;
-    if (!nx && v[x] != v[y]) return v[x] > v[y];
-    return x < y;
-  };
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), before);
-  std::copy(idx.begin(), idx.begin() + k, out);
-}
-
 #define LCMAT_INSTANTIATE(T)                                                                     \
   template void distance_block<T>(T*, const T*, const T*, const T*, const T*, const T*, T, int64_t,  \
                                   int64_t, int64_t, int64_t);                                     \
@@ -575,8 +560,7 @@ void top_k_stable(const T* v, int64_t P, int64_t k, int64_t* out) {
                                              double*, double*, double*);                                       \
   template void hessian_diag_coords<T>(const T*, const T*, const int64_t*, const T*, int64_t,  \
                                        int64_t, int64_t, int64_t, T*, T*);                     \
-  template void pairwise_l1<T>(const T*, int64_t, const T*, int64_t, int64_t, bool, T*);             \
-  template void top_k_stable<T>(const T*, int64_t, int64_t, int64_t*);
+  template void pairwise_l1<T>(const T*, int64_t, const T*, int64_t, int64_t, bool, T*);
 LCMAT_INSTANTIATE(float)
 LCMAT_INSTANTIATE(double)
 #undef LCMAT_INSTANTIATE

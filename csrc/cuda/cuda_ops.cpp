@@ -55,6 +55,7 @@ std::tuple<Tensor, Tensor> last_layer_factors_cuda(const Tensor& logits_in, cons
 
 std::tuple<Tensor, Tensor> last_layer_grad_norms_cuda(const Tensor& embeddings_in, const Tensor& logits_in,
                                                       const Tensor& labels_in, const optional<Tensor>& scale_in) {
+  check_same_device({"logits", logits_in}, {{"embeddings", embeddings_in}, {"scale", scale_in}});
   const c10::cuda::CUDAGuard guard(logits_in.device());
   check_float(logits_in, "logits");
   check_dim(logits_in, 2, "logits");
@@ -79,6 +80,7 @@ std::tuple<Tensor, Tensor> last_layer_grad_norms_cuda(const Tensor& embeddings_i
 
 std::tuple<Tensor, Tensor> curvature_moments_cuda(const Tensor& embeddings_in, const Tensor& q_in,
                                                   const optional<Tensor>& scale_in) {
+  check_same_device({"q", q_in}, {{"embeddings", embeddings_in}, {"scale", scale_in}});
   const c10::cuda::CUDAGuard guard(q_in.device());
   check_float(q_in, "q");
   check_dim(q_in, 2, "q");
@@ -87,17 +89,8 @@ std::tuple<Tensor, Tensor> curvature_moments_cuda(const Tensor& embeddings_in, c
   return curvature_moments_aten(h, q_in, checked_scale(scale_in, n, at::kDouble));
 }
 
-Tensor top_variance_coords_cuda(const Tensor& embeddings, const Tensor& q, int64_t num_coords,
-                                const optional<Tensor>& scale) {
-  TORCH_CHECK(num_coords >= 0, "num_coords: must be >= 0, got ", num_coords);
-  auto [mean, second] = curvature_moments_cuda(embeddings, q, scale);
-  const Tensor var = (second - mean.square()).clamp_min_(0.0);
-  const int64_t k = std::min<int64_t>(num_coords, var.numel());
-  // stable descending sort: the lowest coordinate first among equal variances
-  return std::get<1>(at::sort(var, /*stable=*/true, /*dim=*/0, /*descending=*/true)).narrow(0, 0, k);
-}
-
 Tensor gradient_distance_cuda(const Tensor& embeddings_in, const Tensor& e_in, const optional<Tensor>& scale_in) {
+  check_same_device({"e", e_in}, {{"embeddings", embeddings_in}, {"scale", scale_in}});
   const c10::cuda::CUDAGuard guard(e_in.device());
   check_float(e_in, "e");
   check_dim(e_in, 2, "e");
@@ -129,6 +122,7 @@ void pairwise_l1_into(const Tensor& a, const Tensor& b, double alpha, bool accum
 }
 
 Tensor pairwise_l1_cuda(const Tensor& a_in, const optional<Tensor>& b_in) {
+  check_same_device({"a", a_in}, {{"b", b_in}});
   const c10::cuda::CUDAGuard guard(a_in.device());
   check_float(a_in, "a");
   check_dim(a_in, 2, "a");
@@ -148,6 +142,7 @@ Tensor pairwise_l1_cuda(const Tensor& a_in, const optional<Tensor>& b_in) {
 
 Tensor hessian_diag_coords_cuda(const Tensor& embeddings_in, const Tensor& q_in, const Tensor& coords_in,
                                 const optional<Tensor>& scale_in) {
+  check_same_device({"q", q_in}, {{"embeddings", embeddings_in}, {"scale", scale_in}});
   const c10::cuda::CUDAGuard guard(q_in.device());
   check_float(q_in, "q");
   check_dim(q_in, 2, "q");
@@ -168,6 +163,7 @@ Tensor hessian_diag_coords_cuda(const Tensor& embeddings_in, const Tensor& q_in,
 
 Tensor lcmat_distance_cuda(const Tensor& embeddings, const Tensor& e, const Tensor& q, const Tensor& coords, double rho,
                            const optional<Tensor>& scale) {
+  check_same_device({"e", e}, {{"embeddings", embeddings}, {"q", q}, {"scale", scale}});
   Tensor out = gradient_distance_cuda(embeddings, e, scale);
   check_float(q, "q");
   TORCH_CHECK(q.sizes() == e.sizes(), "q: shape ", q.sizes(), " differs from e's ", e.sizes());
@@ -250,6 +246,7 @@ void solve_one(const Tensor& a, const Tensor& b, const Tensor& M, const cuda::Si
 
 SinkhornOut sinkhorn_log_cuda(const Tensor& a_in, const Tensor& b_in, const Tensor& M_in, double reg, int64_t max_iter,
                               double tol, int64_t check_every) {
+  check_same_device({"M", M_in}, {{"a", a_in}, {"b", b_in}});
   const c10::cuda::CUDAGuard guard(M_in.device());
   const cuda::SinkhornOptions opt = sinkhorn_options(reg, max_iter, tol, check_every);
   check_float(M_in, "M");
@@ -278,6 +275,7 @@ SinkhornOut sinkhorn_log_ragged_cuda(const Tensor& a_in, const Tensor& b_in, at:
                                      const optional<Tensor>& x_in, const optional<Tensor>& y_in, int64_t max_iter,
                                      double tol, int64_t check_every) {
   const c10::cuda::CUDAGuard guard(a_in.device());
+  check_same_device({"a", a_in}, {{"b", b_in}, {"cost", cost_in}, {"x", x_in}, {"y", y_in}});
   const cuda::SinkhornOptions opt = sinkhorn_options(reg, max_iter, tol, check_every);
   check_float(a_in, "a");
   const auto dtype = a_in.scalar_type();
@@ -338,6 +336,7 @@ SinkhornOut sinkhorn_log_ragged_cuda(const Tensor& a_in, const Tensor& b_in, at:
 // ---- fdmat ------------------------------------------------------------------------------------
 
 Tensor prototype_cost_cuda(const Tensor& x_in, const Tensor& prototypes_in) {
+  check_same_device({"x", x_in}, {{"prototypes", prototypes_in}});
   const c10::cuda::CUDAGuard guard(x_in.device());
   check_float(x_in, "x");
   check_dim(x_in, 2, "x");
@@ -356,6 +355,7 @@ Tensor prototype_cost_cuda(const Tensor& x_in, const Tensor& prototypes_in) {
 }
 
 Tensor fdmat_scores_cuda(const Tensor& M_in, const Tensor& f_in, const Tensor& g_in, double reg) {
+  check_same_device({"M", M_in}, {{"f", f_in}, {"g", g_in}});
   const c10::cuda::CUDAGuard guard(M_in.device());
   check_float(M_in, "M");
   check_dim(M_in, 2, "M");
@@ -379,7 +379,6 @@ TORCH_LIBRARY_IMPL(lcmat, CUDA, m) {
   m.impl("last_layer_factors", &last_layer_factors_cuda);
   m.impl("last_layer_grad_norms", &last_layer_grad_norms_cuda);
   m.impl("curvature_moments", &curvature_moments_cuda);
-  m.impl("top_variance_coords", &top_variance_coords_cuda);
   m.impl("gradient_distance", &gradient_distance_cuda);
   m.impl("pairwise_l1", &pairwise_l1_cuda);
   m.impl("hessian_diag_coords", &hessian_diag_coords_cuda);

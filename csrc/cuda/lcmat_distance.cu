@@ -33,11 +33,15 @@ __global__ void hessian_kernel(const T* __restrict__ h, const T* __restrict__ q,
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = t / K, k = t % K, coord = coords[k];
     // coordinate c < C: bias of class c; C + c D + d: weight[c, d]
+    // (with D = 0 every coordinate is a bias one: h is read, and D divides, for weights only)
     const bool bias = coord < C;
     const int64_t w = bias ? 0 : coord - C;
     const int64_t cls = bias ? coord : w / D;
-    const T hd = h[i * D + w % D];
-    T v = q[i * C + cls] * (bias ? T(1) : hd * hd);
+    T v = q[i * C + cls];
+    if (!bias) {
+      const T hd = h[i * D + w % D];
+      v *= hd * hd;
+    }
     if (scale) v *= scale[i];
     out[t] = v;
   }
