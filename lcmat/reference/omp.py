@@ -43,13 +43,15 @@ def _solve(A, b):
     return torch.linalg.lstsq(A, b[:, None], driver="gelsd" if A.device.type == "cpu" else None).solution[:, 0]
 
 
-def nnls_quadratic(A, b, w=None, tol=None, max_iter=None):
+def nnls_quadratic(A, b, w=None, tol=None, max_iter=None, settled=False):
     """argmin_{w >= 0} w^T A w - 2 b^T w for a symmetric positive semi-definite A [k, k].
 
     Lawson and Hanson's active set method on the quadratic: move the coordinate of largest
     positive dual b - A w into the passive set, solve the passive system, and step back to the
     boundary while a passive coordinate would turn non-positive. `w`: a feasible start (>= 0,
-    e.g. the previous solution padded with zeros). Returns w [k].
+    e.g. the previous solution padded with zeros); settled=True says it already solves the
+    system on its own support (the previous OMP step's weights), which skips one solve.
+    Returns w [k].
     """
     k = len(b)
     w = b.new_zeros(k) if w is None else w.clone().clamp_min_(0.0)
@@ -58,7 +60,7 @@ def nnls_quadratic(A, b, w=None, tol=None, max_iter=None):
         tol = 10.0 * max(k, 1) * torch.finfo(b.dtype).eps * max(scale, 1e-300)
     max_iter = 3 * k + 10 if max_iter is None else max_iter
     passive = w > 0
-    if bool(passive.any()):
+    if bool(passive.any()) and not settled:
         w = _passive_solve(A, b, w, passive)
         passive = w > 0
     for _ in range(max_iter):
@@ -114,7 +116,7 @@ def omp_last_layer(embeddings, e, b, k, lam=0.0):
         columns[:, step] = gradient_columns(embeddings, e, [j])[:, 0]
         chosen = torch.tensor(picks, device=b.device)
         A = columns[chosen, :step + 1] + lam * torch.eye(step + 1, dtype=b.dtype, device=b.device)
-        w = nnls_quadratic(A, b[chosen], torch.cat([w, w.new_zeros(1)]))
+        w = nnls_quadratic(A, b[chosen], torch.cat([w, w.new_zeros(1)]), settled=True)
         corr = b - columns[:, :step + 1] @ w
     return torch.tensor(picks, dtype=torch.long, device=b.device), w
 
