@@ -104,6 +104,8 @@ class GradMatch(_ValidationSelector):
     t the group's gradient sum sum_i g_i (the paper's full training gradient). Each step picks
     the unselected g_i of largest g_i . r (r the residual), then re-solves the weights by NNLS on
     the picks. Returns the weights, which count training samples (sum about the group size).
+    The paper's pursuit may stop once the residual is below a tolerance; here it always makes its
+    k picks (a pick that cannot help keeps weight 0), as every lcmat budget is exact.
     GradMatch-Val: `validation=` held-out features (see lcmat.matching); t is then the group size
     times the mean gradient of the validation rows of the group's classes, so the weights keep
     the same scale. lam: the paper's ridge (0.5, the GradMatch authors' default).
