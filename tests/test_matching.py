@@ -6,6 +6,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import brute_selectors as B
 import lcmat
@@ -152,6 +154,41 @@ def test_omp_is_the_step_by_step_definition(seed, lam):
     got_picks, got_w = R.omp_last_layer(h, e, torch.tensor(g @ t), k, lam)
     assert got_picks.tolist() == picks
     np.testing.assert_allclose(got_w.numpy(), w, rtol=1e-7, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 9), C=st.integers(1, 3), D=st.integers(1, 3), lam=st.sampled_from([0.1, 1.0]),
+       scale=st.sampled_from([0.3, 3.0]), seed=st.integers(0, 10 ** 6), data=st.data())
+def test_omp_definition_fuzz(n, C, D, lam, scale, seed, data):
+    """Tiny ragged shapes, one-logit problems (zero gradients), k up to n."""
+    rng = np.random.default_rng(seed)
+    H, Z, y = scale * rng.normal(size=(n, D)), 2 * rng.normal(size=(n, C)), rng.integers(0, C, n)
+    k = data.draw(st.integers(0, n))
+    g = B.gradients(H, Z, y)
+    t = g.sum(0)
+    picks, w, gap = omp_brute(g, t, k, lam)
+    assume(gap > 1e-6 or C == 1)
+    h, e = error_factors(H, Z, y)
+    got_picks, got_w = R.omp_last_layer(h, e, torch.tensor(g @ t), k, lam)
+    if C > 1:
+        assert got_picks.tolist() == picks
+        np.testing.assert_allclose(got_w.numpy(), w, rtol=1e-6, atol=1e-9)
+    else:  # every gradient is zero: k distinct picks, weight 0
+        assert sorted(got_picks.tolist()) == list(range(k)) and not got_w.any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 8), m=st.integers(1, 6), C=st.integers(2, 3), D=st.integers(1, 3),
+       eta=st.sampled_from([0.0, 0.5, 3.0]), seed=st.integers(0, 10 ** 6), data=st.data())
+def test_glister_definition_fuzz(n, m, C, D, eta, seed, data):
+    rng = np.random.default_rng(seed)
+    H, Z, y = rng.normal(size=(n, D)), 2 * rng.normal(size=(n, C)), rng.integers(0, C, n)
+    Hv, Zv, yv = rng.normal(size=(m, D)), 2 * rng.normal(size=(m, C)), rng.integers(0, C, m)
+    k = data.draw(st.integers(0, n))
+    expected = glister_brute(H, Z, y, Hv, Zv, yv, k, eta)
+    h, e = error_factors(H, Z, y)
+    picks, _ = R.glister_greedy(h, e, torch.tensor(Hv), torch.tensor(Zv), torch.tensor(yv), k, eta)
+    assert picks.tolist() == expected
 
 
 @pytest.mark.parametrize("seed", range(3))
