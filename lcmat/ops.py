@@ -180,11 +180,6 @@ sinkhorn_plan = reference.sinkhorn_plan
 # The comparison set's kernels (GradMatch, Glister, AdaCore) have only the reference: their cost is
 # GEMMs and matrix-vector products that ATen already runs at speed (see bench/bench_matching.py), so
 # every backend runs these, and a backend asked for by name runs the shared kernels it has.
-def gradient_gram(embeddings, e, scale=None, backend=None):
-    """<g_i, g_j> = s_i s_j (e_i . e_j)(1 + h_i . h_j), [n, n]."""
-    return reference.gradient_gram(embeddings, e, scale)
-
-
 def gradient_target_dot(embeddings, e, target_embeddings, target_e, scale=1.0, backend=None):
     """g_i . (scale * sum_v g_v) over the target rows, [n]."""
     return reference.gradient_target_dot(embeddings, e, target_embeddings, target_e, scale)

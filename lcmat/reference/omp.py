@@ -133,11 +133,10 @@ def omp_last_layer_deepcore(embeddings, e, b, k, lam=1.0):
     n = embeddings.shape[0]
     if not 0 <= k <= n:
         raise ValueError(f"k: must lie in [0, {n}], got {k}")
-    picks = []
+    picks, w = [], b.new_zeros(0)
     columns = b.new_zeros(n, k)
     available = torch.ones(n, dtype=torch.bool, device=b.device)
     corr = b.clone()
-    A = b.new_zeros(0, 0)
     for step in range(k):
         j = int(torch.argmax(corr.masked_fill(~available, -torch.inf)))
         picks.append(j)
@@ -155,4 +154,4 @@ def omp_last_layer_deepcore(embeddings, e, b, k, lam=1.0):
         w = b.new_ones(1)
     elif k > 1:
         w = nnls_quadratic(A.T @ A, A.T @ b[chosen])
-    return torch.tensor(picks, dtype=torch.long, device=b.device), w[:k] if k else b.new_zeros(0)
+    return torch.tensor(picks, dtype=torch.long, device=b.device), w
