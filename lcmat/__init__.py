@@ -46,8 +46,9 @@ from .ot import coreset_ot_distance, sinkhorn  # noqa: E402
 from .selectors import (CRAIG, EL2N, METHODS, Entropy, FDMat, Forgetting, GraNd, Herding,
                         KCenterGreedy, LCMat, LeastConfidence, Margin, Selector, Uniform,
                         get_method)
+from .matching import AdaCore, Glister, GradMatch  # noqa: E402  (after .selectors, which it extends)
 
 __version__ = "0.1.0"
 __all__ = ["Coreset", "sinkhorn", "coreset_ot_distance", "METHODS", "get_method", "Selector",
            "Uniform", "LCMat", "FDMat", "CRAIG", "Herding", "KCenterGreedy", "GraNd", "EL2N",
-           "LeastConfidence", "Entropy", "Margin", "Forgetting"]
+           "LeastConfidence", "Entropy", "Margin", "Forgetting", "GradMatch", "Glister", "AdaCore"]

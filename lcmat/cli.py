@@ -136,7 +136,8 @@ def build_parser():
     sel.add_argument("--prune-hard", type=float, default=0.1)
     sel.add_argument("--num-strata", type=int, default=50)
     for name, default in _all_options().items():
-        sel.add_argument(_flag(name), dest=name, default=None, metavar=type(default).__name__.upper(),
+        metavar = "VALUE" if default is None else type(default).__name__.upper()
+        sel.add_argument(_flag(name), dest=name, default=None, metavar=metavar,
                          help=f"default {default}")
     sel.set_defaults(run=cmd_select)
 

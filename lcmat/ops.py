@@ -180,3 +180,29 @@ def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
 # Not kernels, but shared by the selectors; always the reference (cheap, exact).
 class_prototypes = reference.class_prototypes
 sinkhorn_plan = reference.sinkhorn_plan
+
+
+# The comparison set's kernels (GradMatch, Glister, AdaCore) have only the reference: their cost is
+# GEMMs and matrix-vector products that ATen already runs at speed (see bench/bench_matching.py), so
+# every backend runs these, and a backend asked for by name runs the shared kernels it has.
+def gradient_target_dot(embeddings, e, target_embeddings, target_e, scale=1.0, backend=None):
+    """g_i . (scale * sum_v g_v) over the target rows, [n]."""
+    return reference.gradient_target_dot(embeddings, e, target_embeddings, target_e, scale)
+
+
+def omp_last_layer(embeddings, e, b, k, lam=0.0, deepcore=False, backend=None):
+    """Non-negative OMP on last-layer gradients: (picks [k], weights [k]); deepcore=True runs
+    DeepCore's variant (reference.omp_last_layer_deepcore)."""
+    if deepcore:
+        return reference.omp_last_layer_deepcore(embeddings, e, b, k, lam)
+    return reference.omp_last_layer(embeddings, e, b, k, lam)
+
+
+def glister_greedy(embeddings, e, val_embeddings, val_logits, val_labels, k, eta, backend=None):
+    """Glister's greedy with the model update step: (picks [k], gains [k])."""
+    return reference.glister_greedy(embeddings, e, val_embeddings, val_logits, val_labels, k, eta)
+
+
+def adacore_distance(embeddings, e, q, eps, backend=None):
+    """|| H_i^{-1} g_i - H_j^{-1} g_j ||_2 with the last layer's diagonal Hessians, [n, n]."""
+    return reference.adacore_distance(embeddings, e, q, eps)

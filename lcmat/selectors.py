@@ -556,8 +556,11 @@ class FDMat(ScoreSelector):
         return ops.fdmat_scores(M, f, g, reg, backend=self.backend)
 
 
+from .matching import AdaCore, Glister, GradMatch  # noqa: E402  (they build on the classes above)
+
 METHODS = {cls.name: cls for cls in (Uniform, LCMat, FDMat, CRAIG, Herding, KCenterGreedy, GraNd,
-                                      EL2N, LeastConfidence, Entropy, Margin, Forgetting)}
+                                      EL2N, LeastConfidence, Entropy, Margin, Forgetting,
+                                      GradMatch, Glister, AdaCore)}
 
 
 def get_method(name, **options):
