@@ -44,9 +44,9 @@ _map_source_tree_triton_kernels()
 from .coreset import Coreset  # noqa: E402
 from .ot import ConvergenceWarning, coreset_ot_distance, sinkhorn  # noqa: E402
 from .validation import BlockMemoryError  # noqa: E402
-from .selectors import (CRAIG, EL2N, METHODS, Entropy, FDMat, Forgetting, GraNd, Herding,
-                        KCenterGreedy, LCMat, LeastConfidence, Margin, Selector, Uniform,
-                        get_method)
+from .selectors import (CRAIG, EL2N, Entropy, FDMat, Forgetting, GraNd, Herding,  # noqa: E402
+                        KCenterGreedy, LCMat, LeastConfidence, Margin, Selector, Uniform)
+from .methods import METHODS, get_method  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Coreset", "sinkhorn", "coreset_ot_distance", "ConvergenceWarning", "BlockMemoryError", "METHODS", "get_method", "Selector",

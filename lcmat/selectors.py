@@ -395,7 +395,7 @@ class LCMat(Selector):
                  quotas=False, max_memory=None):
         super().__init__(fraction, balance, seed, backend, progress, dtype, coverage, difficulty,
                          prune_hard, num_strata)
-        self.max_memory = None if max_memory is None else check_positive("max_memory", max_memory, integer=True)
+        self.max_memory = None if max_memory is None else int(check_positive("max_memory", max_memory))
         self.quotas = check_bool("quotas", quotas)
         if self.quotas and not self.coverage:
             raise ValueError("quotas: stratum quotas need coverage=True")
@@ -641,13 +641,9 @@ class FDMat(ScoreSelector):
         return ops.fdmat_scores(M, f, g, reg, backend=self.backend)
 
 
-METHODS = {cls.name: cls for cls in (Uniform, LCMat, FDMat, CRAIG, Herding, KCenterGreedy, GraNd,
-                                      EL2N, LeastConfidence, Entropy, Margin, Forgetting)}
-
-
-def get_method(name, **options):
-    """A selector by its name (see METHODS), e.g. get_method("lcmat", fraction=0.01, rho=1)."""
-    key = name.lower().replace("-", "_")
-    if key not in METHODS:
-        raise ValueError(f"method: unknown method {name!r}; choose from {sorted(METHODS)}")
-    return METHODS[key](**options)
+def __getattr__(name):
+    """METHODS and get_method live in lcmat.methods; they stay importable from here."""
+    if name in ("METHODS", "get_method"):
+        from . import methods
+        return getattr(methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
