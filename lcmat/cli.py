@@ -344,7 +344,7 @@ def cmd_experiment(args):
         torch.set_num_threads(args.threads)
     try:
         run_experiment(**settings)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, MemoryError) as err:
         raise UsageError(f"lcmat experiment: {err}")
 
 

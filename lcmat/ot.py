@@ -13,16 +13,25 @@ class ConvergenceWarning(RuntimeWarning):
     """An iterative solver stopped (max_iter) before its error reached tol."""
 
 
+def _ndim(name, x):
+    """Dimensions of an array-like, or ValueError naming it when it is ragged."""
+    if isinstance(x, torch.Tensor):
+        return x.dim()
+    try:
+        return np.asarray(x).ndim
+    except ValueError:
+        raise ValueError(f"{name}: must be a rectangular array, got a ragged nested sequence") from None
+
+
 def _sinkhorn_inputs(a, b, M):
     """(a, b, M) as tensors of one float dtype and device, validated; refuses the pre-POT order
     (cost first), which the shapes give away."""
-    M_t = M if isinstance(M, torch.Tensor) else np.asarray(M) if not isinstance(M, np.ndarray) else M
-    a_dim = np.ndim(a) if not isinstance(a, torch.Tensor) else a.dim()
-    if np.ndim(M_t) < 2 and a_dim >= 2:
-        raise ValueError(f"M: expected the cost (n, m) or (B, n, m) as the third argument, got {np.ndim(M_t)} "
+    M = as_tensor("M", M, _ndim("M", M))
+    a_dim = _ndim("a", a)
+    if M.dim() < 2 and a_dim >= 2:
+        raise ValueError(f"M: expected the cost (n, m) or (B, n, m) as the third argument, got {M.dim()} "
                          f"dimension(s) while a has {a_dim}; lcmat.sinkhorn takes POT's order "
                          f"sinkhorn(a, b, M, reg)")
-    M = as_tensor("M", M, np.ndim(M_t))
     if M.dim() not in (2, 3):
         raise ValueError(f"M: expected (n, m) or (B, n, m), got shape {tuple(M.shape)}")
     if not M.is_floating_point():

@@ -77,8 +77,12 @@ def _scan(path):
     skipped when it is torn (no final newline: a crash mid-write) or does not parse as a row."""
     text = Path(path).read_bytes().decode("utf-8", errors="replace")
     lines = text.splitlines(keepends=True)
-    if not lines or not lines[0].endswith("\n"):
-        return None, [], len(lines)
+    if not lines:
+        return None, [], 0
+    if not lines[0].endswith("\n"):
+        warnings.warn(f"results: {str(path)!r}: skipped 1 torn or invalid row(s): the header is torn; no run "
+                      f"counts as done", RuntimeWarning, stacklevel=3)
+        return None, [], 1
     header = next(csv.reader([lines[0]]))
     missing = [c for c in KEY_COLUMNS + ("final_acc", "best_acc") if c not in header]
     if missing:

@@ -395,7 +395,7 @@ class LCMat(Selector):
                  quotas=False, max_memory=None):
         super().__init__(fraction, balance, seed, backend, progress, dtype, coverage, difficulty,
                          prune_hard, num_strata)
-        self.max_memory = None if max_memory is None else int(check_positive("max_memory", max_memory))
+        self.max_memory = None if max_memory is None else int(check_positive("max_memory", max_memory, minimum=1))
         self.quotas = check_bool("quotas", quotas)
         if self.quotas and not self.coverage:
             raise ValueError("quotas: stratum quotas need coverage=True")

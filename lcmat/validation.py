@@ -201,10 +201,13 @@ def check_bool(name, value):
     return bool(value)
 
 
-def check_positive(name, value, integer=False, allow_zero=False):
+def check_positive(name, value, integer=False, allow_zero=False, minimum=None):
+    """A finite number > 0 (>= 0 with allow_zero, >= minimum when given), an integer when `integer`;
+    else ValueError naming `name`."""
     ok = _is_number(value, integer) and np.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        sign = ">= 0" if allow_zero else "> 0"
+    low_ok = ok and (value >= minimum if minimum is not None else value > 0 or (allow_zero and value == 0))
+    if not low_ok:
+        sign = f">= {minimum}" if minimum is not None else ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}: must be {'an integer' if integer else 'a number'} {sign}, got {value!r}")
     return value
 
