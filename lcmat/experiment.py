@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .coreset import class_budgets
+from .validation import check_positive
 from .data import load_dataset
 from .models import get_model
 from .methods import MethodSpec, get_method, parse_methods, parse_model_option, parse_option  # noqa: F401
@@ -87,9 +88,8 @@ PRESETS = {
 
 def epochs_for_steps(steps, k, batch_size):
     """Epochs that give at least ``steps`` SGD steps on ``k`` samples: ceil(steps / ceil(k / batch))."""
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-    return math.ceil(int(steps) / math.ceil(k / batch_size))
+    steps = check_positive("steps", steps, integer=True)
+    return math.ceil(steps / math.ceil(k / batch_size))
 
 
 def eval_every_for(epochs, evaluations):
@@ -115,8 +115,10 @@ def _check_device(device):
 
 def _check_seeds(seeds):
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    if not seeds or any(isinstance(s, bool) or int(s) != s or s < 0 for s in seeds):
-        raise ValueError(f"seeds: expected non-negative integers, got {seeds!r}")
+    if not seeds:
+        raise ValueError("seeds: no seed given")
+    for seed in seeds:
+        check_positive("seeds", seed, integer=True, allow_zero=True)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: listed more than once in {seeds!r}")
     return [int(s) for s in seeds]
@@ -222,14 +224,13 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
     seeds = _check_seeds(seeds)
     if steps is None and epochs is None:
         raise ValueError("epochs: give epochs or steps")
-    if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
-        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
-    if steps is None and (isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1):
-        raise ValueError(f"epochs: expected a positive integer, got {epochs!r}")
-    if isinstance(selection_epochs, bool) or int(selection_epochs) != selection_epochs or selection_epochs < 1:
-        raise ValueError(f"selection_epochs: expected a positive integer, got {selection_epochs!r}")
-    if evaluations is not None and (int(evaluations) != evaluations or evaluations < 1):
-        raise ValueError(f"evaluations: expected a positive integer or None, got {evaluations!r}")
+    if steps is not None:
+        check_positive("steps", steps, integer=True)
+    else:
+        check_positive("epochs", epochs, integer=True)
+    check_positive("selection_epochs", selection_epochs, integer=True)
+    if evaluations is not None:
+        check_positive("evaluations", evaluations, integer=True)
     device = _check_device(device)
     model_options = dict(model_options or {})
 
