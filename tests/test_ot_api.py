@@ -49,7 +49,8 @@ def test_dense_plan_unnormalised_masses_and_torch_inputs():
 def test_dense_plan_float32():
     rng = np.random.default_rng(2)
     a, b, M = masses(rng, 11), masses(rng, 3), rng.random((11, 3))
-    P = lcmat.sinkhorn(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32), torch.tensor(M, dtype=torch.float32), 0.1)
+    P = lcmat.sinkhorn(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32),
+                       torch.tensor(M, dtype=torch.float32), 0.1)
     assert P.dtype == torch.float32
     np.testing.assert_allclose(P.numpy(), pot_plan(a, b, M, 0.1), atol=2e-5)
 
