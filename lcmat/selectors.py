@@ -573,6 +573,9 @@ class CRAIG(LCMat):
                          progress, dtype, coverage, difficulty, prune_hard, num_strata, quotas, max_memory)
 
 
+FDMAT_EPS = 1e-6  # ops.fdmat_transform's default eps
+
+
 class FDMat(ScoreSelector):
     """FDMat (Xiao et al., AAAI 2024): entropic OT between the N samples (mass 1 each) and the
     C class prototypes (mass n_c) of power-transformed, centred, normalised features; keeps the
@@ -614,7 +617,11 @@ class FDMat(ScoreSelector):
                 raise ValueError(f"embeddings: FDMat expects non-negative (post-ReLU) features, the "
                                  f"smallest is {low:.4g}; pass negative='shift' to shift them")
             x = x - low
-        top = float(x.max()) + 1e-6
+        if 0 < float(x.max()) < FDMAT_EPS * torch.finfo(x.dtype).eps:
+            raise ValueError(f"embeddings: the largest is {float(x.max()):.3g}, so x + eps (eps = {FDMAT_EPS:g}, "
+                             f"FDMat's power transform (x + eps)^beta) rounds to eps for every sample and all "
+                             f"scores tie; rescale the embeddings")
+        top = float(x.max()) + FDMAT_EPS
         if overflows(x.shape[1] * top ** (2 * self.beta), x.dtype):
             x = ops.fdmat_transform(x.double(), self.beta).to(x.dtype)  # row norms overflow in float32
         else:
