@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from lcmat.data import load_dataset
-from lcmat.experiment import (_Features, _model_label, _select, _selection_model, parse_methods,
-                              parse_model_option)
+from lcmat.experiment import SelectionFeatures, format_model_label, pretrained_selection_model, select_coreset
+from lcmat.methods import parse_methods, parse_model_option
 from lcmat.models import get_model
 
 
@@ -47,9 +47,9 @@ def main():
     def build():
         return get_model(args.model, train.num_classes, train.in_channels, train.im_size, **model_options)
 
-    net, stats = _selection_model(train.name, _model_label(args.model, model_options), build, train,
-                                  args.selection_epochs, args.seed, "cpu", True, None)
-    features = _Features(net, train, "cpu", True)
+    net, stats = pretrained_selection_model(train.name, format_model_label(args.model, model_options), build, train,
+                                            args.selection_epochs, args.seed, "cpu", True, None)
+    features = SelectionFeatures(net, train, "cpu", True)
     _, logits, _ = features.eval_mode()
     labels = torch.as_tensor(train.targets)
     logits = torch.as_tensor(logits).float()
@@ -62,7 +62,7 @@ def main():
     print("|---|---:|---:|---:|")
     rows = [("pool (all training samples)", np.arange(len(labels)))]
     for spec in parse_methods(args.methods):
-        coreset, _ = _select(spec, args.fraction, args.seed, train.targets, features, stats, None)
+        coreset, _ = select_coreset(spec, args.fraction, args.seed, train.targets, features, stats, None)
         rows.append((spec.label, coreset.indices))
     for label, indices in rows:
         acc, median, p90 = pick_stats(correct, loss, indices)

@@ -42,13 +42,14 @@ def _map_source_tree_triton_kernels():
 _map_source_tree_triton_kernels()
 
 from .coreset import Coreset  # noqa: E402
-from .ot import coreset_ot_distance, sinkhorn  # noqa: E402
-from .selectors import (CRAIG, EL2N, METHODS, Entropy, FDMat, Forgetting, GraNd, Herding,
-                        KCenterGreedy, LCMat, LeastConfidence, Margin, Selector, Uniform,
-                        get_method)
-from .matching import AdaCore, Glister, GradMatch  # noqa: E402  (after .selectors, which it extends)
+from .ot import ConvergenceWarning, coreset_ot_distance, sinkhorn  # noqa: E402
+from .validation import BlockMemoryError  # noqa: E402
+from .selectors import (CRAIG, EL2N, Entropy, FDMat, Forgetting, GraNd, Herding,  # noqa: E402
+                        KCenterGreedy, LCMat, LeastConfidence, Margin, Selector, Uniform)
+from .methods import METHODS, get_method  # noqa: E402
+from .matching import AdaCore, Glister, GradMatch  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["Coreset", "sinkhorn", "coreset_ot_distance", "METHODS", "get_method", "Selector",
+__all__ = ["Coreset", "sinkhorn", "coreset_ot_distance", "ConvergenceWarning", "BlockMemoryError", "METHODS", "get_method", "Selector",
            "Uniform", "LCMat", "FDMat", "CRAIG", "Herding", "KCenterGreedy", "GraNd", "EL2N",
            "LeastConfidence", "Entropy", "Margin", "Forgetting", "GradMatch", "Glister", "AdaCore"]

@@ -1,22 +1,24 @@
 """The `lcmat` command: `select`, `methods`, `demo`, `experiment`."""
 import argparse
 import inspect
+import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
-from .selectors import METHODS
+from .methods import METHODS, canonical_method, own_options, parse_text
 
-# Constructor arguments that are not method options on the command line.
-_COMMON = {"self", "fraction", "balance", "seed", "backend", "progress", "dtype",
-           "coverage", "difficulty", "prune_hard", "num_strata"}
+class UsageError(SystemExit):
+    """A one-line error for the user; the command exits with status 2, as argparse errors do."""
 
+    def __init__(self, message):
+        super().__init__(2)
+        self.message = message
 
-def method_options(cls):
-    """{name: default} of a selector's own options."""
-    params = inspect.signature(cls.__init__).parameters
-    return {k: p.default for k, p in params.items() if k not in _COMMON}
+    def __str__(self):
+        return self.message
 
 
 def _flag(name):
@@ -26,23 +28,24 @@ def _flag(name):
 def _parse_value(name, text, default):
     """A method option's command-line text as the type of its default ('auto' stays text)."""
     try:
-        if isinstance(default, bool):
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"expected true or false, got {text!r}")
-            return text.lower() in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return text if text == "auto" else float(text)
-        return text
+        return parse_text(text, default, _flag(name))
     except ValueError as err:
-        raise SystemExit(f"lcmat select: {_flag(name)}: {err}")
+        if isinstance(default, float) and text.strip() == "auto":
+            return "auto"
+        raise UsageError(f"lcmat select: {err}")
+
+
+def _method_name(text):
+    try:
+        return canonical_method(text, argument="--method")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).partition(": ")[2])
 
 
 def _all_options():
     options = {}
-    for cls in METHODS.values():
-        options.update(method_options(cls))
+    for name in METHODS:
+        options.update(own_options(name))
     return options
 
 
@@ -57,35 +60,75 @@ def cmd_methods(args):
     print(f"{'method':<18} {'needs':<22} options (default)")
     for name, cls in METHODS.items():
         needs = ", ".join(cls.needs) or "labels only"
-        opts = ", ".join(f"{_flag(k)} {v}" for k, v in method_options(cls).items())
+        opts = ", ".join(f"{_flag(k)} {v}" for k, v in own_options(name).items())
         print(f"{name:<18} {needs:<22} {opts}")
         print(f"{'':<18} {summary(cls.__doc__)}")
     print("\nEvery method also takes --fraction, --balance/--no-balance, --seed, --backend, and the "
           "coverage options --coverage, --difficulty {el2n,own,forgetting}, --prune-hard, --num-strata.")
 
 
+FEATURE_ARRAYS = ("labels", "embeddings", "logits", "forgetting")
+
+
 def _load_features(path):
+    """The arrays of a features .npz, or a one-line UsageError for anything unreadable: a missing
+    file, a directory, a .npy or pickle, a truncated or non-zip file, object or string arrays.
+    Nothing is unpickled."""
+    def fail(why):
+        raise UsageError(f"lcmat select: --features: {path!r} {why}")
+    if not os.path.exists(path):
+        raise UsageError(f"lcmat select: --features: no such file {path!r}")
+    if os.path.isdir(path):
+        fail("is a directory, not an .npz file")
+    if not zipfile.is_zipfile(path):
+        fail("is not an .npz archive (np.savez writes one; a .npy, a pickle or a truncated file is not)")
     try:
-        f = np.load(path)
-    except FileNotFoundError:
-        raise SystemExit(f"lcmat select: --features: no such file {path!r}")
-    if "labels" not in f:
-        raise SystemExit(f"lcmat select: --features: {path!r} has no 'labels' array (has {list(f.keys())})")
-    return {k: f[k] for k in f.keys()}
+        with np.load(path, allow_pickle=False) as f:
+            if "labels" not in f.files:
+                fail(f"has no 'labels' array (has {f.files})")
+            arrays = {k: f[k] for k in f.files if k in FEATURE_ARRAYS}
+    except UsageError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        fail(f"cannot be read ({' '.join(str(err).split())[:200] or type(err).__name__})")
+    for name, x in arrays.items():
+        if x.dtype.kind not in "biuf":
+            fail(f"array {name!r} holds {x.dtype} values; it must hold numbers")
+    return arrays
+
+
+def output_path(out, features=None, overwrite=False, flag="--out", prog="lcmat select"):
+    """The path np.savez will write for `out` (it appends .npz), checked before any work: its
+    folder exists and is writable, it is not the input, and it does not exist unless overwrite."""
+    path = out if out.endswith(".npz") else out + ".npz"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{prog}: {flag}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{prog}: {flag}: cannot write into the folder {folder!r}")
+    if os.path.isdir(path):
+        raise UsageError(f"{prog}: {flag}: {path!r} is a directory")
+    if features is not None and os.path.exists(features) and os.path.exists(path) \
+            and os.path.samefile(path, features):
+        raise UsageError(f"{prog}: {flag}: {path!r} is the --features input; choose another output file")
+    if os.path.exists(path) and not overwrite:
+        raise UsageError(f"{prog}: {flag}: {path!r} already exists; pass --overwrite to replace it")
+    return path
 
 
 def cmd_select(args):
     cls = METHODS[args.method]
-    allowed = method_options(cls)
+    allowed = own_options(args.method)
     options = {}
     for name, default in _all_options().items():
         value = getattr(args, name)
         if value is None:
             continue
         if name not in allowed:
-            raise SystemExit(f"lcmat select: {_flag(name)} is not an option of {args.method} "
+            raise UsageError(f"lcmat select: {_flag(name)} is not an option of {args.method} "
                              f"(its options: {', '.join(map(_flag, allowed)) or 'none'})")
         options[name] = _parse_value(name, value, allowed[name])
+    out = output_path(args.out, args.features, args.overwrite)
     feats = _load_features(args.features)
     extra = {"forgetting": feats["forgetting"]} if "forgetting" in feats else {}
     start = time.perf_counter()
@@ -95,11 +138,11 @@ def cmd_select(args):
                        prune_hard=args.prune_hard, num_strata=args.num_strata, **options)
         coreset = selector.select_features(embeddings=feats.get("embeddings"), logits=feats.get("logits"),
                                            labels=feats["labels"], **extra)
-    except ValueError as err:
-        raise SystemExit(f"lcmat select: {err}")
+    except (ValueError, FloatingPointError, MemoryError) as err:
+        raise UsageError(f"lcmat select: {err}")
     seconds = time.perf_counter() - start
-    coreset.save(args.out)
-    print_summary(coreset, feats["labels"], seconds, args.out)
+    coreset.save(out)
+    print_summary(coreset, feats["labels"], seconds, out)
 
 
 def print_summary(coreset, labels, seconds, out):
@@ -120,11 +163,14 @@ def build_parser():
     sub.add_parser("methods", help="list methods and their options").set_defaults(run=cmd_methods)
 
     sel = sub.add_parser("select", help="select a coreset from a features file (.npz)")
-    sel.add_argument("--method", required=True, choices=sorted(METHODS))
+    sel.add_argument("--method", required=True, type=_method_name,
+                     help=f"one of {', '.join(METHODS)} (case and '-' for '_' do not matter)")
     sel.add_argument("--fraction", type=float, required=True)
     sel.add_argument("--features", required=True,
                      help=".npz with 'labels' and, as the method needs, 'embeddings' and 'logits'")
-    sel.add_argument("--out", required=True, help="output .npz: indices, weights?, scores?")
+    sel.add_argument("--out", required=True, help="output .npz: indices, weights?, scores? (.npz is appended "
+                                                  "when missing; never the --features file)")
+    sel.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     sel.add_argument("--balance", action=argparse.BooleanOptionalAction, default=True,
                      help="per-class budgets (default) or one global budget")
     sel.add_argument("--seed", type=int, default=0)
@@ -136,7 +182,7 @@ def build_parser():
     sel.add_argument("--prune-hard", type=float, default=0.1)
     sel.add_argument("--num-strata", type=int, default=50)
     for name, default in _all_options().items():
-        metavar = "VALUE" if default is None else type(default).__name__.upper()
+        metavar = "BYTES" if name == "max_memory" else "VALUE" if default is None else type(default).__name__.upper()
         sel.add_argument(_flag(name), dest=name, default=None, metavar=metavar,
                          help=f"default {default}")
     sel.set_defaults(run=cmd_select)
@@ -179,14 +225,14 @@ def _float_list(text, flag):
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"lcmat: {flag}: expected comma-separated numbers, got {text!r}")
+        raise UsageError(f"lcmat: {flag}: expected comma-separated numbers, got {text!r}")
 
 
 def _int_list(text, flag):
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"lcmat: {flag}: expected comma-separated integers, got {text!r}")
+        raise UsageError(f"lcmat: {flag}: expected comma-separated integers, got {text!r}")
 
 
 def _add_experiment_parser(sub):
@@ -238,7 +284,8 @@ def _experiment_settings(args):
     """run_experiment's keyword arguments: the preset (or the defaults), then the explicit options."""
     import torch
 
-    from .experiment import PRESETS, parse_model_option, parse_option
+    from .experiment import PRESETS
+    from .methods import parse_model_option, parse_option
 
     settings = dict(selection_epochs=10, epochs=200, steps=None, seeds=(0, 1, 2),
                     fractions=(0.005, 0.01, 0.05, 0.1), batch_size=128, lr=0.1, evaluations=None,
@@ -246,7 +293,7 @@ def _experiment_settings(args):
     if args.preset:
         settings.update(PRESETS[args.preset])
     if args.epochs is not None and args.steps is not None:
-        raise SystemExit("lcmat experiment: give --epochs or --steps, not both")
+        raise UsageError("lcmat experiment: give --epochs or --steps, not both")
     if args.epochs is not None:
         settings.update(epochs=args.epochs, steps=None)
     if args.steps is not None:
@@ -261,32 +308,33 @@ def _experiment_settings(args):
         settings["seeds"] = _int_list(args.seeds, "--seeds")
     for name in ("dataset", "model"):
         if not settings.get(name):
-            raise SystemExit(f"lcmat experiment: --{name} is required (or give a --preset)")
+            raise UsageError(f"lcmat experiment: --{name} is required (or give a --preset)")
     method_options = {}
     for text in args.option:
         try:
             method, key, value = parse_option(text)
         except ValueError as err:
-            raise SystemExit(f"lcmat experiment: --{err}")
+            raise UsageError(f"lcmat experiment: --{err}")
         method_options.setdefault(method, {})[key] = value
     try:
         model_options = dict(parse_model_option(text) for text in args.model_option)
     except ValueError as err:
-        raise SystemExit(f"lcmat experiment: --{err}")
+        raise UsageError(f"lcmat experiment: --{err}")
     settings.update(method_options=method_options, model_options=model_options, data_dir=args.data_dir,
                     out_dir=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     return settings
 
 
 def cmd_experiment(args):
-    from .experiment import RESULTS_FILE, read_results, run_experiment, write_summary
+    from .experiment import run_experiment
+    from .results import RESULTS_FILE, read_results, write_summary
 
     if args.summary_only:
         path = f"{args.out}/{RESULTS_FILE}"
         try:
             rows = read_results(path)
         except (FileNotFoundError, ValueError) as err:
-            raise SystemExit(f"lcmat experiment: --out: {err}")
+            raise UsageError(f"lcmat experiment: --out: {err}")
         for written in write_summary(rows, args.out):
             print(f"wrote {written}")
         return
@@ -296,13 +344,17 @@ def cmd_experiment(args):
         torch.set_num_threads(args.threads)
     try:
         run_experiment(**settings)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"lcmat experiment: {err}")
+    except (ValueError, FileNotFoundError, FloatingPointError, MemoryError) as err:
+        raise UsageError(f"lcmat experiment: {err}")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except UsageError as err:
+        print(err.message, file=sys.stderr)
+        raise
     return 0
 
 

@@ -151,6 +151,8 @@ def sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost=None, x=None, 
     if (cost is None) == (x is None or y is None):
         raise ValueError("cost, x, y: give either a stored `cost` or both features `x` and `y`")
     dt = _compute_dtype(a)
+    row_offsets = reference.check_offsets("row_offsets", row_offsets, a.numel())
+    col_offsets = reference.check_offsets("col_offsets", col_offsets, b.numel())
     out = _ops().sinkhorn_log_ragged(a.to(dt), b.to(dt), _offsets(row_offsets, "row_offsets"),
                                      _offsets(col_offsets, "col_offsets"), float(reg), _as(cost, dt),
                                      _as(x, dt), _as(y, dt), int(max_iter), float(tol), int(check_every))

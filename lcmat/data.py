@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .validation import check_positive
+
 __all__ = [
     "ArrayDataset",
     "RandomCropFlip",
@@ -205,9 +207,7 @@ class RandomCropFlip:
     supports_batch = True
 
     def __init__(self, padding=4, flip=True, generator=None):
-        if int(padding) != padding or padding < 0:
-            raise ValueError(f"padding: expected a non-negative integer, got {padding!r}")
-        self.padding = int(padding)
+        self.padding = int(check_positive("padding", padding, integer=True, allow_zero=True))
         self.flip = bool(flip)
         self.generator = generator
 

@@ -40,9 +40,9 @@ import torch
 import torch.nn as nn
 
 from .data import dataset_targets
-from .experiment import method_option_defaults
+from .methods import method_option_defaults
 from .models import get_model
-from .selectors import get_method
+from .methods import get_method
 from .train import extract_features, extract_features_train_bn, train_selection_model
 from .validation import check_fraction
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiment import paired_differences, run_experiment, summarize
+from .experiment import run_experiment
+from .results import paired_differences, summarize
 
 # Per dataset: model, fractions, selection-model epochs, SGD steps per coreset.
 DEMO_SETTINGS = {

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .validation import check_positive
+
 __all__ = ["ResNet18", "ConvNet3", "LeNet", "MLP", "get_model", "find_last_linear", "MODEL_NAMES"]
 
 
@@ -25,10 +27,8 @@ def _pair(im_size, argument="im_size"):
     return size
 
 
-def _check_positive(value, argument):
-    if int(value) != value or value < 1:
-        raise ValueError(f"{argument}: expected a positive integer, got {value!r}")
-    return int(value)
+def _positive_int(name, value):
+    return int(check_positive(name, value, integer=True))
 
 
 class _Classifier(nn.Module):
@@ -67,8 +67,8 @@ class ResNet18(_Classifier):
 
     def __init__(self, num_classes, in_channels=3):
         super().__init__()
-        num_classes = _check_positive(num_classes, "num_classes")
-        in_channels = _check_positive(in_channels, "in_channels")
+        num_classes = _positive_int("num_classes", num_classes)
+        in_channels = _positive_int("in_channels", in_channels)
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         layers, in_planes = [], 64
@@ -98,9 +98,9 @@ class ConvNet3(_Classifier):
 
     def __init__(self, num_classes, in_channels, im_size, width=128):
         super().__init__()
-        num_classes = _check_positive(num_classes, "num_classes")
-        in_channels = _check_positive(in_channels, "in_channels")
-        width = _check_positive(width, "width")
+        num_classes = _positive_int("num_classes", num_classes)
+        in_channels = _positive_int("in_channels", in_channels)
+        width = _positive_int("width", width)
         h, w = _pair(im_size)
         if h < 8 or w < 8:
             raise ValueError(f"im_size: ConvNet3 pools three times and needs at least 8x8, got {h}x{w}")
@@ -131,8 +131,8 @@ class LeNet(_Classifier):
 
     def __init__(self, num_classes, in_channels=1, im_size=28):
         super().__init__()
-        num_classes = _check_positive(num_classes, "num_classes")
-        in_channels = _check_positive(in_channels, "in_channels")
+        num_classes = _positive_int("num_classes", num_classes)
+        in_channels = _positive_int("in_channels", in_channels)
         h, w = _pair(im_size)
         # conv(pad 2) keeps the size; pool halves; conv(no pad) removes 4; pool halves.
         h2, w2 = (h // 2 - 4) // 2, (w // 2 - 4) // 2
@@ -158,9 +158,9 @@ class MLP(_Classifier):
 
     def __init__(self, num_classes, in_features, hidden=256):
         super().__init__()
-        num_classes = _check_positive(num_classes, "num_classes")
-        in_features = _check_positive(in_features, "in_features")
-        hidden = _check_positive(hidden, "hidden")
+        num_classes = _positive_int("num_classes", num_classes)
+        in_features = _positive_int("in_features", in_features)
+        hidden = _positive_int("hidden", hidden)
         self.hidden = nn.Sequential(
             nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
@@ -195,7 +195,7 @@ def get_model(name, num_classes, in_channels, im_size, **kwargs):
         return LeNet(num_classes, in_channels, im_size, **kwargs)
     if key == "mlp":
         h, w = _pair(im_size)
-        return MLP(num_classes, _check_positive(in_channels, "in_channels") * h * w, **kwargs)
+        return MLP(num_classes, _positive_int("in_channels", in_channels) * h * w, **kwargs)
     raise ValueError(f"name: unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
 
 

@@ -124,12 +124,16 @@ def lcmat_distance(embeddings, e, q, coords, rho, scale=None, backend=None):
 
 
 def facility_location_greedy(dist, k, L=None, lazy=True, backend=None):
+    reference.check_distance_block(dist, L)  # every backend refuses what the greedy cannot rank
     return _call("facility_location_greedy", backend, dist, k, L, lazy)
 
 
 def facility_location_greedy_batch(dists, ks, L=None, lazy=True, backend=None):
     """The greedy on many blocks (one per class) in one call: [(picks, objective, weights)]."""
     dists = list(dists)
+    for dist in dists:
+        if isinstance(dist, torch.Tensor):
+            reference.check_distance_block(dist, L)
     return resolve("facility_location_greedy_batch", backend, *dists[:1])[1](dists, ks, L, lazy)
 
 

@@ -55,7 +55,7 @@ def plot_accuracy(rows, path, baseline="uniform"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .experiment import paired_differences, summarize
+    from .results import paired_differences, summarize
 
     stats = summarize(rows)
     if not stats:

@@ -21,8 +21,10 @@ from tqdm.auto import tqdm
 from . import ops
 from .coreset import Coreset, class_budgets, global_budget, split_budget
 from .coverage import coverage_groups, coverage_strata
-from .validation import (as_features, as_labels, as_tensor, check_bool, check_choice,
-                         check_fraction, check_positive)
+from .ot import ConvergenceWarning, converged
+from .validation import (as_features, as_labels, as_tensor, check_block_memory, check_bool, check_choice,
+                         check_compute_dtype, check_finite_result, check_fraction, check_positive,
+                         power_of_two_scale)
 
 
 class Features:
@@ -53,6 +55,18 @@ def _per_sample(name, x, n):
     return x
 
 
+def overflows(bound, dtype):
+    """Does a quantity bounded by `bound` (computed in float64) risk overflowing `dtype`? The
+    compiled kernels clamp intermediate results (max(0, inf - inf) is 0 in C), so an overflow
+    inside them need not show as Inf in their output: it is predicted from the inputs instead."""
+    return not bound < torch.finfo(dtype).max / 64
+
+
+def squared_norm_bound(x):
+    """max_i ||x_i||^2 in float64 (Inf when even float64 overflows)."""
+    return float(x.double().square().sum(1).max()) if x.numel() else 0.0
+
+
 def _numpy(x):
     return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
 
@@ -77,7 +91,7 @@ class Selector:
         self.seed = check_positive("seed", seed, integer=True, allow_zero=True)
         self.backend = backend
         self.progress = progress
-        self.dtype = dtype
+        self.dtype = check_compute_dtype(dtype)
         self.coverage = check_bool("coverage", coverage)
         self.difficulty = check_choice("difficulty", difficulty, ("el2n", "own", "forgetting"))
         if self.coverage and difficulty == "own" and not isinstance(self, ScoreSelector):
@@ -199,7 +213,11 @@ class ScoreSelector(Selector):
         raise NotImplementedError
 
     def _prepare(self, data):
-        return _numpy(self._scores(data))
+        scores = torch.as_tensor(self._scores(data))
+        check_finite_result(f"{self.name} scores", scores, self._overflow_hint)
+        return _numpy(scores)
+
+    _overflow_hint = "rescale the inputs (e.g. divide the embeddings by their largest entry)"
 
     def _pick(self, data, positions, k):
         key = -data.scores[positions] if self.keep == "largest" else data.scores[positions]
@@ -223,8 +241,13 @@ class GraNd(ScoreSelector):
     name = "grand"
     needs = ("embeddings", "logits")
 
+    _overflow_hint = "the embeddings are too large even for float64 (||h||^2 overflows); rescale them"
+
     def _scores(self, data):
-        return ops.last_layer_grad_norms(data.embeddings, data.logits, data.labels, backend=self.backend)[0]
+        h, z = data.embeddings, data.logits
+        if overflows(2 * (1 + squared_norm_bound(h)), h.dtype):
+            h, z = h.double(), z.double()  # ||g||^2 = ||e||^2 (1 + ||h||^2) with ||e||^2 <= 2
+        return ops.last_layer_grad_norms(h, z, data.labels, backend=self.backend)[0]
 
 
 class EL2N(ScoreSelector):
@@ -253,7 +276,9 @@ class Entropy(ScoreSelector):
 
     def _scores(self, data):
         logp = torch.log_softmax(data.logits, 1)
-        return -(logp.exp() * logp).sum(1)
+        p = logp.exp()
+        # p log p -> 0 as p -> 0; a probability that underflowed (log p = -inf) contributes 0, not NaN.
+        return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(1)
 
 
 class Margin(ScoreSelector):
@@ -293,6 +318,7 @@ class Herding(Selector):
 
 
 def herding_order(x, k):
+    x = x / power_of_two_scale(x)  # the argmin is scale-invariant; exact rescaling keeps squares finite
     mean = x.mean(0)
     chosen_sum = torch.zeros_like(mean)
     available = torch.ones(len(x), dtype=torch.bool, device=x.device)
@@ -320,6 +346,7 @@ class KCenterGreedy(Selector):
 
 
 def kcenter_order(x, k, first):
+    x = x / power_of_two_scale(x)  # the argmax is scale-invariant; exact rescaling keeps squares finite
     min_dist = torch.full((len(x),), torch.inf, dtype=x.dtype, device=x.device)
     picks = [first]
     for _ in range(k - 1):
@@ -349,7 +376,9 @@ class LCMat(Selector):
     (0 when the latter is 0); the values chosen are in `coreset.info["rho"]`.
     mode="paper": s_i = 1, L = max D per class. mode="compat": s_i = 1 / b_i (b_i the size of
     the per-class mini-batch of `batch_size` the sample falls in, in dataset order), L = 10, as
-    the released code computes it. weights=True returns gamma_j, the number of class samples
+    the released code computes it. max_memory: bytes the n_c x n_c blocks of one class may take
+    (default: the device's free memory); a class that needs more raises BlockMemoryError before
+    anything is allocated. weights=True returns gamma_j, the number of class samples
     whose nearest selected element is j. Under coverage=True each stratum is its own block;
     with quotas=True as well, one facility location runs over the whole (pruned) class and each
     stratum may contribute only its budget (a greedy under a partition constraint), so coverage
@@ -363,9 +392,10 @@ class LCMat(Selector):
     def __init__(self, fraction=0.1, rho=0.01, num_coords=100, mode="paper", batch_size=128,
                  weights=False, balance=True, seed=0, backend=None, progress=None,
                  dtype=torch.float32, coverage=False, difficulty="el2n", prune_hard=0.1, num_strata=50,
-                 quotas=False):
+                 quotas=False, max_memory=None):
         super().__init__(fraction, balance, seed, backend, progress, dtype, coverage, difficulty,
                          prune_hard, num_strata)
+        self.max_memory = None if max_memory is None else int(check_positive("max_memory", max_memory, minimum=1))
         self.quotas = check_bool("quotas", quotas)
         if self.quotas and not self.coverage:
             raise ValueError("quotas: stratum quotas need coverage=True")
@@ -417,6 +447,7 @@ class LCMat(Selector):
     def _block_inputs(self, data, positions):
         """(embeddings, logits, labels, scale) of the given dataset positions."""
         index = torch.as_tensor(positions, device=data.labels.device)
+        self._check_memory(int(data.labels[index[0]]) if len(index) else 0, len(index), data.labels.device)
         scale = data.scale[index] if self.mode == "compat" else None
         return data.embeddings[index], data.logits[index], data.labels[index], scale
 
@@ -466,8 +497,49 @@ class LCMat(Selector):
         """The facility-location constant: None (max D of each block) in the paper mode, 10 in compat."""
         return None if self.mode == "paper" else 10.0
 
+    # n_c x n_c blocks alive at the peak: the distance block, the greedy's similarity block and the
+    # Gram temporaries; rho="auto" adds the two terms, the off-diagonal mask and the median copies.
+    BLOCKS_AT_PEAK = 3
+    BLOCKS_AT_PEAK_AUTO = 7
+
+    def _check_memory(self, cls, n, device):
+        blocks = self.BLOCKS_AT_PEAK_AUTO if self.rho == "auto" else self.BLOCKS_AT_PEAK
+        check_block_memory(self.name, cls, n, blocks * n * n * self.dtype.itemsize, device, self.max_memory)
+
     def block_distance(self, embeddings, logits, labels, scale=None):
-        """The block's n x n LCMat-S distances D_ij (the class docstring)."""
+        """The block's n x n LCMat-S distances D_ij (the class docstring), finite.
+
+        Finite inputs can overflow inside: <h_i, h_j> exceeds float32 for embeddings around
+        1e19. Then the block is recomputed in float64 and brought back to the compute dtype;
+        in the paper mode (L = max D) the picks and weights are invariant to scaling D, so D
+        is divided by a power of two when n max D would overflow the greedy's gains."""
+        if self._block_overflows(embeddings):
+            embeddings, logits = embeddings.double(), logits.double()
+            scale = None if scale is None else scale.double()
+        dist = self._distance(embeddings, logits, labels, scale)
+        check_finite_result(f"{self.name}: the distance block", dist,
+                            "the embeddings are too large even for float64; rescale them")
+        finfo = torch.finfo(self.dtype)
+        top = float(dist.max()) if dist.numel() else 0.0
+        if top * max(len(dist), 1) > finfo.max / 4:
+            if self.mode != "paper":
+                raise FloatingPointError(f"{self.name}: distances up to {top:.3g} overflow the greedy's gains in "
+                                         f"{self.dtype} with L = 10 (mode='compat'); rescale the embeddings or "
+                                         f"use mode='paper'")
+            dist = dist / power_of_two_scale(dist)
+        return dist.to(self.dtype)
+
+    def _block_overflows(self, embeddings):
+        """Could the block's intermediates overflow the embeddings' dtype? With ||e||^2 <= 2,
+        q <= 1/4 and s <= 1: the Gram terms are at most 8 (1 + max ||h||^2), the L1 term at
+        most rho num_coords max h^2 / 2."""
+        if embeddings.dtype == torch.float64:
+            return False
+        h2 = squared_norm_bound(embeddings)
+        rho = 1.0 if self.rho == "auto" else float(self.rho)
+        return overflows(max(8 * (1 + h2), rho * max(self.num_coords, 1) * h2), embeddings.dtype)
+
+    def _distance(self, embeddings, logits, labels, scale=None):
         e, q = ops.last_layer_factors(logits, labels, backend=self.backend)
         coords = torch.zeros(0, dtype=torch.long, device=embeddings.device)
         if self.rho != 0 and self.num_coords > 0:
@@ -496,9 +568,12 @@ class CRAIG(LCMat):
 
     def __init__(self, fraction=0.1, mode="paper", batch_size=128, weights=True, balance=True,
                  seed=0, backend=None, progress=None, dtype=torch.float32, coverage=False,
-                 difficulty="el2n", prune_hard=0.1, num_strata=50, quotas=False):
+                 difficulty="el2n", prune_hard=0.1, num_strata=50, quotas=False, max_memory=None):
         super().__init__(fraction, 0.0, 0, mode, batch_size, weights, balance, seed, backend,
-                         progress, dtype, coverage, difficulty, prune_hard, num_strata, quotas)
+                         progress, dtype, coverage, difficulty, prune_hard, num_strata, quotas, max_memory)
+
+
+FDMAT_EPS = 1e-6  # ops.fdmat_transform's default eps
 
 
 class FDMat(ScoreSelector):
@@ -542,30 +617,40 @@ class FDMat(ScoreSelector):
                 raise ValueError(f"embeddings: FDMat expects non-negative (post-ReLU) features, the "
                                  f"smallest is {low:.4g}; pass negative='shift' to shift them")
             x = x - low
-        x = ops.fdmat_transform(x, self.beta)
+        if 0 < float(x.max()) < FDMAT_EPS * torch.finfo(x.dtype).eps:
+            raise ValueError(f"embeddings: the largest is {float(x.max()):.3g}, so x + eps (eps = {FDMAT_EPS:g}, "
+                             f"FDMat's power transform (x + eps)^beta) rounds to eps for every sample and all "
+                             f"scores tie; rescale the embeddings")
+        top = float(x.max()) + FDMAT_EPS
+        if overflows(x.shape[1] * top ** (2 * self.beta), x.dtype):
+            x = ops.fdmat_transform(x.double(), self.beta).to(x.dtype)  # row norms overflow in float32
+        else:
+            x = ops.fdmat_transform(x, self.beta)
+        check_finite_result("FDMat: the transformed features", x, "rescale the embeddings")
         M = ops.prototype_cost(x, ops.class_prototypes(x, data.labels, data.num_classes), backend=self.backend)
         a = torch.ones(len(data), dtype=M.dtype, device=M.device)
         b = torch.as_tensor(data.counts, dtype=M.dtype, device=M.device)
         reg = 1.0 / self.lam
-        f, g, n_iter, err = ops.sinkhorn_log(a, b, M, reg, self.max_iter, self.tol, backend=self.backend)
-        self.last_ot = {"iterations": int(n_iter), "marginal_error": float(err)}
-        if not float(err) <= self.tol:
+        low = ops.reference.smallest_reg(M)
+        if reg < low:
+            raise ValueError(f"lam: {self.lam:g} gives reg = 1 / lam = {reg:.3g}, below what {M.dtype} costs up to "
+                             f"{float(M.max()):.3g} resolve (reg >= {low:.3g}, lam <= {1 / low:.3g}); lower lam "
+                             f"or pass dtype=torch.float64")
+        f, g, n_iter, _ = ops.sinkhorn_log(a, b, M, reg, self.max_iter, self.tol, backend=self.backend)
+        # The error is re-evaluated from the potentials in float64: one definition for every backend.
+        err = float(ops.reference.marginal_error(a, f, g, M, reg))
+        self.last_ot = {"iterations": int(n_iter), "marginal_error": err}
+        if not bool(converged(err, self.tol, M.dtype)):
             warnings.warn(f"FDMat: Sinkhorn stopped at max_iter={self.max_iter} with relative marginal error "
-                          f"{float(err):.2g} > tol={self.tol:g}; the scores come from the last iterate (raise "
-                          f"max_iter, or lower lam for a smoother plan)", RuntimeWarning, stacklevel=3)
+                          f"{err:.2g} > tol={self.tol:g} (after {int(n_iter)} iterations); the scores come from the last "
+                          f"iterate (raise max_iter, or lower lam for a smoother plan)", ConvergenceWarning,
+                          stacklevel=3)
         return ops.fdmat_scores(M, f, g, reg, backend=self.backend)
 
 
-from .matching import AdaCore, Glister, GradMatch  # noqa: E402  (they build on the classes above)
-
-METHODS = {cls.name: cls for cls in (Uniform, LCMat, FDMat, CRAIG, Herding, KCenterGreedy, GraNd,
-                                      EL2N, LeastConfidence, Entropy, Margin, Forgetting,
-                                      GradMatch, Glister, AdaCore)}
-
-
-def get_method(name, **options):
-    """A selector by its name (see METHODS), e.g. get_method("lcmat", fraction=0.01, rho=1)."""
-    key = name.lower().replace("-", "_")
-    if key not in METHODS:
-        raise ValueError(f"method: unknown method {name!r}; choose from {sorted(METHODS)}")
-    return METHODS[key](**options)
+def __getattr__(name):
+    """METHODS and get_method live in lcmat.methods; they stay importable from here."""
+    if name in ("METHODS", "get_method"):
+        from . import methods
+        return getattr(methods, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

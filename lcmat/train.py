@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .data import RandomCropFlip, dataset_targets, default_cache_dir
 from .models import find_last_linear
+from .validation import check_positive
 
 __all__ = [
     "train_selection_model",
@@ -101,16 +102,8 @@ def _cosine_lr(base_lr, step, total_steps, eta_min):
 # --------------------------------------------------------------------------------------------------
 
 def _check_positive_int(value, argument):
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{argument}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_nonnegative_float(value, argument):
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{argument}: expected a finite non-negative number, got {value!r}")
-    return value
+    """check_positive(argument, value, integer=True), for the callers not yet written with it."""
+    return int(check_positive(argument, value, integer=True))
 
 
 def _check_indices(indices, n):
@@ -186,9 +179,9 @@ def iterate_batches(dataset, indices=None, batch_size=128, shuffle=False, genera
 
 
 def _sgd(model, lr, momentum, weight_decay, nesterov):
-    lr = _check_nonnegative_float(lr, "lr")
-    momentum = _check_nonnegative_float(momentum, "momentum")
-    weight_decay = _check_nonnegative_float(weight_decay, "weight_decay")
+    lr = float(check_positive("lr", lr, allow_zero=True))
+    momentum = float(check_positive("momentum", momentum, allow_zero=True))
+    weight_decay = float(check_positive("weight_decay", weight_decay, allow_zero=True))
     nesterov = bool(nesterov) and momentum > 0  # torch rejects Nesterov without momentum
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
                            weight_decay=weight_decay, nesterov=nesterov)
@@ -223,8 +216,8 @@ def train_selection_model(model, dataset, epochs=10, lr=0.1, momentum=0.9, weigh
     record_forgetting=False), ``correct_history`` (bool [epochs, N] or None), ``epoch_loss`` and
     ``epoch_acc`` (per-epoch mean training loss and accuracy in percent), ``seconds``.
     """
-    epochs = _check_positive_int(epochs, "epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    epochs = int(check_positive("epochs", epochs, integer=True))
+    batch_size = int(check_positive("batch_size", batch_size, integer=True))
     n = len(dataset)
     if n == 0:
         raise ValueError("dataset: is empty")
@@ -297,9 +290,9 @@ def train_on_coreset(model, dataset, indices, weights=None, epochs=200, lr=0.1, 
     epoch, lr, train_loss, train_acc, test_acc or None), ``seconds`` (wall time, evaluation
     included) and ``model``.
     """
-    epochs = _check_positive_int(epochs, "epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    eval_every = _check_positive_int(eval_every, "eval_every")
+    epochs = int(check_positive("epochs", epochs, integer=True))
+    batch_size = int(check_positive("batch_size", batch_size, integer=True))
+    eval_every = int(check_positive("eval_every", eval_every, integer=True))
     indices = _check_indices(indices, len(dataset))
     weights = _check_weights(weights, len(indices))
     augment = _resolve_augment(augment)

@@ -1,5 +1,13 @@
-"""Input checks shared by the selectors: each error names the argument at fault."""
+"""Input checks shared by the selectors: each error names the argument at fault.
+
+Three kinds of failure, three exception types:
+    ValueError           an argument is wrong (its name leads the message);
+    FloatingPointError   finite inputs made a quantity overflow or underflow inside the
+                         computation (the message names the quantity and what to do);
+    BlockMemoryError     a quadratic block would not fit in memory (a MemoryError).
+"""
 import numbers
+import os
 
 import numpy as np
 import torch
@@ -9,26 +17,116 @@ def as_tensor(name, x, ndim, dtype=None, device=None):
     """A torch tensor from a tensor, numpy array or nested list, with `ndim` dimensions."""
     if x is None:
         raise ValueError(f"{name}: is required by this method")
-    if isinstance(x, np.ndarray):
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = np.asarray(x)
+        except ValueError:  # a ragged nested list
+            raise ValueError(f"{name}: must be a rectangular array, got a ragged nested sequence") from None
+        if x.dtype.kind not in "biuf":
+            raise ValueError(f"{name}: must hold numbers, got an array of dtype {x.dtype}")
+        if x.dtype.kind == "u" and x.dtype.itemsize == 8:
+            if x.size and x.max() >= 2 ** 63:
+                raise ValueError(f"{name}: values must be below 2**63")
+            x = x.astype(np.int64)
         x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(x)
     if x.dim() != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)}")
     return x.to(device=device, dtype=dtype) if (dtype or device) else x
 
 
+COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+def check_compute_dtype(dtype):
+    """The dtype selectors compute in: float32 or float64. Half precision is refused: a squared
+    norm of embeddings around 30 already overflows float16, and bfloat16 keeps 3 significant
+    digits. Half-precision *inputs* are fine: they are upcast to this dtype."""
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype: the selectors compute in torch.float32 or torch.float64, got {dtype!r}; "
+                         f"half-precision inputs are accepted as they are (upcast to float32), so leave "
+                         f"dtype at its default")
+    return dtype
+
+
 def as_features(name, x, n=None, dtype=torch.float32, device=None):
-    """A finite float matrix [N, D] (N = n when given)."""
+    """A finite float matrix [N, D] (N = n when given), in `dtype`. Finiteness is checked after
+    the cast, so a float64 input beyond float32's range is refused rather than made infinite."""
     x = as_tensor(name, x, 2, device=device)
-    if not x.is_floating_point():
-        x = x.to(dtype)
+    if x.dtype in (torch.complex64, torch.complex128) or not (x.is_floating_point() or x.dtype in _INTEGER):
+        raise ValueError(f"{name}: must hold real numbers, got {x.dtype}")
     if n is not None and x.shape[0] != n:
         raise ValueError(f"{name}: has {x.shape[0]} rows but labels has {n} entries")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name}: is empty, shape {tuple(x.shape)}")
     check_finite(name, x)
-    return x.to(dtype)
+    cast = x.to(dtype)
+    if cast.dtype != x.dtype and not bool(torch.isfinite(cast).all()):
+        raise ValueError(f"{name}: values up to {float(x.abs().max()):.3g} do not fit {dtype}; rescale "
+                         f"them or pass dtype=torch.float64")
+    return cast
+
+
+_INTEGER = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def check_finite_result(quantity, x, hint):
+    """Raise FloatingPointError when a computed tensor holds NaN or Inf although its inputs were
+    finite: an overflow or underflow inside the computation. `hint` says what to do."""
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"{quantity}: is not finite (overflow or underflow inside the computation); "
+                                 f"{hint}")
+    return x
+
+
+def power_of_two_scale(x):
+    """2^e with 2^e <= max|x| < 2^(e+1) (1 for an all-zero x): dividing by it is exact, so a
+    computation that is covariant under scaling of x gives bit-identical results on x / scale,
+    with no overflow or underflow of squares."""
+    top = float(x.abs().max()) if x.numel() else 0.0
+    if top == 0.0 or not np.isfinite(top):
+        return 1.0
+    return float(2.0 ** np.floor(np.log2(top)))
+
+
+class BlockMemoryError(MemoryError):
+    """A quadratic (n_c x n_c) block would need more memory than is available or allowed."""
+
+
+def available_memory(device):
+    """Bytes free for new tensors on `device`: CUDA's free memory, else MemAvailable of the host
+    (None when unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n):
+    return f"{n / 1e9:.3g} GB"
+
+
+def check_block_memory(method, cls, n, bytes_needed, device, max_memory=None):
+    """BlockMemoryError when a class's blocks need more than max_memory (when set) or than the
+    device has free, before anything of that size is allocated."""
+    limit = max_memory if max_memory is not None else available_memory(device)
+    if limit is None or bytes_needed <= limit:
+        return
+    source = f"max_memory={max_memory}" if max_memory is not None else f"the {_gb(limit)} free on {device}"
+    raise BlockMemoryError(
+        f"{method}: class {cls} (n_c = {n}) needs about {_gb(bytes_needed)} for its n_c x n_c blocks, more "
+        f"than {source}. What helps: split the class into strata (coverage=True, num_strata=...), compute in "
+        f"float32 rather than float64, a fixed rho instead of 'auto' (one block instead of several), another "
+        f"device with more memory, or a larger max_memory if the memory is there")
 
 
 def check_finite(name, x, rows_per_chunk=65536):
@@ -55,16 +153,28 @@ def as_labels(labels, num_classes=None, device=None):
             raise ValueError("labels: must be integers, got non-integral floats")
     elif y.dtype == torch.bool:
         raise ValueError("labels: must be integers, got booleans")
-    y = y.long()
+    elif y.dtype not in _INTEGER:
+        raise ValueError(f"labels: must be integers, got {y.dtype}")
     if y.numel() == 0:
         raise ValueError("labels: is empty")
+    if y.is_floating_point() and float(y.abs().max()) >= 2.0 ** 62:
+        raise ValueError("labels: values must be below 2**62")
+    y = y.long()
     lo, hi = int(y.min()), int(y.max())
     if lo < 0:
         raise ValueError(f"labels: must be >= 0, got {lo}")
-    if num_classes is None:
-        num_classes = hi + 1
-    elif hi >= num_classes:
-        raise ValueError(f"labels: value {hi} is out of range for num_classes={num_classes}")
+    if num_classes is not None:
+        num_classes = check_positive("num_classes", num_classes, integer=True)
+        if hi >= num_classes:
+            raise ValueError(f"labels: value {hi} is out of range for num_classes={num_classes}")
+    # Every class must have a sample, so more classes than samples is an error; checked before the
+    # per-class count array (of max(label) + 1 entries) is allocated.
+    classes = hi + 1 if num_classes is None else num_classes
+    if classes > len(y):
+        raise ValueError(f"labels: the largest label {hi} implies {classes} classes for {len(y)} samples, so "
+                         f"some classes have no samples; remap the labels to 0..C-1 first, e.g. "
+                         f"np.unique(labels, return_inverse=True)[1]")
+    num_classes = classes
     counts = torch.bincount(y, minlength=num_classes)
     empty = (counts == 0).nonzero().flatten().tolist()
     if empty:
@@ -91,10 +201,13 @@ def check_bool(name, value):
     return bool(value)
 
 
-def check_positive(name, value, integer=False, allow_zero=False):
+def check_positive(name, value, integer=False, allow_zero=False, minimum=None):
+    """A finite number > 0 (>= 0 with allow_zero, >= minimum when given), an integer when `integer`;
+    else ValueError naming `name`."""
     ok = _is_number(value, integer) and np.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        sign = ">= 0" if allow_zero else "> 0"
+    low_ok = ok and (value >= minimum if minimum is not None else value > 0 or (allow_zero and value == 0))
+    if not low_ok:
+        sign = f">= {minimum}" if minimum is not None else ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name}: must be {'an integer' if integer else 'a number'} {sign}, got {value!r}")
     return value
 

@@ -150,7 +150,7 @@ def test_coverage_and_global_budget_variants_run_as_their_selectors(tmp_path, mo
         "el2n(balance=False)": lambda: lcmat.EL2N(0.2, seed=0, balance=False),
         "fdmat(balance=False coverage=True)": lambda: lcmat.FDMat(0.2, seed=0, balance=False, coverage=True),
     }
-    original, checked = experiment._select, []
+    original, checked = experiment.select_coreset, []
 
     def spy(spec, fraction, seed, labels, features, stats, backend):
         coreset, seconds = original(spec, fraction, seed, labels, features, stats, backend)
@@ -160,7 +160,7 @@ def test_coverage_and_global_budget_variants_run_as_their_selectors(tmp_path, mo
         checked.append((spec.label, coreset.indices))
         return coreset, seconds
 
-    monkeypatch.setattr(experiment, "_select", spy)
+    monkeypatch.setattr(experiment, "select_coreset", spy)
     rows = run_experiment("digits", "mlp", [m.replace("(", ":").replace(")", "").replace(" ", ":")
                                             for m in expected], [0.2], [0], tmp_path, selection_epochs=1,
                           epochs=None, steps=2, evaluations=1, progress=False, log=lambda *a: None)

@@ -31,7 +31,7 @@ def raises_naming(argument):
 def test_dense_plan_matches_pot(n, m, reg):
     rng = np.random.default_rng(n * 10 + m)
     a, b, M = masses(rng, n), masses(rng, m), rng.random((n, m))
-    P = lcmat.sinkhorn(M, a, b, reg, max_iter=20000, tol=1e-13)
+    P = lcmat.sinkhorn(a, b, M, reg, max_iter=20000, tol=1e-13)
     assert isinstance(P, torch.Tensor) and P.shape == (n, m)
     np.testing.assert_allclose(P.numpy(), pot_plan(a, b, M, reg), atol=1e-10)
     np.testing.assert_allclose(P.sum(1).numpy(), a, atol=1e-10)
@@ -42,15 +42,15 @@ def test_dense_plan_unnormalised_masses_and_torch_inputs():
     """Masses need not sum to 1 (only to the same total): the plan scales with them."""
     rng = np.random.default_rng(1)
     a, b, M = masses(rng, 6), masses(rng, 4), rng.random((6, 4))
-    P = lcmat.sinkhorn(torch.tensor(M), torch.tensor(5 * a), torch.tensor(5 * b), 0.2, tol=1e-12)
+    P = lcmat.sinkhorn(torch.tensor(5 * a), torch.tensor(5 * b), torch.tensor(M), 0.2, tol=1e-12)
     np.testing.assert_allclose(P.numpy(), 5 * pot_plan(a, b, M, 0.2), atol=1e-9)
 
 
 def test_dense_plan_float32():
     rng = np.random.default_rng(2)
     a, b, M = masses(rng, 11), masses(rng, 3), rng.random((11, 3))
-    P = lcmat.sinkhorn(torch.tensor(M, dtype=torch.float32), torch.tensor(a, dtype=torch.float32),
-                       torch.tensor(b, dtype=torch.float32), 0.1)
+    P = lcmat.sinkhorn(torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32),
+                       torch.tensor(M, dtype=torch.float32), 0.1)
     assert P.dtype == torch.float32
     np.testing.assert_allclose(P.numpy(), pot_plan(a, b, M, 0.1), atol=2e-5)
 
@@ -59,7 +59,7 @@ def test_small_regularisation_stays_finite():
     """Log domain: reg = 1e-3 of the cost scale still gives POT's plan."""
     rng = np.random.default_rng(3)
     a, b, M = masses(rng, 8), masses(rng, 6), rng.random((8, 6))
-    P = lcmat.sinkhorn(M, a, b, 1e-3, max_iter=100000, tol=1e-10)
+    P = lcmat.sinkhorn(a, b, M, 1e-3, max_iter=100000, tol=1e-10)
     assert torch.isfinite(P).all()
     np.testing.assert_allclose(P.numpy(), pot_plan(a, b, M, 1e-3), atol=1e-6)
 
@@ -70,7 +70,7 @@ def test_batched_plan_matches_pot_problem_by_problem():
     a = np.stack([masses(rng, n) for _ in range(Bsz)])
     b = np.stack([masses(rng, m) for _ in range(Bsz)])
     M = rng.random((Bsz, n, m)) * np.array([1.0, 3.0, 0.2])[:, None, None]  # different scales
-    P = lcmat.sinkhorn(M, a, b, 0.1, max_iter=20000, tol=1e-13)
+    P = lcmat.sinkhorn(a, b, M, 0.1, max_iter=20000, tol=1e-13)
     assert P.shape == (Bsz, n, m)
     for i in range(Bsz):
         np.testing.assert_allclose(P[i].numpy(), pot_plan(a[i], b[i], M[i], 0.1), atol=1e-10)
@@ -81,51 +81,51 @@ def test_sinkhorn_mismatched_shapes(a_shape, b_shape):
     M = np.random.default_rng(0).random((5, 4))
     a, b = np.ones(a_shape) / np.prod(a_shape), np.ones(b_shape) / np.prod(b_shape)
     with pytest.raises(ValueError, match=r"^a, b\b|^a\b|^b\b"):
-        lcmat.sinkhorn(M, a, b, 0.1)
+        lcmat.sinkhorn(a, b, M, 0.1)
 
 
 def test_sinkhorn_batched_mismatched_shapes():
     M = np.random.default_rng(0).random((2, 5, 4))
     with pytest.raises(ValueError, match=r"^a, b\b"):
-        lcmat.sinkhorn(M, np.full((3, 5), 0.2), np.full((2, 4), 0.25), 0.1)
+        lcmat.sinkhorn(np.full((3, 5), 0.2), np.full((2, 4), 0.25), M, 0.1)
 
 
 def test_sinkhorn_cost_must_be_a_matrix_or_batch():
-    with raises_naming("cost"):
-        lcmat.sinkhorn(np.ones(4), np.ones(4) / 4, np.ones(4) / 4, 0.1)
+    with raises_naming("M"):
+        lcmat.sinkhorn(np.ones(4) / 4, np.ones(4) / 4, np.ones(4), 0.1)
 
 
 def test_sinkhorn_unequal_masses():
     M = np.random.default_rng(0).random((5, 4))
     with pytest.raises(ValueError, match=r"^a, b\b.*equal total mass"):
-        lcmat.sinkhorn(M, np.full(5, 0.2), np.full(4, 0.3), 0.1)
+        lcmat.sinkhorn(np.full(5, 0.2), np.full(4, 0.3), M, 0.1)
 
 
 def test_sinkhorn_negative_masses():
     M = np.random.default_rng(0).random((3, 2))
     with pytest.raises(ValueError, match=r"^a, b\b.*non-negative"):
-        lcmat.sinkhorn(M, np.array([-0.5, 1.0, 0.5]), np.array([0.5, 0.5]), 0.1)
+        lcmat.sinkhorn(np.array([-0.5, 1.0, 0.5]), np.array([0.5, 0.5]), M, 0.1)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_sinkhorn_non_finite_cost(bad):
     M = np.random.default_rng(0).random((3, 2))
     M[1, 1] = bad
-    with raises_naming("cost"):
-        lcmat.sinkhorn(M, np.ones(3) / 3, np.ones(2) / 2, 0.1)
+    with raises_naming("M"):
+        lcmat.sinkhorn(np.ones(3) / 3, np.ones(2) / 2, M, 0.1)
 
 
 def test_sinkhorn_non_finite_masses():
     M = np.random.default_rng(0).random((3, 2))
     with raises_naming("a"):
-        lcmat.sinkhorn(M, np.array([np.nan, 0.5, 0.5]), np.ones(2) / 2, 0.1)
+        lcmat.sinkhorn(np.array([np.nan, 0.5, 0.5]), np.ones(2) / 2, M, 0.1)
 
 
 @pytest.mark.parametrize("reg", [0, 0.0, -0.1, np.nan])
 def test_sinkhorn_bad_reg(reg):
     M = np.random.default_rng(0).random((3, 2))
     with raises_naming("reg"):
-        lcmat.sinkhorn(M, np.ones(3) / 3, np.ones(2) / 2, reg)
+        lcmat.sinkhorn(np.ones(3) / 3, np.ones(2) / 2, M, reg)
 
 
 # ---------------------------------------------------------------------------------------------

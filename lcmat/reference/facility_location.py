@@ -8,12 +8,32 @@ the lowest index winning ties. The lazy greedy (Minoux) keeps stale gains as upp
 submodularity guarantees, and re-evaluates only the current best; it makes the same picks.
 """
 import heapq
+import math
 
 import torch
 
 
+def check_distance_block(dist, L=None):
+    """Refuse a block the greedy cannot rank: NaN or Inf distances (a NaN gain never wins a
+    comparison, so a greedy would loop or return arbitrary picks), or gains sum_i S_ij that
+    overflow the dtype (every gain infinite: a tie broken by index)."""
+    if dist.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(dist))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("dist: the distance block contains NaN or Inf")
+    if L is not None and not math.isfinite(float(L)):
+        raise ValueError(f"L: must be finite, got {L!r}")
+    top_similarity = (hi if L is None else float(L)) - lo
+    if top_similarity * dist.shape[0] >= torch.finfo(dist.dtype).max:
+        raise FloatingPointError(f"dist: the greedy's gains (up to {dist.shape[0]} x {top_similarity:.3g}) overflow "
+                                 f"{dist.dtype}; divide the distances (and L) by a common factor, which leaves "
+                                 f"the picks unchanged, or use float64")
+
+
 def _similarity_columns(dist, L):
     """S^T with S_ij = max(0, L - D_ij): row j holds column j of S, contiguous."""
+    check_distance_block(dist, L)
     if L is None:
         L = dist.max() if dist.numel() else 0.0
     L = torch.as_tensor(L, dtype=dist.dtype, device=dist.device)

@@ -25,6 +25,34 @@ def _col_update(log_b, f, M, reg):
     return reg * log_b - reg * torch.logsumexp((f[..., :, None] - M) / reg, dim=-2)
 
 
+def marginal_error(a, f, g, M, reg):
+    """The relative row-marginal error of the plan of (f, g), in float64 whatever the dtype of
+    the potentials: the one definition every backend's result is judged by (a solver's own
+    running estimate, in its compute dtype, can round to zero when reg is tiny). Per problem for a
+    batch; NaN when the plan is not finite."""
+    a, f, g, M = a.double(), f.double(), g.double(), M.double()
+    return _row_marginal_error(a, f, g, M, reg)
+
+
+def smallest_reg(M):
+    """The smallest reg the dtype of M resolves: potentials and costs of magnitude max|M| carry
+    rounding errors of about eps max|M|, which the plan exp((f + g - M) / reg) magnifies by
+    1 / reg; below 10 eps max|M| the plan is noise."""
+    top = float(M.abs().max()) if M.numel() else 0.0
+    return 10 * torch.finfo(M.dtype).eps * top
+
+
+def check_offsets(name, offsets, total):
+    """Ragged offsets as a list of ints: 1-D integers, from 0 to `total`, never decreasing."""
+    off = torch.as_tensor(offsets)
+    if off.dim() != 1 or off.numel() < 1 or off.is_floating_point() or off.dtype == torch.bool:
+        raise ValueError(f"{name}: expected a 1-D integer sequence of P + 1 offsets")
+    off = off.tolist()
+    if off[0] != 0 or off[-1] != total or any(hi < lo for lo, hi in zip(off, off[1:])):
+        raise ValueError(f"{name}: must start at 0, never decrease and end at {total}")
+    return off
+
+
 def _row_marginal_error(a, f, g, M, reg):
     rows = torch.exp((f[..., :, None] + g[..., None, :] - M) / reg).sum(-1)
     return (rows - a).abs().sum(-1) / a.sum(-1)
@@ -85,6 +113,16 @@ def sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost=None, x=None, 
     """
     if (cost is None) == (x is None and y is None) or (x is None) != (y is None):
         raise ValueError("cost, x, y: give either a stored `cost` or both features `x` and `y`")
+    row_offsets = check_offsets("row_offsets", row_offsets, a.numel())
+    col_offsets = check_offsets("col_offsets", col_offsets, b.numel())
+    if len(row_offsets) != len(col_offsets):
+        raise ValueError(f"row_offsets, col_offsets: expected the same number of problems, got "
+                         f"{len(row_offsets) - 1} and {len(col_offsets) - 1}")
+    if cost is not None:
+        sizes = [(r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in
+                 zip(row_offsets, row_offsets[1:], col_offsets, col_offsets[1:])]
+        if cost.numel() != sum(sizes):
+            raise ValueError(f"cost: expected {sum(sizes)} values (the blocks n_p x m_p), got {cost.numel()}")
     num = len(row_offsets) - 1
     f, g = torch.zeros_like(a), torch.zeros_like(b)
     n_iter = torch.zeros(num, dtype=torch.long, device=a.device)

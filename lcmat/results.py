@@ -1,0 +1,358 @@
+"""The results of an experiment: ``results.csv`` (written crash-safe, read tolerantly), the
+per-method summaries, the paired differences to the baseline and the markdown of summary.md.
+
+Crash safety: each row is appended as one complete line with a single write, then flushed and
+fsynced, so a crash leaves the whole row or a torn tail. A reader skips a torn or invalid line
+with a warning (its run is then redone by ``--resume``), and `repair_results` rewrites the file
+without such lines (to a temporary file, then renamed over it) before new rows are appended.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_FILE = "results.csv"
+SUMMARY_FILE = "summary.md"
+PLOT_FILE = "accuracy.png"
+SELECTION_MODELS_FILE = "selection_models.json"
+
+RESULT_COLUMNS = ["dataset", "model", "method", "options", "fraction", "seed", "n_selected", "weighted",
+                  "selection_epochs", "epochs", "steps", "batch_size", "lr", "final_acc", "best_acc",
+                  "selection_seconds", "training_seconds"]
+KEY_COLUMNS = ("dataset", "model", "method", "options", "fraction", "seed")
+# Columns that must agree between the rows of one results.csv (a resumed run continues the same run).
+CONFIG_COLUMNS = ("selection_epochs", "epochs", "steps", "batch_size", "lr")
+
+BASELINE = "uniform"
+
+
+def fraction_text(fraction):
+    return f"{float(fraction):g}"
+
+
+def row_key(row):
+    return (str(row["dataset"]), str(row["model"]), str(row["method"]), str(row["options"] or ""),
+            fraction_text(row["fraction"]), int(row["seed"]))
+
+
+
+def _to_number(text, kind):
+    if text in (None, "", "None", "nan"):
+        return None
+    return kind(text)
+
+
+def _typed_row(header, fields):
+    """A row dict with typed values, or ValueError when the line is not a valid row."""
+    if len(fields) != len(header):
+        raise ValueError(f"{len(fields)} fields, the header has {len(header)}")
+    row = dict(zip(header, fields))
+    row["options"] = row.get("options") or ""
+    for column in ("dataset", "model", "method"):
+        if not row[column]:
+            raise ValueError(f"empty {column}")
+    row["fraction"] = float(row["fraction"])
+    row["seed"] = int(row["seed"])
+    for column in ("final_acc", "best_acc", "selection_seconds", "training_seconds"):
+        row[column] = _to_number(row.get(column), float)
+    for column in ("n_selected", "selection_epochs", "epochs", "steps", "batch_size"):
+        row[column] = _to_number(row.get(column), int)
+    row["lr"] = _to_number(row.get("lr"), float)
+    if not (0 < row["fraction"] <= 1) or row["seed"] < 0:
+        raise ValueError("fraction or seed out of range")
+    for column in ("final_acc", "best_acc"):
+        if row[column] is None or not (math.isfinite(row[column]) and 0 <= row[column] <= 100):
+            raise ValueError(f"{column} is not an accuracy")
+    return row
+
+
+def _scan(path):
+    """(header, [(line text, row)], number of skipped lines) of a results file. A line is
+    skipped when it is torn (no final newline: a crash mid-write) or does not parse as a row."""
+    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return None, [], 0
+    if not lines[0].endswith("\n"):
+        warnings.warn(f"results: {str(path)!r}: skipped 1 torn or invalid row(s): the header is torn; no run "
+                      f"counts as done", RuntimeWarning, stacklevel=3)
+        return None, [], 1
+    header = next(csv.reader([lines[0]]))
+    missing = [c for c in KEY_COLUMNS + ("final_acc", "best_acc") if c not in header]
+    if missing:
+        raise ValueError(f"results: {str(path)!r} lacks the column(s) {', '.join(missing)}")
+    good, skipped = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            if not line.endswith("\n"):
+                raise ValueError("torn (no end of line)")
+            good.append((line, _typed_row(header, next(csv.reader([line])))))
+        except (ValueError, StopIteration, csv.Error) as err:
+            skipped.append(f"line {number} ({err})")
+    if skipped:
+        warnings.warn(f"results: {str(path)!r}: skipped {len(skipped)} torn or invalid row(s): "
+                      f"{', '.join(skipped[:5])}; their runs count as not done", RuntimeWarning, stacklevel=3)
+    return header, good, len(skipped)
+
+
+def read_results(path):
+    """Rows of a results.csv as dicts with typed values (fraction float, seed int, accuracies
+    float); torn or invalid rows are skipped with a warning."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results: no such file {str(path)!r}")
+    header, good, _ = _scan(path)
+    return [row for _, row in good]
+
+
+def repair_results(path):
+    """Rewrite results.csv without its torn or invalid rows (write a temporary file, fsync,
+    rename over), so that rows appended next start on a line of their own. Returns the rows."""
+    path = Path(path)
+    header, good, skipped = _scan(path)
+    if not skipped:
+        return [row for _, row in good]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        f.write(_csv_line(RESULT_COLUMNS if header is None else header))
+        f.writelines(line for line, _ in good)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return [row for _, row in good]
+
+
+def _csv_line(values):
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def append_row(path, row):
+    """Append one row as one complete line in a single write (the header first when the file
+    is new), then flush and fsync: a crash leaves the whole row or a torn tail that readers skip."""
+    path = Path(path)
+    new = not path.is_file() or path.stat().st_size == 0
+    text = _csv_line(["" if row.get(k) is None else row.get(k) for k in RESULT_COLUMNS])
+    if new:
+        text = _csv_line(RESULT_COLUMNS) + text
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = text.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_same_config(rows, config, path):
+    for row in rows:
+        if (row["dataset"], row["model"]) != (config["dataset"], config["model"]):
+            continue
+        # With a step budget the epochs vary with the coreset size, so only steps are compared.
+        columns = tuple(c for c in CONFIG_COLUMNS if c != "epochs" or config["steps"] is None)
+        for column in columns:
+            if row.get(column) != config[column]:
+                raise ValueError(
+                    f"resume: {str(path)!r} holds rows with {column}={row.get(column)} but this run has "
+                    f"{column}={config[column]}; resume with the same settings or choose another --out")
+
+
+# --------------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------------
+
+def row_label(row):
+    return row["method"] if not row["options"] else f"{row['method']}({row['options']})"
+
+
+def _mean_std(values):
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if len(values) == 0:
+        return None, None, 0
+    std = float(values.std(ddof=1)) if len(values) > 1 else None
+    return float(values.mean()), std, len(values)
+
+
+def summarize(rows):
+    """Mean and sample std over seeds per (dataset, model, method label, fraction).
+
+    Returns a list of dicts: dataset, model, label, method, options, fraction, n (seeds), final_mean,
+    final_std, best_mean, best_std (std None for one seed), n_selected (mean), selection_seconds,
+    training_seconds (means); in first-seen order of the labels, fractions ascending.
+    """
+    groups = {}
+    for row in rows:
+        key = (row["dataset"], row["model"], row_label(row), float(row["fraction"]))
+        groups.setdefault(key, []).append(row)
+    out = []
+    for (dataset, model, label, fraction), members in groups.items():
+        final_mean, final_std, n = _mean_std(r["final_acc"] for r in members)
+        best_mean, best_std, _ = _mean_std(r["best_acc"] for r in members)
+        out.append(dict(dataset=dataset, model=model, label=label, method=members[0]["method"],
+                        options=members[0]["options"], fraction=fraction, n=n,
+                        final_mean=final_mean, final_std=final_std, best_mean=best_mean, best_std=best_std,
+                        n_selected=_mean_std(r.get("n_selected") for r in members)[0],
+                        selection_seconds=_mean_std(r.get("selection_seconds") for r in members)[0],
+                        training_seconds=_mean_std(r.get("training_seconds") for r in members)[0]))
+    order = {}
+    for item in out:
+        order.setdefault(item["label"], len(order))
+    out.sort(key=lambda s: (s["dataset"], s["model"], order[s["label"]], s["fraction"]))
+    return out
+
+
+def paired_differences(rows, metric="final_acc", baseline=BASELINE):
+    """Per-seed differences (method - baseline) for the same dataset, model, fraction and seed.
+
+    The baseline row of a seed is the one with method == baseline and no options; it was trained on
+    coresets drawn from the same seed's selection model, from the same initial weights. Seeds without
+    a baseline row (or without the method) are left out. Returns ``{(dataset, model, label, fraction):
+    {seed: difference}}`` for every label other than the baseline itself.
+    """
+    if metric not in ("final_acc", "best_acc"):
+        raise ValueError(f"metric: expected 'final_acc' or 'best_acc', got {metric!r}")
+    base = {}
+    for row in rows:
+        if row["method"] == baseline and not row["options"] and row[metric] is not None:
+            base[(row["dataset"], row["model"], float(row["fraction"]), int(row["seed"]))] = row[metric]
+    out = {}
+    for row in rows:
+        label = row_label(row)
+        if label == baseline or row[metric] is None:
+            continue
+        ref = base.get((row["dataset"], row["model"], float(row["fraction"]), int(row["seed"])))
+        if ref is None:
+            continue
+        key = (row["dataset"], row["model"], label, float(row["fraction"]))
+        out.setdefault(key, {})[int(row["seed"])] = row[metric] - ref
+    return out
+
+
+def _fmt(mean, std, signed=False):
+    if mean is None:
+        return "-"
+    text = f"{mean:+.2f}" if signed else f"{mean:.2f}"
+    return text if std is None else f"{text} ± {std:.2f}"
+
+
+def fraction_header(fraction):
+    return f"{100 * fraction:g} %"
+
+
+def _table(title, labels, fractions, cell):
+    lines = [f"### {title}", "", "| method | " + " | ".join(fraction_header(f) for f in fractions) + " |",
+             "|---|" + "---:|" * len(fractions)]
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(cell(label, f) for f in fractions) + " |")
+    return lines + [""]
+
+
+def _config_line(rows):
+    def values(column):
+        return sorted({r.get(column) for r in rows if r.get(column) is not None})
+
+    parts = []
+    if values("selection_epochs"):
+        parts.append(f"selection model: {'/'.join(map(str, values('selection_epochs')))} epochs")
+    epochs = values("epochs")
+    epochs_text = (f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}") if epochs else "?"
+    if values("steps"):
+        parts.append(f"coreset training: {'/'.join(map(str, values('steps')))} SGD steps per coreset "
+                     f"({epochs_text} epochs)")
+    else:
+        parts.append(f"coreset training: {epochs_text} epochs")
+    if values("lr"):
+        parts[-1] += f", lr {'/'.join(f'{v:g}' for v in values('lr'))}"
+    if values("batch_size"):
+        parts[-1] += f", batch {'/'.join(map(str, values('batch_size')))}"
+    seeds = sorted({int(r["seed"]) for r in rows})
+    parts.append(f"seeds {', '.join(map(str, seeds))}")
+    return "; ".join(parts)
+
+
+def summary_markdown(rows, baseline=BASELINE):
+    """The markdown of summary.md for these rows (one section per dataset and model)."""
+    stats = summarize(rows)
+    diffs = {metric: paired_differences(rows, metric, baseline) for metric in ("final_acc", "best_acc")}
+    lines = ["# Coreset accuracy", "",
+             "Test accuracy in %, mean ± sample std over seeds. Paired difference: for each seed, "
+             f"method − {baseline} (same seed, same selection model, same initial weights), then mean ± std "
+             f"over seeds and the number of seeds where the method is higher (wins/pairs). "
+             "'Best' is the best of the evaluated epochs on the test set (optimistic; the papers report it).", ""]
+    for dataset, model in dict.fromkeys((s["dataset"], s["model"]) for s in stats):
+        group = [s for s in stats if (s["dataset"], s["model"]) == (dataset, model)]
+        group_rows = [r for r in rows if (r["dataset"], r["model"]) == (dataset, model)]
+        labels = list(dict.fromkeys(s["label"] for s in group))
+        fractions = sorted({s["fraction"] for s in group})
+        by = {(s["label"], s["fraction"]): s for s in group}
+        lines += [f"## {dataset}, {model}", "", _config_line(group_rows), ""]
+
+        n_seeds = len({int(r["seed"]) for r in group_rows})
+
+        def stat_cell(prefix):
+            def cell(label, fraction):
+                s = by.get((label, fraction))
+                if s is None:
+                    return "-"
+                text = _fmt(s[prefix + "_mean"], s[prefix + "_std"])
+                return text if s["n"] == n_seeds else f"{text} ({s['n']})"  # show incomplete cells
+            return cell
+
+        def diff_cell(metric):
+            def cell(label, fraction):
+                per_seed = diffs[metric].get((dataset, model, label, fraction))
+                if not per_seed:
+                    return "-"
+                values = list(per_seed.values())
+                mean, std, n = _mean_std(values)
+                wins = sum(v > 0 for v in values)
+                return f"{_fmt(mean, std, signed=True)} ({wins}/{n})"
+            return cell
+
+        others = [l for l in labels if l != baseline]
+        lines += _table("Final-epoch test accuracy (%)", labels, fractions, stat_cell("final"))
+        lines += _table("Best test accuracy over evaluated epochs (%)", labels, fractions, stat_cell("best"))
+        lines += _table(f"Paired difference to {baseline}, final accuracy (points, wins/pairs)", others,
+                        fractions, diff_cell("final_acc"))
+        lines += _table(f"Paired difference to {baseline}, best accuracy (points, wins/pairs)", others,
+                        fractions, diff_cell("best_acc"))
+
+        def size_cell(label, fraction):
+            s = by.get((label, fraction))
+            if s is None:
+                return "-"
+            return (f"{s['n_selected']:.0f} / {format_seconds(s['selection_seconds'])} / "
+                    f"{format_seconds(s['training_seconds'])}")
+
+        lines += _table("Coreset size / selection time / training time (mean per run)", labels, fractions,
+                        size_cell)
+    return "\n".join(lines)
+
+
+def format_seconds(value):
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
+
+
+def write_summary(rows, out_dir, baseline=BASELINE):
+    """Write summary.md and accuracy.png for these rows into out_dir; returns their paths."""
+    from .plots import plot_accuracy  # matplotlib only when a plot is written
+
+    out_dir = Path(out_dir)
+    summary_path = out_dir / SUMMARY_FILE
+    summary_path.write_text(summary_markdown(rows, baseline) + "\n")
+    plot_path = out_dir / PLOT_FILE
+    plot_accuracy(rows, plot_path, baseline=baseline)
+    return summary_path, plot_path
+
