@@ -2,7 +2,7 @@
 // score
 //     s_i = sum_c (P_ic M_ic)^2,   P_ic = exp((f_i + g_c - M_ic) / reg)
 // in one streaming pass over M, the plan never stored. (The rest of fdmat_transform is ATen in
-// csrc/ops.cpp; prototype_cost is a GEMM there followed by squared_euclidean_from_dot in
+// csrc/fdmat.cpp; prototype_cost is a GEMM there followed by squared_euclidean_from_dot in
 // sinkhorn.cpp.)
 #include <algorithm>
 #include <vector>

@@ -1,6 +1,6 @@
 // The per-class LCMat-S distance block (lcmat/reference/lcmat_distance.py):
 //     D_ij = || g_i - g_j ||_2 + rho * || d_i[K] - d_j[K] ||_1
-// The GEMMs of the Gram identity run in ATen (csrc/ops.cpp); here is the rest: the distance tiles
+// The GEMMs of the Gram identity run in ATen (csrc/lcmat_distance.cpp); here is the rest: the distance tiles
 // (the Gram product, the L1 term, the square root, the mirror) computed in one pass, the curvature moments, gathering d_i[K], and the standalone tiled pairwise L1.
 #include <algorithm>
 #include <cmath>
