@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 
 from .coreset import class_budgets
 from .data import load_dataset
+from .features import extract_features, extract_features_train_bn
 from .models import get_model
 from .selectors import METHODS, get_method
-from .train import (cached_selection_model, extract_features, extract_features_train_bn,
-                    train_on_coreset, train_selection_model)
+from .train import cached_selection_model, train_on_coreset, train_selection_model
 
 __all__ = [
     "run_experiment",

@@ -125,7 +125,7 @@ class Selector:
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
         """Extract embeddings and logits with one eval-mode pass of `model` over `dataset`
         (the embedding is the input of the model's last nn.Linear), then select."""
-        from .train import extract_features
+        from .features import extract_features
         device = device or next(model.parameters()).device
         embeddings, logits, labels = extract_features(model, dataset, batch_size=batch_size,
                                                       device=device, progress=self.progress is not False)
@@ -382,7 +382,7 @@ class LCMat(Selector):
             return super().select(model, dataset, batch_size, device, forgetting)
         # compat: features with BatchNorm in train mode on the per-class batches.
         from .data import dataset_targets
-        from .train import extract_features_train_bn
+        from .features import extract_features_train_bn
         device = device or next(model.parameters()).device
         labels = dataset_targets(dataset)
         embeddings, logits, _ = extract_features_train_bn(model, dataset, labels, batch_size=self.batch_size,
