@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import ops
+from . import algorithms, ops, reference
 from .validation import as_features, as_labels, as_tensor, check_positive
 
 
@@ -33,7 +33,7 @@ def sinkhorn(cost, a, b, reg, max_iter=1000, tol=1e-6, backend=None):
         raise ValueError(f"a, b: must have equal total mass, got {total_a.tolist()} and {total_b.tolist()}")
     check_positive("reg", reg)
     f, g, _, _ = ops.sinkhorn_log(a, b, cost, reg, max_iter, tol, backend=backend)
-    return ops.sinkhorn_plan(f, g, cost, reg)
+    return algorithms.sinkhorn_plan(f, g, cost, reg)
 
 
 def coreset_ot_distance(embeddings, labels, indices, weights=None, reg=0.05, max_iter=1000,
@@ -79,6 +79,6 @@ def coreset_ot_distance(embeddings, labels, indices, weights=None, reg=0.05, max
     for c in range(num_classes):
         r0, r1, c0, c1 = row_off[c], row_off[c + 1], col_off[c], col_off[c + 1]
         if c1 > c0:
-            M = ops.reference.squared_euclidean_cost(xr[r0:r1], xc[c0:c1])
-            out[c] = float((ops.sinkhorn_plan(f[r0:r1], g[c0:c1], M, reg) * M).sum())
+            M = reference.squared_euclidean_cost(xr[r0:r1], xc[c0:c1])
+            out[c] = float((algorithms.sinkhorn_plan(f[r0:r1], g[c0:c1], M, reg) * M).sum())
     return out

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import ops
+from . import algorithms, ops
 from .coreset import Coreset, class_budgets, global_budget, split_budget
 from .coverage import coverage_groups, coverage_strata
 from .validation import (as_features, as_labels, as_tensor, check_bool, check_choice,
@@ -457,7 +457,7 @@ class LCMat(Selector):
         dist = self.block_distance(embeddings, logits, labels, scale)
         L = self._facility_L()
         if quotas is not None:
-            picks, _, gamma = ops.facility_location_greedy_quotas(dist, quotas[0], quotas[1], L)
+            picks, _, gamma = algorithms.facility_location_greedy_quotas(dist, quotas[0], quotas[1], L)
         else:
             picks, _, gamma = ops.facility_location_greedy(dist, k, L, lazy=True, backend=self.backend)
         return picks.cpu().numpy(), gamma.cpu().numpy()
@@ -471,7 +471,7 @@ class LCMat(Selector):
         e, q = ops.last_layer_factors(logits, labels, backend=self.backend)
         coords = torch.zeros(0, dtype=torch.long, device=embeddings.device)
         if self.rho != 0 and self.num_coords > 0:
-            coords = ops.top_variance_coords(embeddings, q, self.num_coords, scale, backend=self.backend)
+            coords = algorithms.top_variance_coords(embeddings, q, self.num_coords, scale, backend=self.backend)
         if self.rho == "auto":
             return self._auto_rho_distance(embeddings, e, q, coords, scale)
         return ops.lcmat_distance(embeddings, e, q, coords, self.rho, scale, backend=self.backend)
@@ -543,7 +543,7 @@ class FDMat(ScoreSelector):
                                  f"smallest is {low:.4g}; pass negative='shift' to shift them")
             x = x - low
         x = ops.fdmat_transform(x, self.beta)
-        M = ops.prototype_cost(x, ops.class_prototypes(x, data.labels, data.num_classes), backend=self.backend)
+        M = ops.prototype_cost(x, algorithms.class_prototypes(x, data.labels, data.num_classes), backend=self.backend)
         a = torch.ones(len(data), dtype=M.dtype, device=M.device)
         b = torch.as_tensor(data.counts, dtype=M.dtype, device=M.device)
         reg = 1.0 / self.lam

@@ -172,9 +172,9 @@ def test_top_coords_ties_lowest_index_first():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", range(3))
 def test_ops_top_variance_coords_prunes_rows_like_the_full_reference(seed, dtype):
-    """An ImageNet-like class (many classes, a confident model): lcmat.ops skips the weight rows
+    """An ImageNet-like class (many classes, a confident model): lcmat.algorithms skips the weight rows
     that cannot reach the top and runs the cpu moments on column subsets of q."""
-    from lcmat import ops
+    from lcmat import algorithms
     H, Z, _, s = last_layer_inputs(300, 200, 24, dtype, seed)
     Z[:, 0] += 20.0
     Z[:, 1:6] += 10.0
@@ -182,7 +182,7 @@ def test_ops_top_variance_coords_prunes_rows_like_the_full_reference(seed, dtype
     for K in (1, 30, 100):
         for scale in (None, s):
             expected = R.top_variance_coords(H, q, K, scale).tolist()
-            assert ops.top_variance_coords(H, q, K, scale, backend="cpu").tolist() == expected
+            assert algorithms.top_variance_coords(H, q, K, scale, backend="cpu").tolist() == expected
 
 
 def distance_inputs(n, C, D, dtype, seed):
