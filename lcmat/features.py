@@ -157,7 +157,7 @@ def _batchnorm_layers(model):
 
 @torch.no_grad()
 def extract_features_train_bn(model, dataset, labels=None, batch_size=128, device="cpu"):
-    """Features as LCMat's released code takes them ("compat" mode, DESIGN.md 2.1).
+    """Features as LCMat's released code takes them ("compat" mode, docs/design.md, "LCMat-S").
 
     For each class (ascending label), the class's samples in dataset order are cut into batches of
     ``batch_size`` (the last one may be smaller); each batch is passed with BatchNorm layers in train

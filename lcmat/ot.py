@@ -1,4 +1,4 @@
-"""Entropic OT as a service of the package (DESIGN.md 2.3): a POT-style functional API and the
+"""Entropic OT as a service of the package (docs/design.md, "Log-domain Sinkhorn"): a POT-style functional API and the
 per-class diagnostic of how far a coreset's feature distribution is from its class's."""
 import warnings
 

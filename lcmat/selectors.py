@@ -341,7 +341,7 @@ class LCMat(Selector):
     """LCMat-S (Shin et al., AISTATS 2023): per class, facility location on
         D_ij = ||g_i - g_j||_2 + rho ||d_i[K] - d_j[K]||_1
     over last-layer gradients g and Hessian diagonals d, K the `num_coords` coordinates of
-    largest variance of d in the class (DESIGN.md 2.1). One coefficient rho multiplies the L1
+    largest variance of d in the class (docs/design.md, "LCMat-S"). One coefficient rho multiplies the L1
     term (the released code's convention, i.e. the paper's rho / 2 with rho doubled).
 
     rho="auto" sets rho per class so that both terms have the same median over the class's
@@ -504,7 +504,7 @@ class CRAIG(LCMat):
 class FDMat(ScoreSelector):
     """FDMat (Xiao et al., AAAI 2024): entropic OT between the N samples (mass 1 each) and the
     C class prototypes (mass n_c) of power-transformed, centred, normalised features; keeps the
-    samples of smallest transport score s_i = sum_c (P_ic M_ic)^2 (DESIGN.md 2.2).
+    samples of smallest transport score s_i = sum_c (P_ic M_ic)^2 (docs/design.md, "FDMat").
 
     lam: the OT regularisation is reg = 1 / lam on costs M_ic = ||x_i - mu_c||^2 that lie in
     [0, 4] (the transformed features have norm at most about 1). lam = 10 (reg = 0.1), the

@@ -1,4 +1,4 @@
-"""Every selector of lcmat.METHODS against its DEFINITION (DESIGN.md 2), by brute force on small
+"""Every selector of lcmat.METHODS against its DEFINITION (docs/design.md), by brute force on small
 synthetic problems: budgets, index bookkeeping, determinism, and the property that defines each
 method (tests/brute_selectors.py holds the materialised definitions)."""
 import warnings

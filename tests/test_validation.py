@@ -1,4 +1,4 @@
-"""Bad input gets a ValueError whose message names the argument at fault (DESIGN.md 4)."""
+"""Bad input gets a ValueError whose message names the argument at fault (docs/design.md, "Input errors")."""
 import math
 import re
 

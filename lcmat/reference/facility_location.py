@@ -1,4 +1,4 @@
-"""Greedy facility location over a distance block (DESIGN.md 2.1, step 3).
+"""Greedy facility location over a distance block (docs/design.md, "Facility location").
 
     F(S) = sum_i max(0, max_{j in S} (L - D_ij))
 

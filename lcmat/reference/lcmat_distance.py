@@ -1,4 +1,4 @@
-"""The per-class LCMat-S distance block (DESIGN.md 2.1).
+"""The per-class LCMat-S distance block (docs/design.md, "The LCMat-S distance").
 
     D_ij = || g_i - g_j ||_2 + rho * || d_i[K] - d_j[K] ||_1
 
