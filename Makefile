@@ -4,11 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The extension is built for this machine (-march=native: AVX2/AVX-512 kernels where the CPU has
+# them); NATIVE=0 gives the portable build that a wheel for other machines needs (setup.py).
+NATIVE ?= 1
 # Idle OpenMP threads sleep rather than spin (a large win on shared machines; see README).
 export OMP_WAIT_POLICY ?= PASSIVE
 EXT_SOURCES := $(shell find csrc triton_kernels -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 
-.PHONY: setup demo test test-all bench gpu-wheels clean
+.PHONY: setup demo test test-all check-builds bench gpu-wheels clean
 
 setup: $(VENV)/.built
 
@@ -19,8 +22,20 @@ $(VENV)/.deps: requirements.txt
 
 # --no-build-isolation: an isolated build would fetch a second (CUDA) torch to build against.
 $(VENV)/.built: $(VENV)/.deps setup.py $(EXT_SOURCES)
-	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	LCMAT_NATIVE=$(NATIVE) $(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
+
+# Builds the extension both ways, portable and native, each in its own copy under build/, and runs
+# the compiled-kernel tests against each (slow: two full builds; not part of `make test`).
+check-builds: $(VENV)/.deps
+	for native in 0 1; do \
+	  dir=build/check-native-$$native; rm -rf $$dir && mkdir -p $$dir && \
+	  cp -r lcmat triton_kernels tests pytest.ini $$dir/ && rm -f $$dir/lcmat/_C*.so && \
+	  LCMAT_NATIVE=$$native LCMAT_REQUIRE_EXTENSION=1 $(PY) setup.py -q build_ext --build-lib $$dir \
+	    --build-temp $$dir/obj && \
+	  (cd $$dir && $(PY) -c "import lcmat.csrc as c; assert c._C is not None, 'extension not built'" && \
+	   $(PY) -m pytest -q -p no:cacheprovider tests/test_csrc.py) || exit 1; \
+	done
 
 demo: setup
 	$(VENV)/bin/lcmat demo

@@ -36,12 +36,14 @@ _OPENMP_PROBE = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0
 def extensions():
     """(ext_modules, cmdclass) for lcmat._C, or ([], {}) where it cannot be built.
 
-    The CPU kernels (csrc/ops.cpp + csrc/cpu/*.cpp) build wherever a C++ compiler works, with
-    OpenMP when the compiler has it and -march=native unless LCMAT_PORTABLE=1 (the build is for
-    this machine; set it when building for others). The CUDA kernels (csrc/cuda/*.cu and their
-    binding csrc/cuda/cuda_ops.cpp) are added where torch has CUDA and nvcc is found.
-    LCMAT_NO_EXTENSION=1 skips the extension; a failed compile falls back to the pure-Python
-    package with a warning unless LCMAT_REQUIRE_EXTENSION=1.
+    The sources are one binding file per kernel family, csrc/<family>.cpp (its op schemas and CPU
+    implementations, and its CUDA implementations under WITH_CUDA), the CPU kernels csrc/cpu/*.cpp
+    and, where torch has CUDA and nvcc is found, the CUDA kernels csrc/cuda/*.cu. They build
+    wherever a C++ compiler works, with OpenMP when the compiler has it. The build is portable (the
+    compiler's default target) unless LCMAT_NATIVE=1, which adds -march=native: faster kernels
+    (AVX2/AVX-512 where this CPU has them) for this machine only, so never for a wheel that others
+    install. `make setup` builds natively. LCMAT_NO_EXTENSION=1 skips the extension; a failed
+    compile falls back to the pure-Python package with a warning unless LCMAT_REQUIRE_EXTENSION=1.
     """
     if os.environ.get("LCMAT_NO_EXTENSION") == "1":
         return [], {}
@@ -60,15 +62,17 @@ def extensions():
         link_flags.append("-fopenmp")
     else:
         print("lcmat: the compiler has no OpenMP; the CPU kernels will run on one thread")
-    if os.environ.get("LCMAT_PORTABLE") != "1" and _compiles(["-march=native"]):
-        cxx_flags.append("-march=native")
+    if os.environ.get("LCMAT_NATIVE") == "1":
+        if _compiles(["-march=native"]):
+            cxx_flags.append("-march=native")
+        else:
+            print("lcmat: LCMAT_NATIVE=1 but the compiler rejects -march=native; building portably")
     if _compiles(["-fno-math-errno"]):  # lets std::sqrt vectorise; no kernel reads errno
         cxx_flags.append("-fno-math-errno")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if not sources:
         return [], {}
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
-                          glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None and cuda_sources and \
         os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
     if with_cuda:

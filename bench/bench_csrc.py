@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import lcmat.csrc as C
+import lcmat.algorithms as algorithms
 import lcmat.ops as ops
 import lcmat.reference as R
 
@@ -82,7 +83,7 @@ def bench_kernels(reps):
     h, z, yc = H[:n], Z[:n], y[:n]
     e, q = R.last_layer_factors(z, yc)
     row("top_variance_coords", f"n={n}, P={C_ * (D + 1)}", *side_by_side(
-        lambda: R.top_variance_coords(h, q, K), lambda: ops.top_variance_coords(h, q, K, backend="cpu"), reps))
+        lambda: R.top_variance_coords(h, q, K), lambda: algorithms.top_variance_coords(h, q, K, backend="cpu"), reps))
     coords = R.top_variance_coords(h, q, K)
     row("gradient_distance", f"n={n}", *side_by_side(lambda: R.gradient_distance(h, e),
                                                      lambda: C.gradient_distance(h, e), reps))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import lcmat
-from lcmat import ops, reference
+from lcmat import algorithms, ops, reference
 
 
 def peak_rss_gb():
@@ -66,7 +66,7 @@ def profile_one_class(H, Z, y, fraction, backend):
         return out
 
     e, q = timed("factors", lambda: ops.last_layer_factors(z, yc, backend=backend))
-    coords = timed("coordinates", lambda: ops.top_variance_coords(h, q, 100, backend=backend))
+    coords = timed("coordinates", lambda: algorithms.top_variance_coords(h, q, 100, backend=backend))
     dist = timed("distances", lambda: ops.lcmat_distance(h, e, q, coords, 0.01, backend=backend))
     timed("greedy", lambda: ops.facility_location_greedy(dist, k, backend=backend))
     return len(idx), steps
@@ -97,9 +97,9 @@ def compare_coordinate_searches(H, Z, y, backend):
     def full():
         return reference.coords_by_variance(*ops.curvature_moments(h, q, None, backend=backend), 100)
 
-    pruned = reference.top_variance_coords_pruned(h, q, 100, None, counted)
+    pruned = algorithms.top_variance_coords_pruned(h, q, 100, None, counted)
     assert torch.equal(pruned, full()), "the pruned search must pick the same coordinates"
-    t_pruned = median_seconds(lambda: ops.top_variance_coords(h, q, 100, backend=backend))
+    t_pruned = median_seconds(lambda: algorithms.top_variance_coords(h, q, 100, backend=backend))
     t_full = median_seconds(full)
     return sum(rows), q.shape[1], t_pruned, t_full
 

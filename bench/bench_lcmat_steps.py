@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_csrc import lcmat_data  # noqa: E402
 
 import lcmat  # noqa: E402
-from lcmat import ops  # noqa: E402
+from lcmat import algorithms, ops  # noqa: E402
 
 
 def median_seconds(fn, reps, device):
@@ -63,10 +63,10 @@ def main():
           " | ".join(f"{b} vs {base}" for b in backends[1:]) + " |")
     print("|---|" + "---:|" * (2 * len(backends) - 1))
     e, q = ops.last_layer_factors(z, labels, backend="reference")
-    coords = ops.top_variance_coords(h, q, 100, backend="reference")
+    coords = algorithms.top_variance_coords(h, q, 100, backend="reference")
     dist = ops.lcmat_distance(h, e, q, coords, 1.0, backend="reference")
     steps = [
-        ("top-K-variance coordinates", lambda b: ops.top_variance_coords(h, q, 100, backend=b)),
+        ("top-K-variance coordinates", lambda b: algorithms.top_variance_coords(h, q, 100, backend=b)),
         ("distance block (Gram GEMM, L1, sqrt)", lambda b: ops.lcmat_distance(h, e, q, coords, 1.0, backend=b)),
         ("lazy greedy, k_c = 500", lambda b: ops.facility_location_greedy(dist, k, None, lazy=True, backend=b)),
     ]

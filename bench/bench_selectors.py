@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import lcmat
-from lcmat import ops
+from lcmat import algorithms, ops
 
 
 def synthetic_features(n, classes, dim, seed=0):
@@ -76,7 +76,7 @@ def released_code_lcmat(H, Z, y, fraction, rho=0.01, num_coords=100):
 def pot_fdmat_ot(H, y, lam=10.0):
     import ot
     x = ops.fdmat_transform(H.double(), 0.5)
-    M = ops.prototype_cost(x, ops.class_prototypes(x, y, int(y.max()) + 1), backend="reference")
+    M = ops.prototype_cost(x, algorithms.class_prototypes(x, y, int(y.max()) + 1), backend="reference")
     a = np.full(len(y), 1.0 / len(y))
     b = np.bincount(y.numpy()) / len(y)
     return ot.bregman.sinkhorn_log(a, b, M.numpy(), 1.0 / lam, stopThr=1e-6, numItermax=1000)

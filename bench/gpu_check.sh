@@ -108,12 +108,13 @@ if ((!DRY_RUN)) && [ -d .whl ]; then
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-# The extension, CPU and CUDA, built in place (nvcc for this GPU only, to save time).
+# The extension, CPU and CUDA, built in place for this machine (LCMAT_NATIVE=1; nvcc for this GPU
+# only, to save time).
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 if ((DRY_RUN)); then
   echo "== build.log: not in a dry run (the extension built here is used)" >>"$SUMMARY"
 else
-  step build.log 200 $PY setup.py build_ext --inplace
+  step build.log 200 env LCMAT_NATIVE=1 $PY setup.py build_ext --inplace
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 

@@ -1,11 +1,13 @@
-// Argument checks and the device-agnostic ATen parts shared by the CPU (csrc/ops.cpp) and CUDA
-// (csrc/cuda/cuda_ops.cpp) bindings. Every error names the argument at fault.
+// Argument checks and the device-agnostic ATen parts shared by the CPU and CUDA bindings of every
+// kernel family (csrc/<family>.cpp). Each op's arguments are checked by one function here, which
+// both backends call, so the two cannot drift apart. Every error names the argument at fault.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <initializer_list>
+#include <cmath>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -59,6 +61,14 @@ inline void check_label_row(int64_t bad, const at::Tensor& labels, int64_t C) {
   if (bad >= 0) {
     TORCH_CHECK(false, "labels: must lie in [0, ", C, "), got ", labels[bad].item<int64_t>(), " at row ", bad);
   }
+}
+
+// Labels checked by a reduction over the tensor (backends whose kernels do not report a bad row).
+inline void check_labels_in_range(const at::Tensor& labels, int64_t C) {
+  if (labels.numel() == 0) return;
+  const bool bad = ((labels < 0) | (labels >= C)).any().item<bool>();
+  TORCH_CHECK(!bad, "labels: must lie in [0, ", C, "), got values in [", labels.min().item<int64_t>(), ", ",
+              labels.max().item<int64_t>(), "]");
 }
 
 inline std::optional<at::Tensor> checked_scale(const std::optional<at::Tensor>& scale, int64_t n,
@@ -143,5 +153,222 @@ inline std::vector<at::Tensor> greedy_batch_blocks(const std::vector<at::Tensor>
 }
 
 using GreedyBatch = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// ---- the arguments of each op, checked once for every backend ---------------------------------
+// Tensors come back contiguous, in the dtype the kernels read, and (labels, coords) on the device
+// of the op's main operand.
+
+// last_layer_factors(logits, labels)
+struct FactorsArgs {
+  at::Tensor logits, labels;
+};
+inline FactorsArgs last_layer_factors_args(const at::Tensor& logits_in, const at::Tensor& labels_in) {
+  check_float(logits_in, "logits");
+  check_dim(logits_in, 2, "logits");
+  const at::Tensor logits = logits_in.contiguous();
+  return {logits, checked_labels(labels_in, logits.size(0)).to(logits.device())};
+}
+
+// last_layer_grad_norms(embeddings, logits, labels, scale)
+struct GradNormsArgs {
+  at::Tensor h, logits, labels;
+  std::optional<at::Tensor> scale;
+};
+inline GradNormsArgs last_layer_grad_norms_args(const at::Tensor& embeddings, const at::Tensor& logits_in,
+                                                const at::Tensor& labels_in,
+                                                const std::optional<at::Tensor>& scale_in) {
+  check_same_device({"logits", logits_in}, {{"embeddings", embeddings}, {"scale", scale_in}});
+  check_float(logits_in, "logits");
+  check_dim(logits_in, 2, "logits");
+  const int64_t n = logits_in.size(0);
+  GradNormsArgs args;
+  args.h = checked_rows(embeddings, n, logits_in.scalar_type(), "embeddings");
+  args.logits = logits_in.contiguous();
+  args.labels = checked_labels(labels_in, n).to(args.logits.device());
+  args.scale = checked_scale(scale_in, n, args.logits.scalar_type());
+  return args;
+}
+
+// gradient_distance(embeddings, e, scale) and the gradient term of lcmat_distance: the embeddings
+// in e's dtype and se = s_i e_i.
+struct ScaledErrors {
+  at::Tensor h, se;
+};
+inline ScaledErrors scaled_errors_args(const at::Tensor& embeddings, const at::Tensor& e,
+                                       const std::optional<at::Tensor>& scale_in) {
+  check_same_device({"e", e}, {{"embeddings", embeddings}, {"scale", scale_in}});
+  check_float(e, "e");
+  check_dim(e, 2, "e");
+  const int64_t n = e.size(0);
+  const at::Tensor h = checked_rows(embeddings, n, e.scalar_type(), "embeddings");
+  const std::optional<at::Tensor> scale = checked_scale(scale_in, n, e.scalar_type());
+  return {h, scale ? (e * scale->unsqueeze(1)).contiguous() : e.contiguous()};
+}
+
+// lcmat_distance's q beside e.
+inline void check_q_like_e(const at::Tensor& q, const at::Tensor& e) {
+  check_same_device({"e", e}, {{"q", q}});
+  check_float(q, "q");
+  TORCH_CHECK(q.sizes() == e.sizes(), "q: shape ", q.sizes(), " differs from e's ", e.sizes());
+}
+
+// hessian_diag_coords(embeddings, q, coords, scale)
+struct CoordsArgs {
+  at::Tensor h, q, coords;
+  std::optional<at::Tensor> scale;
+};
+inline CoordsArgs hessian_diag_coords_args(const at::Tensor& embeddings, const at::Tensor& q_in,
+                                           const at::Tensor& coords_in, const std::optional<at::Tensor>& scale_in) {
+  check_same_device({"q", q_in}, {{"embeddings", embeddings}, {"scale", scale_in}});
+  check_float(q_in, "q");
+  check_dim(q_in, 2, "q");
+  const int64_t n = q_in.size(0), C = q_in.size(1);
+  CoordsArgs args;
+  args.h = checked_rows(embeddings, n, q_in.scalar_type(), "embeddings");
+  args.q = q_in.contiguous();
+  args.coords = checked_coords(coords_in, C * (args.h.size(1) + 1)).to(args.q.device());
+  args.scale = checked_scale(scale_in, n, args.q.scalar_type());
+  return args;
+}
+
+// curvature_moments(embeddings, q, scale): the embeddings in their own dtype, scale in float64.
+struct MomentsArgs {
+  at::Tensor h;
+  std::optional<at::Tensor> scale;
+};
+inline MomentsArgs curvature_moments_args(const at::Tensor& embeddings, const at::Tensor& q,
+                                          const std::optional<at::Tensor>& scale_in) {
+  check_same_device({"q", q}, {{"embeddings", embeddings}, {"scale", scale_in}});
+  check_float(q, "q");
+  check_dim(q, 2, "q");
+  const int64_t n = q.size(0);
+  return {checked_rows(embeddings, n, embeddings.scalar_type(), "embeddings"), checked_scale(scale_in, n, at::kDouble)};
+}
+
+// pairwise_l1(a, b): b absent means b = a.
+inline std::tuple<at::Tensor, std::optional<at::Tensor>> pairwise_l1_args(const at::Tensor& a_in,
+                                                                          const std::optional<at::Tensor>& b_in) {
+  check_same_device({"a", a_in}, {{"b", b_in}});
+  check_float(a_in, "a");
+  check_dim(a_in, 2, "a");
+  const at::Tensor a = a_in.contiguous();
+  if (!b_in) return {a, std::nullopt};
+  check_dim(*b_in, 2, "b");
+  TORCH_CHECK(b_in->scalar_type() == a.scalar_type(), "b: dtype ", b_in->scalar_type(), " differs from a's ",
+              a.scalar_type());
+  TORCH_CHECK(b_in->size(1) == a.size(1), "b: needs ", a.size(1), " columns like a, got ", b_in->size(1));
+  return {a, b_in->contiguous()};
+}
+
+// facility_location_greedy(dist, k, ...)
+inline at::Tensor facility_location_greedy_args(const at::Tensor& dist_in, int64_t k) {
+  check_float(dist_in, "dist");
+  check_dim(dist_in, 2, "dist");
+  const int64_t n = dist_in.size(0), m = dist_in.size(1);
+  TORCH_CHECK(k >= 0 && k <= n, "k: must lie in [0, ", n, "], got ", k);
+  TORCH_CHECK(k <= m, "k: must not exceed the ", m, " columns of dist, got ", k);
+  return dist_in.contiguous();
+}
+
+// The options every Sinkhorn solver takes.
+inline void check_sinkhorn_options(double reg, int64_t check_every) {
+  TORCH_CHECK(reg > 0 && std::isfinite(reg), "reg: must be a positive number, got ", reg);
+  TORCH_CHECK(check_every >= 1, "check_every: must be >= 1, got ", check_every);
+}
+
+using SinkhornOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// sinkhorn_log(a, b, M, ...): M as [B, n, m] (B = 1 when not batched), a [B, n], b [B, m].
+struct DenseSinkhornArgs {
+  at::Tensor a, b, M;
+};
+inline DenseSinkhornArgs sinkhorn_log_args(const at::Tensor& a_in, const at::Tensor& b_in, const at::Tensor& M_in) {
+  check_same_device({"M", M_in}, {{"a", a_in}, {"b", b_in}});
+  check_float(M_in, "M");
+  TORCH_CHECK(M_in.dim() == 2 || M_in.dim() == 3, "M: must be [n, m] or [B, n, m], got shape ", M_in.sizes());
+  const bool batched = M_in.dim() == 3;
+  const at::Tensor M = batched ? M_in.contiguous() : M_in.unsqueeze(0).contiguous();
+  const int64_t B = M.size(0), n = M.size(1), m = M.size(2);
+  return {checked_vector_batch(a_in, B, n, M.scalar_type(), batched, "a"),
+          checked_vector_batch(b_in, B, m, M.scalar_type(), batched, "b"), M};
+}
+
+// sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost, x, y, ...): either `cost`, the
+// blocks n_p x m_p flattened one after the other (cost_start[p] is where block p starts), or the
+// features x and y; a's dtype throughout.
+struct RaggedSinkhornArgs {
+  at::Tensor a, b, cost, x, y;  // cost, or x and y, undefined
+  int64_t P = 0;
+  std::vector<int64_t> cost_start;
+};
+inline RaggedSinkhornArgs sinkhorn_log_ragged_args(const at::Tensor& a_in, const at::Tensor& b_in,
+                                                   at::IntArrayRef row_offsets, at::IntArrayRef col_offsets,
+                                                   const std::optional<at::Tensor>& cost_in,
+                                                   const std::optional<at::Tensor>& x_in,
+                                                   const std::optional<at::Tensor>& y_in) {
+  check_same_device({"a", a_in}, {{"b", b_in}, {"cost", cost_in}, {"x", x_in}, {"y", y_in}});
+  check_float(a_in, "a");
+  const auto dtype = a_in.scalar_type();
+  RaggedSinkhornArgs args;
+  args.a = a_in.contiguous();
+  args.b = b_in.to(dtype).contiguous();
+  check_dim(args.a, 1, "a");
+  check_dim(args.b, 1, "b");
+  args.P = check_offsets(row_offsets, col_offsets, args.a.size(0), args.b.size(0));
+  TORCH_CHECK(cost_in.has_value() != (x_in.has_value() && y_in.has_value()),
+              "cost, x, y: give either a stored `cost` or both features `x` and `y`");
+  if (cost_in) {
+    args.cost = cost_in->to(dtype).contiguous().reshape(-1);
+    int64_t start = 0;
+    for (int64_t p = 0; p < args.P; ++p) {
+      args.cost_start.push_back(start);
+      start += (row_offsets[p + 1] - row_offsets[p]) * (col_offsets[p + 1] - col_offsets[p]);
+    }
+    TORCH_CHECK(args.cost.numel() >= start, "cost: needs ", start,
+                " values (the blocks n_p x m_p one after the other), got ", args.cost.numel());
+  } else {
+    check_dim(*x_in, 2, "x");
+    check_dim(*y_in, 2, "y");
+    TORCH_CHECK(x_in->size(0) == args.a.size(0), "x: needs ", args.a.size(0), " rows like a, got ", x_in->size(0));
+    TORCH_CHECK(y_in->size(0) == args.b.size(0), "y: needs ", args.b.size(0), " rows like b, got ", y_in->size(0));
+    TORCH_CHECK(x_in->size(1) == y_in->size(1), "y: needs ", x_in->size(1), " columns like x, got ", y_in->size(1));
+    args.x = x_in->to(dtype).contiguous();
+    args.y = y_in->to(dtype).contiguous();
+  }
+  return args;
+}
+
+// fdmat_transform(features, ...)
+inline at::Tensor fdmat_transform_args(const at::Tensor& features) {
+  check_float(features, "features");
+  check_dim(features, 2, "features");
+  return features.contiguous();
+}
+
+// prototype_cost(x, prototypes): x and the prototypes in x's dtype.
+inline std::tuple<at::Tensor, at::Tensor> prototype_cost_args(const at::Tensor& x_in, const at::Tensor& prototypes) {
+  check_same_device({"x", x_in}, {{"prototypes", prototypes}});
+  check_float(x_in, "x");
+  check_dim(x_in, 2, "x");
+  check_dim(prototypes, 2, "prototypes");
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor mu = prototypes.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(mu.size(1) == x.size(1), "prototypes: needs ", x.size(1), " columns like x, got ", mu.size(1));
+  return {x, mu};
+}
+
+// fdmat_scores(M, f, g, reg): f [1, N] and g [1, C] in M's dtype.
+struct ScoresArgs {
+  at::Tensor M, f, g;
+};
+inline ScoresArgs fdmat_scores_args(const at::Tensor& M_in, const at::Tensor& f, const at::Tensor& g, double reg) {
+  check_same_device({"M", M_in}, {{"f", f}, {"g", g}});
+  check_float(M_in, "M");
+  check_dim(M_in, 2, "M");
+  TORCH_CHECK(reg > 0, "reg: must be positive, got ", reg);
+  const at::Tensor M = M_in.contiguous();
+  return {M, checked_vector_batch(f, 1, M.size(0), M.scalar_type(), false, "f"),
+          checked_vector_batch(g, 1, M.size(1), M.scalar_type(), false, "g")};
+}
 
 }  // namespace lcmat

@@ -7,7 +7,7 @@
 import os
 
 # Idle OpenMP threads sleep instead of spinning: on a shared or oversubscribed machine spinning
-# threads that lose their core made the C++ kernels up to 40x slower. Takes effect only when
+# threads that lose their core slow the C++ kernels down many times over. Takes effect only when
 # lcmat is imported before torch (the CLI does); set OMP_WAIT_POLICY yourself otherwise.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

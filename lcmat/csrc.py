@@ -180,7 +180,7 @@ def fdmat_scores(M, f, g, reg):
 
 # ---- shapes for torch.compile -----------------------------------------------------------------
 # torch.compile and torch.export trace the ops with fake tensors: each op's output shapes and
-# dtypes, as csrc/ops.cpp allocates them (checked against the real kernels by
+# dtypes, as the bindings csrc/<family>.cpp allocate them (checked against the real kernels by
 # torch.library.opcheck in tests/test_csrc.py).
 
 def _register_fakes():

@@ -43,7 +43,8 @@ from .data import dataset_targets
 from .methods import method_option_defaults
 from .models import get_model
 from .methods import get_method
-from .train import extract_features, extract_features_train_bn, train_selection_model
+from .features import extract_features, extract_features_train_bn
+from .train import train_selection_model
 from .validation import check_fraction
 
 __all__ = ["Uniform", "LCMat", "LCMat_S", "FDMat", "Craig", "CRAIG", "Herding", "kCenterGreedy", "GraNd",

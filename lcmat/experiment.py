@@ -35,14 +35,14 @@ from tqdm.auto import tqdm
 from .coreset import class_budgets
 from .validation import check_positive
 from .data import load_dataset
+from .features import extract_features, extract_features_train_bn
 from .models import get_model
 from .methods import MethodSpec, get_method, parse_methods, parse_model_option, parse_option  # noqa: F401
 from .results import (BASELINE, CONFIG_COLUMNS, KEY_COLUMNS, PLOT_FILE, RESULT_COLUMNS,  # noqa: F401
                       RESULTS_FILE, SUMMARY_FILE, append_row, check_same_config, format_seconds,
                       fraction_header, fraction_text, paired_differences, read_results, repair_results,
                       row_key, summarize, summary_markdown, write_summary)
-from .train import (cached_selection_model, extract_features, extract_features_train_bn,
-                    train_on_coreset, train_selection_model)
+from .train import cached_selection_model, train_on_coreset, train_selection_model
 
 __all__ = [
     "run_experiment",

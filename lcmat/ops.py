@@ -9,7 +9,8 @@ Backends are modules exposing functions with the same names and signatures as
 A backend that lacks a function falls back to the reference when chosen automatically, and
 raises when it was asked for by name. `backend=None` means: LCMAT_BACKEND if set, else the
 first available for the device: cpu tensors cpu, then reference; cuda tensors cuda, then triton,
-then reference.
+then reference. Only dispatch lives here: algorithms composed of kernels are
+lcmat.algorithms.
 
 On CUDA tensors the compiled CUDA kernels come first because their float64 paths compute in
 float64 throughout (the reference's arithmetic), and no GPU run has yet measured the Triton
@@ -21,7 +22,6 @@ import os
 
 import torch
 
-from . import reference
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 _MODULES = {"reference": "lcmat.reference", "cpu": "lcmat.csrc", "cuda": "lcmat.csrc",
@@ -98,15 +98,6 @@ def curvature_moments(embeddings, q, scale=None, backend=None):
     return _call("curvature_moments", backend, embeddings, q, scale)
 
 
-def top_variance_coords(embeddings, q, num_coords, scale=None, backend=None):
-    """The backend computes the moments, of the classes' weight rows that can reach the top only
-    (reference.top_variance_coords_pruned); the ordering (reference.coords_by_variance) is shared,
-    so every backend picks the same coordinates."""
-    def moments(h, q_rows, s):
-        return curvature_moments(h, q_rows, s, backend=backend)
-    return reference.top_variance_coords_pruned(embeddings, q, num_coords, scale, moments)
-
-
 def hessian_diag_coords(embeddings, q, coords, scale=None, backend=None):
     return _call("hessian_diag_coords", backend, embeddings, q, coords, scale)
 
@@ -143,12 +134,6 @@ def parallel_blocks(device):
     return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
 
 
-def facility_location_greedy_quotas(dist, groups, quotas, L=None):
-    """The greedy under per-group quotas has only the reference implementation: its cost is
-    small next to the distance block that any backend computes for it."""
-    return reference.facility_location_greedy_quotas(dist, groups, quotas, L)
-
-
 def sinkhorn_log(a, b, M, reg, max_iter=1000, tol=1e-6, check_every=1, backend=None):
     return _call("sinkhorn_log", backend, a, b, M, reg, max_iter, tol, check_every)
 
@@ -179,11 +164,6 @@ def linear_grad_norms(activations, grad_outputs, backend=None):
 def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
     """Per-sample gradient norms over every nn.Linear of `model` (loss_fn with reduction='none')."""
     return _call("per_sample_grad_norms", backend, model, inputs, targets, loss_fn)
-
-
-# Not kernels, but shared by the selectors; always the reference (cheap, exact).
-class_prototypes = reference.class_prototypes
-sinkhorn_plan = reference.sinkhorn_plan
 
 
 # The comparison set's kernels (GradMatch, Glister, AdaCore) have only the reference: their cost is

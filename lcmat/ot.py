@@ -1,11 +1,11 @@
-"""Entropic OT as a service of the package (DESIGN.md 2.3): a POT-style functional API and the
+"""Entropic OT as a service of the package (docs/design.md, "Log-domain Sinkhorn"): a POT-style functional API and the
 per-class diagnostic of how far a coreset's feature distribution is from its class's."""
 import warnings
 
 import numpy as np
 import torch
 
-from . import ops
+from . import algorithms, ops, reference
 from .validation import as_features, as_labels, as_tensor, check_positive
 
 
@@ -56,7 +56,7 @@ def _sinkhorn_inputs(a, b, M):
 def check_reg(reg, M, name="reg"):
     """reg > 0, finite, and large enough for the dtype of the costs to resolve the plan."""
     reg = float(check_positive(name, reg))
-    low = ops.reference.smallest_reg(M)
+    low = reference.smallest_reg(M)
     if reg < low:
         raise ValueError(f"{name}: {reg:g} is below what {M.dtype} costs up to {float(M.abs().max()):.3g} resolve "
                          f"(reg >= 10 eps max|M| = {low:.3g}): the plan would be rounding noise; raise reg, "
@@ -79,10 +79,10 @@ def sinkhorn(a, b, M, reg, max_iter=1000, tol=1e-6, log=False, warn=True, backen
     max_iter = check_positive("max_iter", max_iter, integer=True)
     tol = check_positive("tol", tol)
     f, g, n_iter, _ = ops.sinkhorn_log(a, b, M, reg, max_iter, tol, backend=backend)
-    err = ops.reference.marginal_error(a, f, g, M, reg)
+    err = reference.marginal_error(a, f, g, M, reg)
     if warn:
         warn_unconverged("sinkhorn", err, tol, max_iter, M.dtype)
-    plan = ops.sinkhorn_plan(f, g, M, reg)
+    plan = algorithms.sinkhorn_plan(f, g, M, reg)
     if log:
         return plan, {"err": err, "niter": n_iter, "f": f, "g": g}
     return plan
@@ -161,9 +161,9 @@ def coreset_ot_distance(embeddings, labels, indices, weights=None, reg=0.05, max
     for c in range(num_classes):
         r0, r1, c0, c1 = row_off[c], row_off[c + 1], col_off[c], col_off[c + 1]
         if c1 > c0:
-            M = ops.reference.squared_euclidean_cost(xr[r0:r1], xc[c0:c1])
-            out[c] = float((ops.sinkhorn_plan(f[r0:r1], g[c0:c1], M, reg) * M).sum())
-            errors.append(float(ops.reference.marginal_error(a[r0:r1], f[r0:r1], g[c0:c1], M, reg)))
+            M = reference.squared_euclidean_cost(xr[r0:r1], xc[c0:c1])
+            out[c] = float((algorithms.sinkhorn_plan(f[r0:r1], g[c0:c1], M, reg) * M).sum())
+            errors.append(float(reference.marginal_error(a[r0:r1], f[r0:r1], g[c0:c1], M, reg)))
             solved.append(c)
     warn_unconverged("coreset_ot_distance", errors, tol, max_iter, x.dtype, labels=solved)
     return out

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import ops
+from . import algorithms, ops
 from .coreset import Coreset, class_budgets, global_budget, split_budget
 from .coverage import coverage_groups, coverage_strata
 from .ot import ConvergenceWarning, converged
@@ -139,7 +139,7 @@ class Selector:
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
         """Extract embeddings and logits with one eval-mode pass of `model` over `dataset`
         (the embedding is the input of the model's last nn.Linear), then select."""
-        from .train import extract_features
+        from .features import extract_features
         device = device or next(model.parameters()).device
         embeddings, logits, labels = extract_features(model, dataset, batch_size=batch_size,
                                                       device=device, progress=self.progress is not False)
@@ -368,7 +368,7 @@ class LCMat(Selector):
     """LCMat-S (Shin et al., AISTATS 2023): per class, facility location on
         D_ij = ||g_i - g_j||_2 + rho ||d_i[K] - d_j[K]||_1
     over last-layer gradients g and Hessian diagonals d, K the `num_coords` coordinates of
-    largest variance of d in the class (DESIGN.md 2.1). One coefficient rho multiplies the L1
+    largest variance of d in the class (docs/design.md, "LCMat-S"). One coefficient rho multiplies the L1
     term (the released code's convention, i.e. the paper's rho / 2 with rho doubled).
 
     rho="auto" sets rho per class so that both terms have the same median over the class's
@@ -412,7 +412,7 @@ class LCMat(Selector):
             return super().select(model, dataset, batch_size, device, forgetting)
         # compat: features with BatchNorm in train mode on the per-class batches.
         from .data import dataset_targets
-        from .train import extract_features_train_bn
+        from .features import extract_features_train_bn
         device = device or next(model.parameters()).device
         labels = dataset_targets(dataset)
         embeddings, logits, _ = extract_features_train_bn(model, dataset, labels, batch_size=self.batch_size,
@@ -488,7 +488,7 @@ class LCMat(Selector):
         dist = self.block_distance(embeddings, logits, labels, scale)
         L = self._facility_L()
         if quotas is not None:
-            picks, _, gamma = ops.facility_location_greedy_quotas(dist, quotas[0], quotas[1], L)
+            picks, _, gamma = algorithms.facility_location_greedy_quotas(dist, quotas[0], quotas[1], L)
         else:
             picks, _, gamma = ops.facility_location_greedy(dist, k, L, lazy=True, backend=self.backend)
         return picks.cpu().numpy(), gamma.cpu().numpy()
@@ -543,7 +543,7 @@ class LCMat(Selector):
         e, q = ops.last_layer_factors(logits, labels, backend=self.backend)
         coords = torch.zeros(0, dtype=torch.long, device=embeddings.device)
         if self.rho != 0 and self.num_coords > 0:
-            coords = ops.top_variance_coords(embeddings, q, self.num_coords, scale, backend=self.backend)
+            coords = algorithms.top_variance_coords(embeddings, q, self.num_coords, scale, backend=self.backend)
         if self.rho == "auto":
             return self._auto_rho_distance(embeddings, e, q, coords, scale)
         return ops.lcmat_distance(embeddings, e, q, coords, self.rho, scale, backend=self.backend)
@@ -579,7 +579,7 @@ FDMAT_EPS = 1e-6  # ops.fdmat_transform's default eps
 class FDMat(ScoreSelector):
     """FDMat (Xiao et al., AAAI 2024): entropic OT between the N samples (mass 1 each) and the
     C class prototypes (mass n_c) of power-transformed, centred, normalised features; keeps the
-    samples of smallest transport score s_i = sum_c (P_ic M_ic)^2 (DESIGN.md 2.2).
+    samples of smallest transport score s_i = sum_c (P_ic M_ic)^2 (docs/design.md, "FDMat").
 
     lam: the OT regularisation is reg = 1 / lam on costs M_ic = ||x_i - mu_c||^2 that lie in
     [0, 4] (the transformed features have norm at most about 1). lam = 10 (reg = 0.1), the
@@ -627,7 +627,7 @@ class FDMat(ScoreSelector):
         else:
             x = ops.fdmat_transform(x, self.beta)
         check_finite_result("FDMat: the transformed features", x, "rescale the embeddings")
-        M = ops.prototype_cost(x, ops.class_prototypes(x, data.labels, data.num_classes), backend=self.backend)
+        M = ops.prototype_cost(x, algorithms.class_prototypes(x, data.labels, data.num_classes), backend=self.backend)
         a = torch.ones(len(data), dtype=M.dtype, device=M.device)
         b = torch.as_tensor(data.counts, dtype=M.dtype, device=M.device)
         reg = 1.0 / self.lam

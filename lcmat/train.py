@@ -1,5 +1,5 @@
-"""Training and feature extraction: selection-model training (with forgetting counts), coreset
-training, evaluation, embedding/logit extraction and a checkpoint cache.
+"""Training: selection-model training (with forgetting counts), coreset training, evaluation and a
+checkpoint cache. Feature extraction (embeddings and logits of a trained model) is lcmat.features.
 
 Everything is device-agnostic (pass ``device="cuda"`` or ``"cpu"``) and controlled by ``seed``:
 the training functions seed torch's global RNGs with it (model initialisation when a builder is
@@ -9,7 +9,7 @@ On CUDA, bitwise reproducibility also needs deterministic kernels, which this mo
 Datasets: anything indexable that returns ``(image tensor, label)``; an ``ArrayDataset`` (lcmat.data)
 is served batch by batch without per-item overhead. An ``ArrayDataset.transform`` counts as training
 augmentation: :func:`train_on_coreset` applies it, while the selection protocol
-(:func:`train_selection_model`), :func:`evaluate` and feature extraction ignore it. Other datasets
+(:func:`train_selection_model`), :func:`evaluate` and feature extraction (lcmat.features) ignore it. Other datasets
 are used exactly as they return their items.
 """
 
@@ -27,16 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import RandomCropFlip, dataset_targets, default_cache_dir
-from .models import find_last_linear
+from .data import RandomCropFlip, default_cache_dir
+from .features import iterate_batches, load_batch, restore_training_flags, training_flags
 from .validation import check_positive
 
 __all__ = [
     "train_selection_model",
     "train_on_coreset",
     "evaluate",
-    "extract_features",
-    "extract_features_train_bn",
     "cached_selection_model",
     "count_forgetting_events",
     "weighted_cross_entropy",
@@ -98,13 +96,8 @@ def _cosine_lr(base_lr, step, total_steps, eta_min):
 
 
 # --------------------------------------------------------------------------------------------------
-# Argument checks and batching
+# Argument checks
 # --------------------------------------------------------------------------------------------------
-
-def _check_positive_int(value, argument):
-    """check_positive(argument, value, integer=True), for the callers not yet written with it."""
-    return int(check_positive(argument, value, integer=True))
-
 
 def _check_indices(indices, n):
     idx = np.asarray(indices)
@@ -143,39 +136,6 @@ def _materialize(model, seed, argument="model"):
             raise ValueError(f"{argument}: the builder returned {type(built).__name__}, not an nn.Module")
         return built
     raise ValueError(f"{argument}: expected an nn.Module or a zero-argument builder, got {type(model).__name__}")
-
-
-def _get_batch(dataset, idx, apply_transform):
-    if hasattr(dataset, "get_batch"):
-        return dataset.get_batch(idx, apply_transform=apply_transform)
-    xs, ys = [], []
-    for i in idx:
-        x, y = dataset[int(i)]
-        if not isinstance(x, torch.Tensor):
-            try:
-                x = torch.as_tensor(np.asarray(x))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"dataset: item {int(i)} is a {type(x).__name__}, not a tensor; give the "
-                                 f"dataset a transform that returns tensors") from err
-        xs.append(x)
-        ys.append(int(y))
-    return torch.stack(xs).float(), torch.tensor(ys, dtype=torch.int64)
-
-
-def iterate_batches(dataset, indices=None, batch_size=128, shuffle=False, generator=None,
-                    apply_transform=False):
-    """Yield ``(positions, x, y)``: positions into ``indices`` (np.int64), images and labels.
-
-    indices: dataset indices to visit (default all, in order). shuffle: permute them with
-    ``generator`` (a CPU torch.Generator) first. apply_transform: apply an ArrayDataset's transform.
-    """
-    n = len(indices) if indices is not None else len(dataset)
-    indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-    order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n, dtype=np.int64)
-    for start in range(0, n, batch_size):
-        positions = order[start:start + batch_size]
-        x, y = _get_batch(dataset, indices[positions], apply_transform)
-        yield positions, x, y
 
 
 def _sgd(model, lr, momentum, weight_decay, nesterov):
@@ -359,26 +319,17 @@ def train_on_coreset(model, dataset, indices, weights=None, epochs=200, lr=0.1, 
 
 
 # --------------------------------------------------------------------------------------------------
-# Evaluation and features
+# Evaluation
 # --------------------------------------------------------------------------------------------------
-
-def _training_flags(model):
-    return {module: module.training for module in model.modules()}
-
-
-def _restore_training_flags(flags):
-    for module, training in flags.items():
-        module.training = training
-
 
 @torch.no_grad()
 def evaluate(model, dataset, batch_size=512, device="cpu"):
     """Top-1 accuracy of ``model`` (eval mode) on ``dataset``, in percent."""
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = int(check_positive("batch_size", batch_size, integer=True))
     if len(dataset) == 0:
         raise ValueError("dataset: is empty")
     device = torch.device(device)
-    flags = _training_flags(model)
+    flags = training_flags(model)
     model.eval()
     try:
         correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -386,125 +337,8 @@ def evaluate(model, dataset, batch_size=512, device="cpu"):
             logits = model(x.to(device, non_blocking=True))
             correct += (logits.argmax(1) == y.to(device)).sum()
     finally:
-        _restore_training_flags(flags)
+        restore_training_flags(flags)
     return 100.0 * correct.item() / len(dataset)
-
-
-class _EmbeddingHook:
-    """Captures the input of a module (the embedding) at each forward call."""
-
-    def __init__(self, layer):
-        self.value = None
-        self.handle = layer.register_forward_hook(self._capture)
-
-    def _capture(self, module, inputs, output):
-        self.value = inputs[0].detach()
-
-    def take(self):
-        value, self.value = self.value, None
-        if value is None:
-            raise ValueError("model: its last nn.Linear was not called in forward; cannot read the embedding")
-        if value.ndim != 2:
-            raise ValueError(f"model: the last nn.Linear received a {value.ndim}-D input {tuple(value.shape)}; "
-                             f"expected an embedding [batch, features]")
-        return value
-
-    def close(self):
-        self.handle.remove()
-
-
-def _forward_features(model, x, hook):
-    logits = model(x)
-    embedding = hook.take()
-    return embedding.float().cpu().numpy(), logits.detach().float().cpu().numpy()
-
-
-@torch.no_grad()
-def extract_features(model, dataset, batch_size=256, device="cpu", progress=True):
-    """One eval-mode pass: embeddings (input of the last nn.Linear), logits and labels.
-
-    Returns ``(H, Z, y)``: float32 [N, D], float32 [N, C], np.int64 [N], in dataset order.
-    """
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("dataset: is empty")
-    device = torch.device(device)
-    hook = _EmbeddingHook(find_last_linear(model))
-    flags = _training_flags(model)
-    model.eval()
-    embeddings = logits = None
-    labels = np.empty(n, dtype=np.int64)
-    try:
-        batches = iterate_batches(dataset, None, batch_size)
-        for positions, x, y in tqdm(batches, total=math.ceil(n / batch_size), desc="features",
-                                    disable=not progress, leave=False):
-            h, z = _forward_features(model, x.to(device, non_blocking=True), hook)
-            if embeddings is None:
-                embeddings = np.empty((n, h.shape[1]), dtype=np.float32)
-                logits = np.empty((n, z.shape[1]), dtype=np.float32)
-            embeddings[positions], logits[positions] = h, z
-            labels[positions] = y.numpy()
-    finally:
-        hook.close()
-        _restore_training_flags(flags)
-    return embeddings, logits, labels
-
-
-def _batchnorm_layers(model):
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def extract_features_train_bn(model, dataset, labels=None, batch_size=128, device="cpu"):
-    """Features as LCMat's released code takes them ("compat" mode, DESIGN.md 2.1).
-
-    For each class (ascending label), the class's samples in dataset order are cut into batches of
-    ``batch_size`` (the last one may be smaller); each batch is passed with BatchNorm layers in train
-    mode (normalising by the batch's own statistics) and all other layers in eval mode, without
-    gradients. BatchNorm running statistics are saved before and restored after, so the model is left
-    unchanged. labels: np.int64 [N] (default: :func:`lcmat.data.dataset_targets`).
-
-    Returns ``(H, Z, b)``: float32 [N, D] embeddings, float32 [N, C] logits and np.int64 [N], the size
-    of the batch each sample fell in, all in dataset order.
-    """
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("dataset: is empty")
-    labels = dataset_targets(dataset) if labels is None else np.asarray(labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels: expected {n} integer labels, got shape {labels.shape}, dtype {labels.dtype}")
-    device = torch.device(device)
-    bn_layers = _batchnorm_layers(model)
-    saved = [{name: buf.clone() for name, buf in bn.named_buffers(recurse=False) if buf is not None}
-             for bn in bn_layers]
-    flags = _training_flags(model)
-    hook = _EmbeddingHook(find_last_linear(model))
-    model.eval()
-    for bn in bn_layers:
-        bn.train()
-    embeddings = logits = None
-    batch_sizes = np.zeros(n, dtype=np.int64)
-    try:
-        for c in np.unique(labels):
-            members = np.flatnonzero(labels == c)
-            for start in range(0, len(members), batch_size):
-                chunk = members[start:start + batch_size]
-                x, _ = _get_batch(dataset, chunk, apply_transform=False)
-                h, z = _forward_features(model, x.to(device, non_blocking=True), hook)
-                if embeddings is None:
-                    embeddings = np.empty((n, h.shape[1]), dtype=np.float32)
-                    logits = np.empty((n, z.shape[1]), dtype=np.float32)
-                embeddings[chunk], logits[chunk] = h, z
-                batch_sizes[chunk] = len(chunk)
-    finally:
-        hook.close()
-        for bn, buffers in zip(bn_layers, saved):
-            for name, value in buffers.items():
-                getattr(bn, name).copy_(value)
-        _restore_training_flags(flags)
-    return embeddings, logits, batch_sizes
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Brute-force definitions for tests: materialised, slow and obvious, written from DESIGN.md.
+"""Brute-force definitions for tests: materialised, slow and obvious, written from docs/design.md.
 
 Nothing here uses an identity the kernels rely on. Per-sample gradients and Hessian diagonals
 come from autograd over the flattened last-layer parameters theta = [bias (C); weight (C x D)

@@ -1,4 +1,4 @@
-"""Brute-force selector definitions for the selector tests (DESIGN.md 2), float64 numpy.
+"""Brute-force selector definitions for the selector tests (docs/design.md), float64 numpy.
 
 Everything is materialised from the definitions: per-sample gradients and Hessian diagonals as
 n x C (D + 1) matrices, distances by broadcasting, greedy gains evaluated for every candidate,

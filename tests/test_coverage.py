@@ -127,7 +127,7 @@ def _quota_greedy_by_definition(dist, groups, quotas):
 
 @given(st.integers(1, 14), st.integers(1, 4), st.integers(0, 10 ** 6))
 def test_quota_greedy_matches_its_definition(n, num_groups, seed):
-    from lcmat.reference import facility_location_greedy_quotas
+    from lcmat.algorithms import facility_location_greedy_quotas
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 3))
     dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
@@ -141,7 +141,8 @@ def test_quota_greedy_matches_its_definition(n, num_groups, seed):
 
 
 def test_quota_greedy_without_a_binding_quota_is_the_plain_greedy():
-    from lcmat.reference import facility_location_greedy, facility_location_greedy_quotas
+    from lcmat.algorithms import facility_location_greedy_quotas
+    from lcmat.reference import facility_location_greedy
     x = torch.randn(60, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     dist = torch.cdist(x, x)
     plain = facility_location_greedy(dist, 7, lazy=False)
@@ -155,6 +156,7 @@ def test_quota_greedy_without_a_binding_quota_is_the_plain_greedy():
 
 
 def test_lcmat_quotas_keep_stratum_budgets_and_cover_the_class():
+    from lcmat import algorithms
     from lcmat import reference as R
     from lcmat.coverage import coverage_strata
     H, Z, y = _problem()
@@ -171,7 +173,7 @@ def test_lcmat_quotas_keep_stratum_budgets_and_cover_the_class():
         h, z = H[members[kept]].double(), Z[members[kept]].double()
         e, q = R.last_layer_factors(z, y[members[kept]])
         dist = R.lcmat_distance(h, e, q, R.top_variance_coords(h, q, 100), 1.0)
-        picks, _, _ = R.facility_location_greedy_quotas(dist, strata, budgets)
+        picks, _, _ = algorithms.facility_location_greedy_quotas(dist, strata, budgets)
         assert sorted(members[kept][picks.numpy()].tolist()) == sorted(cs.indices[y.numpy()[cs.indices] == c].tolist())
     with pytest.raises(ValueError, match="quotas"):
         lcmat.LCMat(quotas=True)

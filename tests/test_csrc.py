@@ -89,7 +89,7 @@ def test_curvature_and_top_coords(n, C, D, K, dtype, nc, scaled, seed):
     assert mean.dtype == torch.float64 and mean.shape == (C * (D + 1),)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-12, atol=0)
     torch.testing.assert_close(second, second_ref, rtol=1e-12, atol=0)
-    coords = ops.top_variance_coords(H, q, K, scale, backend="cpu")
+    coords = algorithms.top_variance_coords(H, q, K, scale, backend="cpu")
     ref = R.top_variance_coords(H, q, K, scale)
     # the same variances in the same order; the same indices unless variances nearly tie (n = 1:
     # all are zero up to rounding)
@@ -164,16 +164,16 @@ def test_top_coords_ties_lowest_index_first():
     H, Z, y, _ = last_layer_inputs(20, 3, 4, torch.float64, 1)
     H = torch.cat([H, H], dim=1)
     _, q = R.last_layer_factors(Z, y)
-    coords = ops.top_variance_coords(H, q, 24, backend="cpu")
+    coords = algorithms.top_variance_coords(H, q, 24, backend="cpu")
     assert coords.tolist() == R.top_variance_coords(H, q, 24).tolist()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed", range(3))
 def test_ops_top_variance_coords_prunes_rows_like_the_full_reference(seed, dtype):
-    """An ImageNet-like class (many classes, a confident model): lcmat.ops skips the weight rows
+    """An ImageNet-like class (many classes, a confident model): lcmat.algorithms skips the weight rows
     that cannot reach the top and runs the cpu moments on column subsets of q."""
-    from lcmat import ops
+    from lcmat import algorithms
     H, Z, _, s = last_layer_inputs(300, 200, 24, dtype, seed)
     Z[:, 0] += 20.0
     Z[:, 1:6] += 10.0
@@ -181,7 +181,7 @@ def test_ops_top_variance_coords_prunes_rows_like_the_full_reference(seed, dtype
     for K in (1, 30, 100):
         for scale in (None, s):
             expected = R.top_variance_coords(H, q, K, scale).tolist()
-            assert ops.top_variance_coords(H, q, K, scale, backend="cpu").tolist() == expected
+            assert algorithms.top_variance_coords(H, q, K, scale, backend="cpu").tolist() == expected
 
 
 def distance_inputs(n, C, D, dtype, seed):
@@ -824,7 +824,7 @@ def test_cuda_last_layer_and_distance(dtype):
         torch.testing.assert_close(got.cpu(), want, **tol(dtype))
     e, q = R.last_layer_factors(Z, y)
     coords = R.top_variance_coords(H, q, 40, s)
-    assert ops.top_variance_coords(H.to(dev), q.to(dev), 40, s.to(dev), backend="cuda").tolist() == coords.tolist()
+    assert algorithms.top_variance_coords(H.to(dev), q.to(dev), 40, s.to(dev), backend="cuda").tolist() == coords.tolist()
     ref = R.lcmat_distance(H.double(), e.double(), q.double(), coords, 0.3, s.double())
     got = csrc.lcmat_distance(H.to(dev), e.to(dev), q.to(dev), coords.to(dev), 0.3, s.to(dev))
     torch.testing.assert_close(got.cpu().double(), ref, **distance_tol(dtype, ref))

@@ -11,7 +11,8 @@ from torch.utils.data import Dataset, Subset
 import lcmat
 from lcmat import deepcore as methods
 from lcmat.models import get_model
-from lcmat.train import extract_features, train_selection_model
+from lcmat.features import extract_features
+from lcmat.train import train_selection_model
 
 COUNTS = (13, 9, 11)  # odd, unequal class sizes
 FRACTION = 0.25

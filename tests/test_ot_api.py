@@ -1,4 +1,4 @@
-"""The public OT API (DESIGN.md 2.3): lcmat.sinkhorn against POT's plan, its errors, and the
+"""The public OT API (docs/design.md, "Log-domain Sinkhorn"): lcmat.sinkhorn against POT's plan, its errors, and the
 per-class coreset diagnostic lcmat.coreset_ot_distance against POT class by class."""
 import re
 

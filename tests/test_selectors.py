@@ -1,4 +1,4 @@
-"""Every selector of lcmat.METHODS against its DEFINITION (DESIGN.md 2), by brute force on small
+"""Every selector of lcmat.METHODS against its DEFINITION (docs/design.md), by brute force on small
 synthetic problems: budgets, index bookkeeping, determinism, and the property that defines each
 method (tests/brute_selectors.py holds the materialised definitions)."""
 import warnings
@@ -576,7 +576,7 @@ class PairDataset(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("name", ["lcmat", "fdmat", "grand", "herding"])
 def test_select_from_model_equals_select_features_on_hooked_features(name):
-    pytest.importorskip("lcmat.train", reason="lcmat.train (extract_features) is not importable yet")
+    pytest.importorskip("lcmat.features", reason="lcmat.features (extract_features) is not importable yet")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     x = torch.randn(40, 4)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from lcmat.data import ArrayDataset, default_data_dir, load_dataset
 from lcmat.models import MLP, ConvNet3, LeNet, ResNet18
-from lcmat.train import (cached_selection_model, count_forgetting_events, evaluate, extract_features,
-                         extract_features_train_bn, train_on_coreset, train_selection_model,
-                         weighted_cross_entropy)
+from lcmat.features import extract_features, extract_features_train_bn
+from lcmat.train import (cached_selection_model, count_forgetting_events, evaluate, train_on_coreset,
+                         train_selection_model, weighted_cross_entropy)
 
 
 

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 pytest.importorskip("triton")
-from lcmat import ops  # noqa: E402
+from lcmat import algorithms, ops  # noqa: E402
 from lcmat import reference as R  # noqa: E402
 from lcmat import triton_kernels as T  # noqa: E402
 
@@ -90,7 +90,7 @@ def test_curvature_moments_match_reference(n, c, d, dtype, scaled, seed):
 def test_top_variance_coords_match_reference(n, c, d, k, seed):
     z, y, h, s = _problem(n, c, d, torch.float32, seed)
     _, q = R.last_layer_factors(z, y)
-    assert torch.equal(ops.top_variance_coords(h, q, k, s, backend="triton"), R.top_variance_coords(h, q, k, s))
+    assert torch.equal(algorithms.top_variance_coords(h, q, k, s, backend="triton"), R.top_variance_coords(h, q, k, s))
 
 
 def test_top_variance_coords_ties_and_cancellation():
@@ -100,7 +100,7 @@ def test_top_variance_coords_ties_and_cancellation():
     h[:, 2] = 0.0
     h[:, 4] = 100.0 + 1e-3 * h[:, 4]
     _, q = R.last_layer_factors(z, y)
-    ours = ops.top_variance_coords(h, q, 28, backend="triton")
+    ours = algorithms.top_variance_coords(h, q, 28, backend="triton")
     assert torch.equal(ours, R.top_variance_coords(h, q, 28))
     zero_var = [4 + c * 6 + 2 for c in range(4)]
     assert ours[-4:].tolist() == zero_var
@@ -138,5 +138,5 @@ def test_gpu_large_shapes():
     mr, sr = R.curvature_moments(h[:1300], q[:1300], s[:1300])
     torch.testing.assert_close(mean, mr, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(second, sr, rtol=1e-12, atol=1e-15)
-    assert torch.equal(ops.top_variance_coords(h[:1300], q[:1300], 100, backend="triton"),
+    assert torch.equal(algorithms.top_variance_coords(h[:1300], q[:1300], 100, backend="triton"),
                        R.top_variance_coords(h[:1300], q[:1300], 100))

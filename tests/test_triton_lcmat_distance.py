@@ -124,8 +124,8 @@ def test_gpu_class_sized_block():
 
 def test_ops_top_variance_coords_prunes_rows_on_triton_like_the_full_reference():
     """Many classes, a confident model: lcmat.ops runs the Triton moments on the column subsets of
-    q that can reach the top (reference.top_variance_coords_pruned), same coordinates."""
-    from lcmat import ops
+    q that can reach the top (algorithms.top_variance_coords_pruned), same coordinates."""
+    from lcmat import algorithms
     g = torch.Generator().manual_seed(3)
     n, c, d = 40, 48, 6
     z = torch.randn(n, c, generator=g, dtype=torch.float64)
@@ -137,4 +137,4 @@ def test_ops_top_variance_coords_prunes_rows_on_triton_like_the_full_reference()
         hd, qd = h.to(dtype).to(DEV), q.to(dtype).to(DEV)
         for k in (1, 10, 30):
             expected = R.top_variance_coords(hd, qd, k).tolist()
-            assert ops.top_variance_coords(hd, qd, k, backend="triton").tolist() == expected
+            assert algorithms.top_variance_coords(hd, qd, k, backend="triton").tolist() == expected

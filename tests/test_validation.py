@@ -1,4 +1,4 @@
-"""Bad input gets a ValueError whose message names the argument at fault (DESIGN.md 4)."""
+"""Bad input gets a ValueError whose message names the argument at fault (docs/design.md, "Input errors")."""
 import math
 import re
 
@@ -291,7 +291,7 @@ class PairDataset(torch.utils.data.Dataset):
 
 
 def test_select_with_a_model_without_linear_layer():
-    pytest.importorskip("lcmat.train", reason="lcmat.train (extract_features) is not importable yet")
+    pytest.importorskip("lcmat.features", reason="lcmat.features (extract_features) is not importable yet")
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 2))
     dataset = PairDataset(torch.randn(12, 1, 3, 3), np.arange(12) % 3)
     for name in ("lcmat", "fdmat", "grand"):

@@ -1,7 +1,7 @@
 """Last-layer per-sample quantities (twin of `lcmat.reference.last_layer`, plus the curvature
 moments of `lcmat.reference.lcmat_distance`).
 
-Notation (DESIGN.md 2): p = softmax(z), e = p - onehot(y), q = p (1 - p), h the embedding.
+Notation (docs/design.md, "Notation"): p = softmax(z), e = p - onehot(y), q = p (1 - p), h the embedding.
 
 One pass over a row of Z keeps, online over column tiles (rescaling when the running max m moves):
     s       = sum_j exp(z_j - m)

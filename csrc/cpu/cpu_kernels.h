@@ -1,7 +1,8 @@
 // The CPU kernels of lcmat on raw pointers: no torch header here, so that these translation units
 // compile in seconds. The torch-facing code (argument checks, dtype dispatch, GEMMs through ATen,
-// op registration) lives in csrc/ops.cpp. Every template is instantiated for float and double in
-// its family's .cpp file. All matrices are row-major and contiguous.
+// op registration) lives in the family's binding, csrc/<family>.cpp. Every template is
+// instantiated for float and double in its family's .cpp file here. All matrices are row-major and
+// contiguous.
 #pragma once
 
 #include <cstdint>

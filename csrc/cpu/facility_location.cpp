@@ -48,7 +48,7 @@ struct Candidate {
 // Is the n x n block exactly symmetric? Then a column of sim is a row of max(0, L - D), read in
 // place; otherwise sim^T is built once. Compared in 64 x 64 tiles: the tile below the diagonal is
 // copied transposed into a local buffer (reading rows), then compared row against row, so no
-// loop reads memory with a stride of n (three times faster at n = 5,000). `!=` throughout: a NaN
+// loop reads memory with a stride of n. `!=` throughout: a NaN
 // entry makes the block non-symmetric, -0 equals +0. When the block is symmetric, *largest is its
 // largest entry (read on the way: every entry of the upper triangle passes through the check), so
 // the paper mode's L needs no pass of its own.
@@ -90,8 +90,8 @@ bool exactly_symmetric(const T* dist, int64_t n, int64_t m, T* largest) {
 }
 
 #if defined(__AVX2__)
-// float: 8 x 8 blocks of the upper triangle against the register-transposed mirror block, five
-// times faster than the tiled copy at n = 5,000; the last n mod 8 rows and columns entry by entry.
+// float: 8 x 8 blocks of the upper triangle against the register-transposed mirror block (no copy
+// through memory, unlike the tiled check); the last n mod 8 rows and columns entry by entry.
 // NEQ_UQ is `!=` (true on NaN).
 template <>
 bool exactly_symmetric<float>(const float* dist, int64_t n, int64_t m, float* largest) {
@@ -199,8 +199,8 @@ struct Columns {
   // float: the same sums in the same order (lane i mod 8 in float64, then the lanes in order),
   // 16 rows a step in registers: the eight lanes are the eight float64 slots of one register, and
   // the low and high halves of 16 excesses are rows t..t+7 and t+8..t+15. max_ps(x, 0) is the
-  // scalar x > 0 ? x : 0, NaN and -0 included. The greedy at n = 5,000, k = 500: 33 to 27 ms on
-  // Zen 5; reading the columns from memory bounds it now.
+  // scalar x > 0 ? x : 0, NaN and -0 included. With this, reading the columns from memory bounds
+  // the greedy.
   double gain_avx512(int64_t j, const float* cov) const {
     const float* col = column(j);
     const __m512 zero = _mm512_setzero_ps(), Lv = _mm512_set1_ps(L);
@@ -313,7 +313,7 @@ void facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_t k, bo
     std::priority_queue<Candidate> heap(std::less<Candidate>(), std::move(init));
     constexpr int64_t kMaxBatch = 64;
     // A batch goes parallel only when its gains outweigh waking the team (tens of microseconds
-    // with OMP_WAIT_POLICY=passive): at n = 1,282 a parallel batch made the greedy 2x slower.
+    // with OMP_WAIT_POLICY=passive): on small blocks a parallel batch slows the greedy down.
     constexpr int64_t kParallelWork = int64_t(1) << 18;
     std::vector<Candidate> batch;
     for (int64_t step = 0; step < k; ++step) {

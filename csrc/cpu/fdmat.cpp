@@ -2,7 +2,7 @@
 // score
 //     s_i = sum_c (P_ic M_ic)^2,   P_ic = exp((f_i + g_c - M_ic) / reg)
 // in one streaming pass over M, the plan never stored. (The rest of fdmat_transform is ATen in
-// csrc/ops.cpp; prototype_cost is a GEMM there followed by squared_euclidean_from_dot in
+// csrc/fdmat.cpp; prototype_cost is a GEMM there followed by squared_euclidean_from_dot in
 // sinkhorn.cpp.)
 #include <algorithm>
 #include <vector>
@@ -52,7 +52,7 @@ void scores_by_row(const T* M, const T* f, const T* g, int64_t N, int64_t C, T r
   }
 }
 
-// Short rows (C = 10: too short for the exp to vectorise inside one, 0.7x ATen that way): a chunk
+// Short rows (C = 10: too short for the exp to vectorise inside one row): a chunk
 // of about 4,096 entries at a time, in three loops over L1: the exponents row by row, (P M)^2 over
 // the chunk as one flat loop, then each row's sum.
 template <typename T>

@@ -1,6 +1,6 @@
 // The per-class LCMat-S distance block (lcmat/reference/lcmat_distance.py):
 //     D_ij = || g_i - g_j ||_2 + rho * || d_i[K] - d_j[K] ||_1
-// The GEMMs of the Gram identity run in ATen (csrc/ops.cpp); here is the rest: the distance tiles
+// The GEMMs of the Gram identity run in ATen (csrc/lcmat_distance.cpp); here is the rest: the distance tiles
 // (the Gram product, the L1 term, the square root, the mirror) computed in one pass, the curvature moments, gathering d_i[K], and the standalone tiled pairwise L1.
 #include <algorithm>
 #include <cmath>
@@ -50,8 +50,7 @@ void l1_tile(const T* a, const T* b_t, int64_t m, int64_t K, int64_t i0, int64_t
 #if defined(__AVX512F__)
 // float32 with AVX-512: rows x 32 columns of sums held in 2 x rows registers over the whole k loop,
 // a - b as fma(b, -1, a) (the same single rounding). Eight rows share each load of b_t, which
-// comes from L2: on Zen 5 a standalone 4,992-row triangle of tiles took 19 ms with 8 rows, 34 ms
-// with 4.
+// comes from L2, so eight rows a step halve the L2 traffic of four.
 template <int kRows>
 int64_t l1_rows_avx512(const float* a, const float* b_t, int64_t m, int64_t K, int64_t i, int64_t i1, int64_t i0,
                        int64_t j0, int64_t w32, float* sums) {
@@ -90,7 +89,7 @@ void l1_tile<float>(const float* a, const float* b_t, int64_t m, int64_t K, int6
 // float32 with AVX2: 4 rows x 16 columns of sums held in eight registers over the whole k loop
 // (l1_rows keeps them in memory: a load and a store per add). a - b is computed as
 // fma(b, -1, a), the same single rounding, so that on cores with separate FMA and add pipes
-// (Zen) the subtractions and the additions run side by side. 2x faster at K = 100 on Zen 3.
+// the subtractions and the additions run side by side.
 template <>
 void l1_tile<float>(const float* a, const float* b_t, int64_t m, int64_t K, int64_t i0, int64_t i1, int64_t j0,
                     int64_t w, float* sums) {
@@ -161,8 +160,8 @@ void distance_tile(T* out, const T* hh, const T* ee, const T* d, const T* d_t, c
 
 // ---- Gram products: float, AVX-512 ---------------------------------------------------------
 // a a^T for distance_blocks, instead of ATen's GEMM where the build has AVX-512 (MKL keeps to
-// 256-bit kernels on AMD CPUs: the upper triangle of a 5,000 x 512 Gram took 138 ms there and
-// 55 ms here, on Zen 5). a is packed once into k-major panels of 8 rows (the left operand) and
+// 256-bit kernels on AMD CPUs, and computes the whole product where only its upper triangle is
+// needed). a is packed once into k-major panels of 8 rows (the left operand) and
 // of 32 rows (the right one, zero-padded); an 8 x 32 tile of sums lives in 16 registers over the
 // whole k loop, so every entry is one in-order fused multiply-add chain over k, whatever the
 // thread count.
@@ -187,7 +186,7 @@ namespace {
 // dst[k][r] = a[r][k] for the `rows` rows of one panel of R, zero past them.
 void pack_panel(const float* a, int64_t rows, int64_t D, int64_t R, float* dst) {
 #if defined(__AVX2__)
-  if (rows == R && R % 8 == 0) {  // a full panel: 8 x 8 blocks transposed in registers (3x faster)
+  if (rows == R && R % 8 == 0) {  // a full panel: 8 x 8 blocks transposed in registers
     const int64_t D8 = D / 8 * 8;
     for (int64_t r0 = 0; r0 < R; r0 += 8) {
       for (int64_t k0 = 0; k0 < D8; k0 += 8) {
@@ -425,8 +424,7 @@ void curvature_moments(const T* embeddings, const Q* q, const double* scale, int
                        double* workspace, double* mean, double* second) {
 #if defined(__AVX512F__)
   // a = s q and a^2 transposed, [C, n] each, in the workspace; the bias moments are their rows'
-  // sums, in row order. (16 rows at a time: a row-by-row transpose writes with a stride of n,
-  // 17 ms at 1,282 x 1,000.)
+  // sums, in row order. (16 rows at a time: a row-by-row transpose writes with a stride of n.)
   double* a_t = workspace;
   double* a2_t = workspace + n * C;
   constexpr int64_t kRowBlock = 16;

@@ -1,6 +1,6 @@
 // The CUDA kernels of lcmat behind host launchers on raw device pointers, sizes and a stream:
 // no torch header here, so every .cu compiles with plain nvcc. The torch-facing binding is
-// csrc/cuda/cuda_ops.cpp. Launchers are instantiated for float and double in their family's .cu
+// the WITH_CUDA part of csrc/<family>.cpp. Launchers are instantiated for float and double in their family's .cu
 // file and return the launch status (cudaGetLastError()); device matrices are row-major and
 // contiguous. Same mathematics as the CPU kernels (csrc/cpu/cpu_kernels.h).
 #pragma once

@@ -1,5 +1,5 @@
 // The memory-bound parts of the per-class LCMat-S distance block (lcmat/reference/lcmat_distance.py);
-// the GEMMs of the Gram identity run through ATen in csrc/cuda/cuda_ops.cpp.
+// the GEMMs of the Gram identity run through ATen in csrc/lcmat_distance.cpp.
 #include "cuda_kernels.h"
 #include "device_utils.cuh"
 

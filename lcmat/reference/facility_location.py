@@ -1,4 +1,4 @@
-"""Greedy facility location over a distance block (DESIGN.md 2.1, step 3).
+"""Greedy facility location over a distance block (docs/design.md, "Facility location").
 
     F(S) = sum_i max(0, max_{j in S} (L - D_ij))
 
@@ -31,7 +31,7 @@ def check_distance_block(dist, L=None):
                                  f"the picks unchanged, or use float64")
 
 
-def _similarity_columns(dist, L):
+def similarity_columns(dist, L):
     """S^T with S_ij = max(0, L - D_ij): row j holds column j of S, contiguous."""
     check_distance_block(dist, L)
     if L is None:
@@ -56,9 +56,9 @@ def facility_location_greedy(dist, k, L=None, lazy=False):
     n = dist.shape[0]
     if not 0 <= k <= n:
         raise ValueError(f"k: must lie in [0, {n}], got {k}")
-    sim_t = _similarity_columns(dist, L)
-    picks = _lazy_picks(sim_t, [0] * n, [k]) if lazy else _naive_picks(sim_t, k)
-    return _greedy_result(dist, sim_t, picks)
+    sim_t = similarity_columns(dist, L)
+    picks = lazy_greedy_picks(sim_t, [0] * n, [k]) if lazy else _naive_picks(sim_t, k)
+    return greedy_result(dist, sim_t, picks)
 
 
 def facility_location_greedy_batch(dists, ks, L=None, lazy=False):
@@ -85,7 +85,7 @@ def check_greedy_batch(dists, ks):
     return dists, [int(k) for k in ks]
 
 
-def _greedy_result(dist, sim_t, picks):
+def greedy_result(dist, sim_t, picks):
     """(picks LongTensor, objective after each pick, nearest-pick counts)."""
     picks = torch.tensor(picks, dtype=torch.long, device=dist.device)
     objective = sim_t[picks].cummax(dim=0).values.sum(1) if len(picks) else sim_t.new_zeros(0)
@@ -106,7 +106,7 @@ def _naive_picks(sim_t, k):
     return picks
 
 
-def _lazy_picks(sim_t, groups, quotas):
+def lazy_greedy_picks(sim_t, groups, quotas):
     """Lazy greedy where column j may be picked while its group groups[j] has fewer than
     quotas[groups[j]] picks (the plain greedy: one group, quota k)."""
     n = sim_t.shape[0]
@@ -129,30 +129,6 @@ def _lazy_picks(sim_t, groups, quotas):
         else:
             heapq.heappush(heap, (-gain, j))
     return picks
-
-
-def facility_location_greedy_quotas(dist, groups, quotas, L=None):
-    """Greedy facility location under a partition constraint (quotas per group of columns).
-
-    groups [n]: the group of each column, in [0, len(quotas)); quotas[g]: how many picks group g
-    gets, k = sum(quotas). Each step adds the eligible column of largest gain over all n rows
-    (lowest index wins ties); a column is eligible while its group has fewer than quotas[g]
-    picks. Lazy evaluation stays exact: the constraint only removes candidates. Returns (picks
-    [k] in pick order, objective [k], weights [k]) as facility_location_greedy.
-    """
-    n = dist.shape[0]
-    groups = torch.as_tensor(groups, dtype=torch.long).cpu()
-    quotas = [int(q) for q in quotas]
-    if groups.shape != (n,):
-        raise ValueError(f"groups: expected {n} group ids, got shape {tuple(groups.shape)}")
-    if n and (int(groups.min()) < 0 or int(groups.max()) >= len(quotas)):
-        raise ValueError(f"groups: ids must lie in [0, {len(quotas)})")
-    sizes = torch.bincount(groups, minlength=len(quotas)).tolist()
-    for g, (q, size) in enumerate(zip(quotas, sizes)):
-        if not 0 <= q <= size:
-            raise ValueError(f"quotas: group {g} has {size} columns, quota {q}")
-    sim_t = _similarity_columns(dist, L)
-    return _greedy_result(dist, sim_t, _lazy_picks(sim_t, groups.tolist(), quotas))
 
 
 def nearest_pick_counts(dist, picks):

@@ -1,4 +1,4 @@
-"""FDMat's feature transform, prototype cost and transport score (DESIGN.md 2.2)."""
+"""FDMat's feature transform, prototype cost and transport score (docs/design.md, "FDMat")."""
 import torch
 
 

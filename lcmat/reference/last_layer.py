@@ -1,6 +1,6 @@
 """Last-layer per-sample quantities for softmax cross-entropy and a final nn.Linear.
 
-Notation (DESIGN.md 2): p = softmax(z), e = p - onehot(y), q = p * (1 - p), h the embedding
+Notation (docs/design.md, "Notation"): p = softmax(z), e = p - onehot(y), q = p * (1 - p), h the embedding
 (input of the last linear layer), s an optional per-sample scale. The last layer's parameters
 are [bias (C); weight (C x D)], P = C (D + 1) coordinates, flattened in that order with the
 weight row-major, so coordinate C + c * D + d is weight[c, d].

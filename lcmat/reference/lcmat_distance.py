@@ -1,4 +1,4 @@
-"""The per-class LCMat-S distance block (DESIGN.md 2.1).
+"""The per-class LCMat-S distance block (docs/design.md, "The LCMat-S distance").
 
     D_ij = || g_i - g_j ||_2 + rho * || d_i[K] - d_j[K] ||_1
 
@@ -73,83 +73,6 @@ def top_variance_coords(embeddings, q, num_coords, scale=None):
     """The `num_coords` coordinates of d_i with the largest variance over the rows (the class):
     `coords_by_variance` of `curvature_moments`."""
     return coords_by_variance(*curvature_moments(embeddings, q, scale), num_coords)
-
-
-def scaled_q(q, scale=None):
-    """s_i q_ic in float64, [n, C], always a new tensor (callers square it in place)."""
-    sq = q.to(torch.float64, copy=True)
-    return sq if scale is None else sq.mul_(scale.double()[:, None])
-
-
-def fourth_power(embeddings):
-    """h^4 in float64, a new tensor."""
-    return embeddings.to(torch.float64, copy=True).square_().square_()
-
-
-def weight_row_bounds(embeddings, q, scale=None):
-    """[C] float64: for every class c, an upper bound on the variance of its weight coordinates.
-
-    var_cd <= m2_cd = (1/n) sum_i sq_ic^2 h_id^4, and by Hoelder and Cauchy-Schwarz
-    m2_cd <= (1/n) min(max_i sq_ic^2 * max_d sum_i h_id^4,  ||sq_c^2||_2 * max_d ||h_d^4||_2).
-    Costs O(n (C + D)), against the O(n C D) of the moment GEMMs.
-    """
-    h4 = fourth_power(embeddings)
-    return _row_bounds(h4, scaled_q(q, scale).square_())
-
-
-def _row_bounds(h4, sq2):
-    """weight_row_bounds from h^4 [n, D] and (s q)^2 [n, C] in float64; overwrites both (in
-    place: fresh n x C temporaries cost more in page faults than in arithmetic)."""
-    by_max = sq2.amax(0) * h4.sum(0).max()
-    # column norms as sums of squares: vector_norm(dim=0) is several times slower here
-    by_norm = (sq2.square_().sum(0) * h4.square_().sum(0).max()).sqrt_()
-    return torch.minimum(by_max, by_norm) / h4.shape[0]
-
-
-def top_variance_coords_pruned(embeddings, q, num_coords, scale=None, moments=curvature_moments, first_rows=16):
-    """Same coordinates as `top_variance_coords`, with the moment GEMMs run only on the weight rows
-    (classes) that can reach the top `num_coords`; `moments` is any backend's `curvature_moments`.
-
-    Rows go in decreasing `weight_row_bounds`, in chunks that double from `first_rows`, until the
-    next row's bound lies below the K-th largest (ordered) variance known so far: no coordinate of
-    that row or the rows after it can then enter the top K, nor tie with it, so they keep
-    moments (0, 0). The bias coordinates (the moments of s_i q_ic) are always computed. With a
-    confident model most of ImageNet's 1,000 rows per class are skipped; with a flat softmax every
-    row is computed, as without pruning.
-    """
-    n, C = q.shape
-    D = embeddings.shape[1]
-    if num_coords <= 0 or n == 0 or C <= first_rows:
-        return coords_by_variance(*moments(embeddings, q, scale), num_coords)
-    sq = scaled_q(q, scale)
-    # The coordinates whose moments are known, their moments: the biases first.
-    known = [torch.arange(C, device=q.device)]
-    means = [sq.sum(0) / n]
-    sq2 = sq.square_()
-    seconds = [sq2.sum(0) / n]
-    # The 1e-6 margin covers the rounding of the bound and of the GEMMs (n u < 1e-6 for any n here);
-    # a NaN bound never lets a row be skipped.
-    bound = _row_bounds(fourth_power(embeddings), sq2)
-    bound = (bound * (1.0 + 1e-6)).nan_to_num(nan=float("inf"))
-    order = torch.sort(bound, descending=True, stable=True).indices
-    bound = bound[order].float().tolist()
-    done, num_known, chunk = 0, C, first_rows
-    while done < C:
-        if num_known >= num_coords:
-            var = ordered_variance(torch.cat(means), torch.cat(seconds))
-            if bound[done] < float(torch.topk(var, num_coords).values[-1]):
-                break
-        rows = order[done:done + chunk]
-        m, s = moments(embeddings, q[:, rows], scale)
-        known.append((C + rows[:, None] * D + torch.arange(D, device=q.device)).flatten())
-        means.append(m[len(rows):])
-        seconds.append(s[len(rows):])
-        done, num_known, chunk = done + len(rows), num_known + len(rows) * D, 2 * chunk
-    # In increasing coordinate order, so that coords_by_variance breaks ties by the lowest index.
-    known = torch.cat(known)
-    by_index = torch.argsort(known)
-    local = coords_by_variance(torch.cat(means)[by_index], torch.cat(seconds)[by_index], num_coords)
-    return known[by_index][local]
 
 
 def hessian_diag_coords(embeddings, q, coords, scale=None):

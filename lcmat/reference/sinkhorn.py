@@ -1,4 +1,4 @@
-"""Entropic optimal transport by log-domain Sinkhorn (DESIGN.md 2.2 step 5 and 2.3).
+"""Entropic optimal transport by log-domain Sinkhorn (docs/design.md, "Log-domain Sinkhorn").
 
 Problem: min_P <P, M> - reg H(P) subject to P 1 = a, P^T 1 = b. With potentials f, g,
 
