@@ -86,20 +86,23 @@ def cmd_select(args):
             raise SystemExit(f"lcmat select: {_flag(name)} is not an option of {args.method} "
                              f"(its options: {', '.join(map(_flag, allowed)) or 'none'})")
         options[name] = _parse_value(name, value, allowed[name])
+    from . import distributed  # distributed: rank 0 alone shows progress, saves and prints
+    lead = distributed.is_lead()
     feats = _load_features(args.features)
     extra = {"forgetting": feats["forgetting"]} if "forgetting" in feats else {}
     start = time.perf_counter()
     try:
         selector = cls(fraction=args.fraction, balance=args.balance, seed=args.seed, backend=args.backend,
-                       progress=not args.quiet, coverage=args.coverage, difficulty=args.difficulty,
+                       progress=not args.quiet and lead, coverage=args.coverage, difficulty=args.difficulty,
                        prune_hard=args.prune_hard, num_strata=args.num_strata, **options)
         coreset = selector.select_features(embeddings=feats.get("embeddings"), logits=feats.get("logits"),
                                            labels=feats["labels"], **extra)
     except ValueError as err:
         raise SystemExit(f"lcmat select: {err}")
     seconds = time.perf_counter() - start
-    coreset.save(args.out)
-    print_summary(coreset, feats["labels"], seconds, args.out)
+    if lead:  # distributed
+        coreset.save(args.out)
+        print_summary(coreset, feats["labels"], seconds, args.out)
 
 
 def print_summary(coreset, labels, seconds, out):
@@ -290,6 +293,8 @@ def cmd_experiment(args):
             print(f"wrote {written}")
         return
     settings = _experiment_settings(args)
+    from . import distributed  # distributed: ranks other than 0 write into a temporary folder
+    settings, scratch = distributed.follower_settings(settings)
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
@@ -297,11 +302,21 @@ def cmd_experiment(args):
         run_experiment(**settings)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"lcmat experiment: {err}")
+    finally:
+        if scratch:  # distributed
+            import shutil
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.run(args)
+    from . import distributed  # distributed: join the group torchrun describes (WORLD_SIZE > 1)
+    joined = distributed.init_from_env()
+    try:
+        args.run(args)
+    finally:
+        if joined:  # distributed
+            distributed.dist.destroy_process_group()
     return 0
 
 
