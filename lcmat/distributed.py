@@ -45,6 +45,10 @@ from .validation import as_tensor, check_finite
 ROUTE_BYTES = 2 ** 26  # feature bytes a rank sends per routing round
 SINKHORN_ROWS = 2 ** 16  # cost rows per chunk in the sharded Sinkhorn (bounds its temporaries)
 
+# Bytes this rank received from the others in the last selection, by kind of collective
+# (all_to_all: routed features; all_gather: scores and picks; all_reduce: tensor sizes).
+traffic = {"all_to_all": 0, "all_gather": 0, "all_reduce": 0}
+
 
 # ------------------------------------------------------------------------------------------------
 # The process group
@@ -292,6 +296,7 @@ def _all_reduce(t, op=dist.ReduceOp.SUM):
     device = _comm_device(t.device)
     buf = t.to(device, copy=True)
     dist.all_reduce(buf, op=op)
+    traffic["all_reduce"] += buf.numel() * buf.element_size()
     return buf.to(t.device)
 
 
@@ -338,6 +343,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
         return _single_process(selector, embeddings, logits, labels, num_classes, forgetting, indices)
     from .selectors import ScoreSelector, Uniform
     start = time.perf_counter()
+    traffic.update(dict.fromkeys(traffic, 0))
     needs = selector.required()
     shard = _agree(_Shard, selector, embeddings, logits, labels, forgetting, indices, needs)
     summaries = _exchange(None, shard.summary())
@@ -535,6 +541,7 @@ def gather_rows(values, index, n):
     buf[:len(index), 1:] = torch.from_numpy(values)
     out = [torch.empty_like(buf, device=device) for _ in sizes]
     dist.all_gather(out, buf.to(device))
+    traffic["all_gather"] += (len(sizes) - 1) * buf.numel() * buf.element_size()
     full = np.empty((n, width - 1), dtype=np.float64)
     for size, part in zip(sizes, out):
         part = part[:size].cpu().numpy()
@@ -626,6 +633,8 @@ def _all_to_all(send, send_counts, recv_counts, device):
     recv = torch.empty((int(sum(recv_counts)),) + tuple(send.shape[1:]), dtype=send.dtype, device=comm)
     dist.all_to_all_single(recv, send.to(comm).contiguous(), output_split_sizes=list(map(int, recv_counts)),
                            input_split_sizes=list(map(int, send_counts)))
+    others = int(sum(recv_counts)) - int(recv_counts[rank()])
+    traffic["all_to_all"] += others * (recv[0].numel() * recv.element_size() if len(recv) else 0)
     return recv.to(device)
 
 

@@ -5,6 +5,7 @@ every rank raise; the CLI runs under torchrun.
 Each test spawns one group and runs many cases in it (process start-up dominates the time)."""
 import os
 import pickle
+import datetime
 import socket
 import subprocess
 import sys
@@ -34,44 +35,57 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, out_dir, jobs):
+def _worker(rank, phases, out_dir):
+    """Run each phase (world size, port, jobs) in a fresh gloo group of its first `world` ranks:
+    the processes (and their imports) are reused from one group to the next."""
     torch.set_num_threads(1)
-    store = torch.distributed.TCPStore("127.0.0.1", port, world, rank == 0, timeout=__import__("datetime").timedelta(seconds=60))
-    torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=world,
-                                         timeout=__import__("datetime").timedelta(seconds=60))
-    results = []
-    for job in jobs:
-        start = time.perf_counter()
-        try:
-            results.append(("ok", globals()[job[0]](rank, world, *job[1:])))
-        except Exception as err:
-            results.append(("error", (type(err).__name__, str(err), traceback.format_exc())))
-        if os.environ.get("LCMAT_TEST_TIMES"):
-            print(f"rank {rank} {time.perf_counter() - start:.3f} s {job}", flush=True)
-    with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as f:
-        pickle.dump(results, f)
-    torch.distributed.destroy_process_group()
+    timeout = datetime.timedelta(seconds=60)
+    for world, port, jobs in phases:
+        if rank >= world:
+            return
+        store = torch.distributed.TCPStore("127.0.0.1", port, world, rank == 0, timeout=timeout)
+        torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
+        results = []
+        for job in jobs:
+            start = time.perf_counter()
+            try:
+                results.append(("ok", globals()[job[0]](rank, world, *job[1:])))
+            except Exception as err:
+                results.append(("error", (type(err).__name__, str(err), traceback.format_exc())))
+            if os.environ.get("LCMAT_TEST_TIMES"):
+                print(f"rank {rank}/{world} {time.perf_counter() - start:.3f} s {job}", flush=True)
+        with open(os.path.join(out_dir, f"{world}-{rank}.pkl"), "wb") as f:
+            pickle.dump(results, f)
+        torch.distributed.destroy_process_group()
 
 
-def run_group(world, jobs, tmp_path):
-    """Run `jobs` [(function name, *args)] in every rank of a spawned gloo group; returns per
-    rank the list of ("ok", result) or ("error", (type, message, traceback))."""
-    ctx = torch.multiprocessing.start_processes(_worker, args=(world, _free_port(), str(tmp_path), jobs),
-                                                nprocs=world, join=False, start_method="spawn")
+def run_groups(phases, tmp_path):
+    """Run phases [(world size, jobs [(function name, *args)])], largest world first, in one set
+    of spawned processes; returns {world: per rank the list of ("ok", result) or ("error",
+    (type, message, traceback))}."""
+    phases = [(world, _free_port(), jobs) for world, jobs in phases]
+    ctx = torch.multiprocessing.start_processes(_worker, args=(phases, str(tmp_path)), nprocs=phases[0][0],
+                                                join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT
     try:
-        while not ctx.join(timeout=5):
+        while not ctx.join(timeout=2):
             if time.monotonic() > deadline:
-                pytest.fail(f"the group of {world} processes did not finish in {TIMEOUT} s (a hang)")
+                pytest.fail(f"the spawned groups did not finish in {TIMEOUT} s (a hang)")
     finally:
         for p in ctx.processes:
             if p.is_alive():
                 p.kill()
-    out = []
-    for r in range(world):
-        with open(tmp_path / f"{r}.pkl", "rb") as f:
-            out.append(pickle.load(f))
+    out = {}
+    for world, _, _ in phases:
+        out[world] = []
+        for r in range(world):
+            with open(tmp_path / f"{world}-{r}.pkl", "rb") as f:
+                out[world].append(pickle.load(f))
     return out
+
+
+def run_group(world, jobs, tmp_path):
+    return run_groups([(world, jobs)], tmp_path)[world]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,13 +252,24 @@ def _check_select_results(out, cases):
             assert_same_coreset(value, single_process(*case[:3]), what)
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_every_selector_matches_one_process(world, tmp_path):
+def _jobs(world):
     cases = SELECT_CASES if world == 2 else [c for c in SELECT_CASES if c[3] != "full"][::2]
     jobs = [("select_job",) + case for case in cases]
     jobs += [("sinkhorn_job", 37, 5, 0.2, 1e-9), ("extract_job", "lcmat", 31), ("extract_job", "el2n", 31),
              ("failing_job", world - 1), ("failing_pick_job", 0)]
-    out = run_group(world, jobs, tmp_path)
+    return cases, jobs
+
+
+def test_every_selector_matches_one_process(tmp_path):
+    """Groups of 3 then 2 processes (one spawn): every selector, the sharded Sinkhorn, feature
+    extraction under select(model, dataset), and a failing rank."""
+    phases = {world: _jobs(world) for world in (3, 2)}
+    out = run_groups([(world, jobs) for world, (_, jobs) in phases.items()], tmp_path)
+    for world, (cases, _) in phases.items():
+        _check_group(world, cases, out[world])
+
+
+def _check_group(world, cases, out):
     n_select = len(cases)
     _check_select_results([r[:n_select] for r in out], cases)
 
