@@ -243,6 +243,8 @@ def _check_global(summaries, num_classes, needs):
     if len({s["full"] for s in summaries}) > 1:
         raise ValueError("indices: give indices= on every rank (each its own rows) or on none "
                          "(every rank the full arrays)")
+    if len({s["num_classes"] for s in summaries}) > 1:
+        raise ValueError(f"num_classes: ranks disagree: {[s['num_classes'] for s in summaries]}")
     if len({s["forgetting"] for s in summaries}) > 1:
         raise ValueError("forgetting: give forgetting= on every rank or on none")
     if summaries[0]["full"]:
@@ -346,7 +348,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
     traffic.update(dict.fromkeys(traffic, 0))
     needs = selector.required()
     shard = _agree(_Shard, selector, embeddings, logits, labels, forgetting, indices, needs)
-    summaries = _exchange(None, shard.summary())
+    summaries = _exchange(None, dict(shard.summary(), num_classes=num_classes))
     n, num_classes, dims = _check_global(summaries, num_classes, needs)
     if not shard.full:
         _check_permutation(shard, n)

@@ -40,11 +40,13 @@ def _worker(rank, phases, out_dir):
     the processes (and their imports) are reused from one group to the next."""
     torch.set_num_threads(1)
     timeout = datetime.timedelta(seconds=60)
-    for world, port, jobs in phases:
+    for world, port, jobs, backend in phases:
         if rank >= world:
             return
+        if "nccl" in backend:
+            torch.cuda.set_device(rank % torch.cuda.device_count())
         store = torch.distributed.TCPStore("127.0.0.1", port, world, rank == 0, timeout=timeout)
-        torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
+        torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
         results = []
         for job in jobs:
             start = time.perf_counter()
@@ -59,11 +61,11 @@ def _worker(rank, phases, out_dir):
         torch.distributed.destroy_process_group()
 
 
-def run_groups(phases, tmp_path):
+def run_groups(phases, tmp_path, backend="gloo"):
     """Run phases [(world size, jobs [(function name, *args)])], largest world first, in one set
     of spawned processes; returns {world: per rank the list of ("ok", result) or ("error",
     (type, message, traceback))}."""
-    phases = [(world, _free_port(), jobs) for world, jobs in phases]
+    phases = [(world, _free_port(), jobs, backend) for world, jobs in phases]
     ctx = torch.multiprocessing.start_processes(_worker, args=(phases, str(tmp_path)), nprocs=phases[0][0],
                                                 join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT
@@ -76,7 +78,7 @@ def run_groups(phases, tmp_path):
             if p.is_alive():
                 p.kill()
     out = {}
-    for world, _, _ in phases:
+    for world, _, _, _ in phases:
         out[world] = []
         for r in range(world):
             with open(tmp_path / f"{world}-{r}.pkl", "rb") as f:
@@ -125,8 +127,11 @@ def _selector(method, options):
     return lcmat.get_method(method, progress=False, **options)
 
 
-def select_job(rank, world, method, options, kind, form):
+def select_job(rank, world, method, options, kind, form, device=None):
     embeddings, logits, labels, forgetting = make_problem(kind)
+    if device is not None:  # the arrays as tensors on this rank's device
+        device = torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
+        embeddings, logits, labels = (torch.from_numpy(x).to(device) for x in (embeddings, logits, labels))
     selector = _selector(method, options)
     if form == "full":
         coreset = selector.select_features(embeddings=embeddings, logits=logits, labels=labels,
@@ -139,8 +144,10 @@ def select_job(rank, world, method, options, kind, form):
     return coreset.indices, coreset.weights, coreset.scores, coreset.info
 
 
-def single_process(method, options, kind):
+def single_process(method, options, kind, device=None):
     embeddings, logits, labels, forgetting = make_problem(kind)
+    if device is not None:
+        embeddings, logits, labels = (torch.from_numpy(x).to(device) for x in (embeddings, logits, labels))
     selector = _selector(method, options)
     coreset = selector.select_features(embeddings=embeddings, logits=logits, labels=labels,
                                        forgetting=forgetting, num_classes=logits.shape[1])
@@ -240,23 +247,31 @@ SELECT_CASES = (
        ("uniform", {"fraction": 0.3, "coverage": True, "num_strata": 3}, "uneven", "shuffled"),
        ("margin", {"fraction": 0.3, "coverage": True, "difficulty": "forgetting"}, "uneven", "full"),
        ("fdmat", {"fraction": 0.3, "coverage": True, "difficulty": "own", "balance": False}, "uneven", "full"),
-       ("forgetting", {"fraction": 0.2, "balance": False}, "even", "strided")]
+       ("forgetting", {"fraction": 0.2, "balance": False}, "even", "strided"),
+       ("lcmat", {"fraction": 0.2}, "uneven", "shuffled", "cpu"),  # torch tensors in
+       ("fdmat", {"fraction": 0.2}, "uneven", "full", "cpu")]
 )
 
 
 def _check_select_results(out, cases):
+    wants = [single_process(*case[:3], device=case[4] if len(case) > 4 else None) for case in cases]
     for r, results in enumerate(out):
-        for case, (status, value) in zip(cases, results):
+        for case, want, (status, value) in zip(cases, wants, results):
             what = f"rank {r}: {case}"
             assert status == "ok", f"{what}: {value[0]}: {value[1]}\n{value[2]}"
-            assert_same_coreset(value, single_process(*case[:3]), what)
+            assert_same_coreset(value, want, what)
 
 
 def _jobs(world):
-    cases = SELECT_CASES if world == 2 else [c for c in SELECT_CASES if c[3] != "full"][::2]
+    """(selection cases, jobs): with 3 ranks, every method once and every other special case."""
+    cases = SELECT_CASES
+    if world == 3:
+        every = [c for c in SELECT_CASES if c[2:] == ("even", "shuffled")]
+        cases = every + [c for c in SELECT_CASES if c[3] != "full" and c not in every][::2]
     jobs = [("select_job",) + case for case in cases]
     jobs += [("sinkhorn_job", 37, 5, 0.2, 1e-9), ("extract_job", "lcmat", 31), ("extract_job", "el2n", 31),
-             ("failing_job", world - 1), ("failing_pick_job", 0)]
+             ("failing_job", world - 1), ("failing_pick_job", 0),
+             ("select_job", "herding", {"fraction": 0.2, "balance": False}, "even", "strided")]
     return cases, jobs
 
 
@@ -299,6 +314,9 @@ def _check_group(world, cases, out):
         status, (kind, message, _) = out[r][n_select + 4]
         assert status == "error" and kind == "RuntimeError", (status, kind, message)
         assert message == f"rank 0 of {world}: RuntimeError: out of luck"
+        status, (kind, message, _) = out[r][n_select + 5]  # refused alike on every rank
+        assert status == "error" and kind == "NotImplementedError", (status, kind, message)
+        assert "herding: balance=False" in message
 
 
 def test_cli_under_torchrun(tmp_path):
@@ -336,3 +354,17 @@ def test_indices_in_one_process_reorder_rows():
     with pytest.raises(ValueError, match="indices: in one process"):
         lcmat.LCMat(fraction=0.2).select_features(embeddings=embeddings, logits=logits, labels=labels,
                                                   indices=np.zeros(len(labels), dtype=np.int64))
+
+
+@pytest.mark.gpu
+def test_cuda_tensors(tmp_path):
+    """Device placement: CUDA tensors on every rank, NCCL with two GPUs or more, else gloo (the
+    collectives then run on CPU copies) with both ranks on the one GPU."""
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.device_count() >= 2 else "gloo"
+    cases = [c for c in SELECT_CASES if c[2:] == ("even", "shuffled")] + [
+        ("lcmat", {"fraction": 0.2}, "uneven", "full"), ("fdmat", {"fraction": 0.1, "balance": False}, "uneven", "full")]
+    out = run_groups([(2, [("select_job",) + c + ("cuda",) for c in cases])], tmp_path, backend)[2]
+    for r, results in enumerate(out):
+        for case, (status, value) in zip(cases, results):
+            assert status == "ok", f"rank {r}: {case}: {value[0]}: {value[1]}\n{value[2]}"
+            assert_same_coreset(value, single_process(*case[:3], device="cuda"), f"rank {r}: {case} on cuda")
