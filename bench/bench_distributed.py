@@ -10,8 +10,8 @@ the other:
   - one process with --threads threads, the arrays loaded into memory (np.load);
   - `ranks` processes under torchrun with --threads / ranks threads each, every rank passing its
     contiguous rows as a memory map with `indices=` (so a rank's anonymous memory is the features
-    of the classes it owns plus one routing round, and the file pages of its rows, which the
-    kernel may drop).
+    of the classes it owns plus one routing round; lcmat drops the pages of a read-only memory map
+    once a round has been sent).
 Each run prints one JSON line: seconds (the selection only), peak resident memory (VmHWM, file
 pages included), the peak anonymous memory (RssAnon sampled every 5 ms), bytes received from the
 other ranks by collective, and the per-class seconds of the owners.
@@ -88,8 +88,9 @@ def worker(args):
     labels = np.load(args.path + ".labels.npy")
     n = len(labels)
     if world == 1:
-        emb = np.load(args.path + ".emb.npy")
-        logits = np.load(args.path + ".logits.npy")
+        mode = "r" if args.mmap else None
+        emb = np.load(args.path + ".emb.npy", mmap_mode=mode)
+        logits = np.load(args.path + ".logits.npy", mmap_mode=mode)
         rows, index = slice(None), None
     else:
         lo, hi = n * rank // world, n * (rank + 1) // world
@@ -102,6 +103,7 @@ def worker(args):
                              logits=warm.normal(size=(400, 4)).astype(np.float32), labels=np.arange(400) % 4)
     if world > 1:
         torch.distributed.barrier()
+    base = status_kib("RssAnon")
     peak = AnonPeak()
     start = time.perf_counter()
     import warnings
@@ -113,6 +115,7 @@ def worker(args):
     anon = peak.stop()
     print(json.dumps(dict(rank=rank, world=world, threads=args.threads, seconds=seconds,
                           vmhwm_mib=status_kib("VmHWM") / 1024, anon_peak_mib=anon / 1024,
+                          anon_base_mib=base / 1024, mmap=bool(args.mmap),
                           selected=len(coreset), traffic=dict(distributed.traffic),
                           checksum=int(coreset.indices.sum()))), flush=True)
     if world > 1:
@@ -139,6 +142,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default="/tmp/lcmat-bench-distributed")
     p.add_argument("--worker", action="store_true")
+    p.add_argument("--mmap", action="store_true", help="worker: one process reads memory maps")
     p.add_argument("--path")
     args = p.parse_args()
     if args.worker:
@@ -150,9 +154,11 @@ def main():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--path", path, "--method", args.method,
           "--fraction", str(args.fraction)]
-    runs = {"one": [], "one_1": [], "group": []}
+    runs = {"one": [], "one_mmap": [], "one_1": [], "group": []}
     for _ in range(args.repeats):
         runs["one"] += [run(me + ["--threads", str(args.threads)], dict(env, OMP_NUM_THREADS=str(args.threads)))]
+        runs["one_mmap"] += [run(me + ["--threads", str(args.threads), "--mmap"],
+                                 dict(env, OMP_NUM_THREADS=str(args.threads)))]
         if args.threads > 1:
             runs["one_1"] += [run(me + ["--threads", "1"], dict(env, OMP_NUM_THREADS="1"))]
         per_rank = max(1, args.threads // args.ranks)
@@ -161,13 +167,21 @@ def main():
                               dict(env, OMP_NUM_THREADS=str(per_rank)))]
     one = [r[0] for r in runs["one"]]
     group = runs["group"]
-    assert len({r["checksum"] for r in one} | {x["checksum"] for g in group for x in g}) == 1, "coresets differ"
+    checksums = {x["checksum"] for name in ("one", "one_mmap", "one_1", "group") for g in runs[name] for x in g}
+    assert len(checksums) == 1, "coresets differ"
     t1 = statistics.median(r["seconds"] for r in one)
     tg = statistics.median(max(x["seconds"] for x in g) for g in group)
     print(f"{args.method}: {args.classes} classes x {args.per_class}, D = {args.dim}, C = {args.logit_classes}, "
           f"fraction {args.fraction}, {args.repeats} repeats (medians)")
-    print(f"  one process, {args.threads} threads:     {t1:8.2f} s   VmHWM {statistics.median(r['vmhwm_mib'] for r in one):8.0f} MiB"
-          f"   anon peak {statistics.median(r['anon_peak_mib'] for r in one):8.0f} MiB")
+
+    def memory(rows):
+        return (f"VmHWM {statistics.median(r['vmhwm_mib'] for r in rows):6.0f} MiB   anon peak "
+                f"{statistics.median(r['anon_peak_mib'] for r in rows):6.0f} MiB (base "
+                f"{statistics.median(r['anon_base_mib'] for r in rows):4.0f})")
+    print(f"  one process, {args.threads} thread(s), loaded:   {t1:8.2f} s   {memory(one)}")
+    one_mmap = [r[0] for r in runs["one_mmap"]]
+    print(f"  one process, {args.threads} thread(s), mmap:     "
+          f"{statistics.median(r['seconds'] for r in one_mmap):8.2f} s   {memory(one_mmap)}")
     if runs["one_1"]:
         one_1 = [r[0] for r in runs["one_1"]]
         print(f"  one process, 1 thread:      {statistics.median(r['seconds'] for r in one_1):8.2f} s   VmHWM "
@@ -177,9 +191,7 @@ def main():
           f"ratio {t1 / tg:.2f}x")
     for r in range(args.ranks):
         rows = [g[r] for g in group]
-        print(f"    rank {r}: {statistics.median(x['seconds'] for x in rows):8.2f} s   VmHWM "
-              f"{statistics.median(x['vmhwm_mib'] for x in rows):8.0f} MiB   anon peak "
-              f"{statistics.median(x['anon_peak_mib'] for x in rows):8.0f} MiB   received "
+        print(f"    rank {r}: {statistics.median(x['seconds'] for x in rows):8.2f} s   {memory(rows)}   received "
               + ", ".join(f"{k} {v / 2 ** 20:.1f} MiB" for k, v in rows[-1]["traffic"].items()))
     print(json.dumps(runs))
 

@@ -42,7 +42,7 @@ import torch.distributed as dist
 
 from .validation import as_tensor, check_finite
 
-ROUTE_BYTES = 2 ** 26  # feature bytes a rank sends per routing round
+ROUTE_BYTES = 2 ** 25  # feature bytes a rank sends per routing round
 SINKHORN_ROWS = 2 ** 16  # cost rows per chunk in the sharded Sinkhorn (bounds its temporaries)
 
 # Bytes this rank received from the others in the last selection, by kind of collective
@@ -171,8 +171,36 @@ def _local_labels(labels):
     return y
 
 
+def _page_release(x, first_row):
+    """For a read-only memory map (np.load(..., mmap_mode="r")) of C-contiguous rows: a function
+    release(a, b) that drops the pages of local rows [a, b) (rows first_row + a.. of x) from this
+    process's memory once they have been read; they stay in the page cache and are read again if
+    touched. None for anything else (dropping the pages of ordinary memory would zero them)."""
+    import mmap
+    mm = getattr(x, "_mmap", None)
+    if (not isinstance(x, np.memmap) or mm is None or x.flags.writeable or not x.flags.c_contiguous
+            or x.ndim != 2 or not hasattr(mm, "madvise")):
+        return None
+    view = np.frombuffer(mm, dtype=np.uint8)
+    start = x.ctypes.data - view.ctypes.data
+    del view
+    row, page = x.strides[0], mmap.PAGESIZE
+
+    def release(a, b):
+        lo = -(-(start + (first_row + a) * row) // page) * page
+        hi = (start + (first_row + b) * row) // page * page
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return release
+
+
 def _local_features(name, x, rows, n, dtype, device, positions):
-    x = as_tensor(name, x, 2)
+    """(the rows as a finite tensor of `dtype` on `device`, their page release or None)."""
+    release = _page_release(x, 0 if rows is None else rows.start)
+    with warnings.catch_warnings():
+        if release is not None:  # read-only memory: lcmat never writes to its inputs
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        x = as_tensor(name, x, 2)
     if rows is not None:
         x = x[rows]
     if x.shape[0] != n:
@@ -180,12 +208,16 @@ def _local_features(name, x, rows, n, dtype, device, positions):
     x = x.to(device)
     if not x.is_floating_point():
         x = x.to(dtype)
-    try:
-        check_finite(name, x)
-    except ValueError:
-        row = int((~torch.isfinite(x)).any(1).nonzero()[0])
-        raise ValueError(f"{name}: contains NaN or Inf (first in dataset row {positions[row]})") from None
-    return x.to(dtype)
+    step = 65536
+    for lo in range(0, n, step):  # a memory map is read once here and once when routed
+        try:
+            check_finite(name, x[lo:lo + step])
+        except ValueError:
+            row = lo + int((~torch.isfinite(x[lo:lo + step])).any(1).nonzero()[0])
+            raise ValueError(f"{name}: contains NaN or Inf (first in dataset row {positions[row]})") from None
+        if release is not None:
+            release(lo, min(lo + step, n))
+    return x.to(dtype), release
 
 
 class _Shard:
@@ -217,11 +249,13 @@ class _Shard:
         self.labels = y.to(self.device)
         n = len(y)
         self.embeddings = self.logits = None
+        self.release = {"embeddings": None, "logits": None}
         if "embeddings" in needs:
-            self.embeddings = _local_features("embeddings", embeddings, rows, n, selector.dtype, self.device,
-                                              self.index)
+            self.embeddings, self.release["embeddings"] = _local_features(
+                "embeddings", embeddings, rows, n, selector.dtype, self.device, self.index)
         if "logits" in needs:
-            self.logits = _local_features("logits", logits, rows, n, selector.dtype, self.device, self.index)
+            self.logits, self.release["logits"] = _local_features(
+                "logits", logits, rows, n, selector.dtype, self.device, self.index)
         self.forgetting = None
         if forgetting is not None:
             f = as_tensor("forgetting", forgetting, 1).double().cpu().numpy()
@@ -670,9 +704,12 @@ def route_to_owners(shard, owner, summaries, dims, dtype):
             out[name] = None
             continue
         buf = torch.empty(len(keys), width, dtype=dtype, device=shard.device)
-        start = 0
+        start, release = 0, shard.release.get(name)
         for order, send_counts, recv_counts in plan:
-            got = _all_to_all(x[torch.from_numpy(order).to(x.device)], send_counts, recv_counts, x.device)
+            send = x[torch.from_numpy(order).to(x.device)]
+            if release is not None and len(order):  # this round's rows of a memory map are read
+                release(int(order.min()), int(order.max()) + 1)
+            got = _all_to_all(send, send_counts, recv_counts, x.device)
             buf[torch.from_numpy(slot[start:start + len(got)]).to(x.device)] = got
             start += len(got)
         out[name] = buf

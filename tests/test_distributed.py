@@ -39,6 +39,7 @@ def _worker(rank, phases, out_dir):
     """Run each phase (world size, port, jobs) in a fresh gloo group of its first `world` ranks:
     the processes (and their imports) are reused from one group to the next."""
     torch.set_num_threads(1)
+    distributed.ROUTE_BYTES = 1024  # many routing rounds (about 20 rows each)
     timeout = datetime.timedelta(seconds=60)
     for world, port, jobs, backend in phases:
         if rank >= world:
@@ -188,9 +189,21 @@ def toy_model():
     return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
 
 
-def extract_job(rank, world, method, n):
-    coreset = lcmat.get_method(method, fraction=0.3, progress=False).select(toy_model(), ToyImages(n), batch_size=4)
+def extract_job(rank, world, method, n, options=None):
+    selector = lcmat.get_method(method, fraction=0.3, progress=False, **(options or {}))
+    coreset = selector.select(toy_model(), ToyImages(n), batch_size=4)
     return coreset.indices, coreset.weights, coreset.scores, coreset.info
+
+
+def memmap_job(rank, world, folder, form):
+    """Read-only memory maps in: the full files, or this rank's rows of them."""
+    arrays = {name: np.load(os.path.join(folder, name + ".npy"), mmap_mode="r") for name in ("emb", "logits")}
+    labels = np.load(os.path.join(folder, "labels.npy"))
+    rows = slice(None) if form == "full" else slice(len(labels) * rank // world, len(labels) * (rank + 1) // world)
+    coreset = lcmat.LCMat(fraction=0.2, progress=False).select_features(
+        embeddings=arrays["emb"][rows], logits=arrays["logits"][rows], labels=labels[rows],
+        indices=None if form == "full" else np.arange(len(labels))[rows])
+    return coreset.indices
 
 
 def failing_job(rank, world, bad_rank):
@@ -262,7 +275,7 @@ def _check_select_results(out, cases):
             assert_same_coreset(value, want, what)
 
 
-def _jobs(world):
+def _jobs(world, folder):
     """(selection cases, jobs): with 3 ranks, every method once and every other special case."""
     cases = SELECT_CASES
     if world == 3:
@@ -271,14 +284,19 @@ def _jobs(world):
     jobs = [("select_job",) + case for case in cases]
     jobs += [("sinkhorn_job", 37, 5, 0.2, 1e-9), ("extract_job", "lcmat", 31), ("extract_job", "el2n", 31),
              ("failing_job", world - 1), ("failing_pick_job", 0),
-             ("select_job", "herding", {"fraction": 0.2, "balance": False}, "even", "strided")]
+             ("select_job", "herding", {"fraction": 0.2, "balance": False}, "even", "strided"),
+             ("extract_job", "lcmat", 31, {"mode": "compat", "batch_size": 4}),
+             ("memmap_job", folder, "full"), ("memmap_job", folder, "rows")]
     return cases, jobs
 
 
 def test_every_selector_matches_one_process(tmp_path):
     """Groups of 3 then 2 processes (one spawn): every selector, the sharded Sinkhorn, feature
     extraction under select(model, dataset), and a failing rank."""
-    phases = {world: _jobs(world) for world in (3, 2)}
+    embeddings, logits, labels, _ = make_problem("uneven")
+    for name, x in (("emb", embeddings), ("logits", logits), ("labels", labels)):
+        np.save(tmp_path / f"{name}.npy", x)
+    phases = {world: _jobs(world, str(tmp_path)) for world in (3, 2)}
     out = run_groups([(world, jobs) for world, (_, jobs) in phases.items()], tmp_path)
     for world, (cases, _) in phases.items():
         _check_group(world, cases, out[world])
@@ -317,6 +335,18 @@ def _check_group(world, cases, out):
         status, (kind, message, _) = out[r][n_select + 5]  # refused alike on every rank
         assert status == "error" and kind == "NotImplementedError", (status, kind, message)
         assert "herding: balance=False" in message
+
+    want = lcmat.LCMat(fraction=0.3, mode="compat", batch_size=4, progress=False).select(toy_model(), ToyImages(31))
+    for r in range(world):
+        status, value = out[r][n_select + 6]
+        assert status == "ok", value
+        assert_same_coreset(value, (want.indices, want.weights, want.scores, want.info), "extract compat")
+    want = single_process("lcmat", {"fraction": 0.2}, "uneven")[0]
+    for r in range(world):
+        for j in (7, 8):
+            status, value = out[r][n_select + j]
+            assert status == "ok", value
+            np.testing.assert_array_equal(value, want, err_msg=f"memory maps, job {j}")
 
 
 def test_cli_under_torchrun(tmp_path):
@@ -368,3 +398,23 @@ def test_cuda_tensors(tmp_path):
         for case, (status, value) in zip(cases, results):
             assert status == "ok", f"rank {r}: {case}: {value[0]}: {value[1]}\n{value[2]}"
             assert_same_coreset(value, single_process(*case[:3], device="cuda"), f"rank {r}: {case} on cuda")
+
+
+def test_memory_map_pages_are_dropped_not_the_data(tmp_path):
+    x = np.random.default_rng(0).normal(size=(5000, 300)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    m = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = slice(700, 4900)
+    t, release = distributed._local_features("embeddings", m, rows, 4200, torch.float32, torch.device("cpu"),
+                                             np.arange(700, 4900))
+    assert release is not None
+    release(0, 4200)  # dropped pages are read again from the file
+    assert torch.equal(t, torch.from_numpy(x[rows]))
+    assert distributed._page_release(x, 0) is None  # ordinary memory is never dropped
+    assert distributed._page_release(np.load(tmp_path / "x.npy", mmap_mode="c"), 0) is None
+    bad = np.lib.format.open_memmap(tmp_path / "bad.npy", "w+", np.float32, (10, 3))
+    bad[7, 1] = np.inf
+    bad.flush()
+    with pytest.raises(ValueError, match=r"embeddings: contains NaN or Inf \(first in dataset row 9\)"):
+        distributed._local_features("embeddings", np.load(tmp_path / "bad.npy", mmap_mode="r"), slice(0, 10), 10,
+                                    torch.float32, torch.device("cpu"), np.arange(2, 12))
