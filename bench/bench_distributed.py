@@ -84,6 +84,8 @@ def worker(args):
     import lcmat
     from lcmat import distributed
     distributed.init_from_env(timeout=1800)
+    if args.route_bytes:
+        distributed.ROUTE_BYTES = args.route_bytes
     rank, world = distributed.rank(), distributed.world_size()
     labels = np.load(args.path + ".labels.npy")
     n = len(labels)
@@ -117,6 +119,7 @@ def worker(args):
                           vmhwm_mib=status_kib("VmHWM") / 1024, anon_peak_mib=anon / 1024,
                           anon_base_mib=base / 1024, mmap=bool(args.mmap),
                           selected=len(coreset), traffic=dict(distributed.traffic),
+                          phases=dict(distributed.phase_seconds),
                           checksum=int(coreset.indices.sum()))), flush=True)
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -143,6 +146,8 @@ def main():
     p.add_argument("--dir", default="/tmp/lcmat-bench-distributed")
     p.add_argument("--worker", action="store_true")
     p.add_argument("--mmap", action="store_true", help="worker: one process reads memory maps")
+    p.add_argument("--route-bytes", type=int, default=None, help="lcmat.distributed.ROUTE_BYTES")
+    p.add_argument("--group-only", action="store_true", help="only the group's runs")
     p.add_argument("--path")
     args = p.parse_args()
     if args.worker:
@@ -153,20 +158,28 @@ def main():
         make_features(path, args.classes, args.per_class, args.dim, args.logit_classes)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--path", path, "--method", args.method,
-          "--fraction", str(args.fraction)]
+          "--fraction", str(args.fraction)] + (["--route-bytes", str(args.route_bytes)] if args.route_bytes else [])
     runs = {"one": [], "one_mmap": [], "one_1": [], "group": []}
     for _ in range(args.repeats):
-        runs["one"] += [run(me + ["--threads", str(args.threads)], dict(env, OMP_NUM_THREADS=str(args.threads)))]
-        runs["one_mmap"] += [run(me + ["--threads", str(args.threads), "--mmap"],
-                                 dict(env, OMP_NUM_THREADS=str(args.threads)))]
-        if args.threads > 1:
+        if not args.group_only:
+            runs["one"] += [run(me + ["--threads", str(args.threads)], dict(env, OMP_NUM_THREADS=str(args.threads)))]
+            runs["one_mmap"] += [run(me + ["--threads", str(args.threads), "--mmap"],
+                                     dict(env, OMP_NUM_THREADS=str(args.threads)))]
+        if args.threads > 1 and not args.group_only:
             runs["one_1"] += [run(me + ["--threads", "1"], dict(env, OMP_NUM_THREADS="1"))]
         per_rank = max(1, args.threads // args.ranks)
         runs["group"] += [run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
                                str(args.ranks)] + me[1:] + ["--threads", str(per_rank)],
                               dict(env, OMP_NUM_THREADS=str(per_rank)))]
-    one = [r[0] for r in runs["one"]]
     group = runs["group"]
+    if args.group_only:
+        for r in range(args.ranks):
+            rows = [g[r] for g in group]
+            print(f"rank {r}: {statistics.median(x['seconds'] for x in rows):.2f} s, VmHWM "
+                  f"{statistics.median(x['vmhwm_mib'] for x in rows):.0f} MiB, anon peak "
+                  f"{statistics.median(x['anon_peak_mib'] for x in rows):.0f} MiB, phases {rows[-1]['phases']}")
+        return
+    one = [r[0] for r in runs["one"]]
     checksums = {x["checksum"] for name in ("one", "one_mmap", "one_1", "group") for g in runs[name] for x in g}
     assert len(checksums) == 1, "coresets differ"
     t1 = statistics.median(r["seconds"] for r in one)
@@ -192,7 +205,9 @@ def main():
     for r in range(args.ranks):
         rows = [g[r] for g in group]
         print(f"    rank {r}: {statistics.median(x['seconds'] for x in rows):8.2f} s   {memory(rows)}   received "
-              + ", ".join(f"{k} {v / 2 ** 20:.1f} MiB" for k, v in rows[-1]["traffic"].items()))
+              + ", ".join(f"{k} {v / 2 ** 20:.1f} MiB" for k, v in rows[-1]["traffic"].items())
+              + "; phases " + ", ".join(f"{k} {statistics.median(x['phases'].get(k, 0) for x in rows):.2f} s"
+                                        for k in rows[-1].get("phases", {})))
     print(json.dumps(runs))
 
 

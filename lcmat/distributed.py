@@ -19,7 +19,9 @@ Two paths, by what a method needs once its per-sample work is done:
 - per-class feature methods (LCMat-S, CRAIG, Herding, k-Center): each sample's features are sent
   with `all_to_all` to the rank that owns its class, in rounds of at most ROUTE_BYTES per rank, so
   a rank holds its classes' features plus one round; each owner runs the method's own groups,
-  batches and picks on its classes; the picks are all-gathered.
+  batches and picks on its classes; the picks are all-gathered. Rows given as a read-only
+  memory map (np.load(..., mmap_mode="r")) are read round by round and their pages dropped once
+  sent, so features on disk need no more memory than the classes a rank owns.
 
 Class ownership: classes sorted by cost, largest first (ties: lower class), each to the least
 loaded rank (ties: lower rank), the LPT rule; the cost is n_c^2 for the facility-location
@@ -42,12 +44,15 @@ import torch.distributed as dist
 
 from .validation import as_tensor, check_finite
 
-ROUTE_BYTES = 2 ** 25  # feature bytes a rank sends per routing round
+ROUTE_BYTES = 2 ** 23  # feature bytes a rank sends per routing round
 SINKHORN_ROWS = 2 ** 16  # cost rows per chunk in the sharded Sinkhorn (bounds its temporaries)
 
 # Bytes this rank received from the others in the last selection, by kind of collective
 # (all_to_all: routed features; all_gather: scores and picks; all_reduce: tensor sizes).
 traffic = {"all_to_all": 0, "all_gather": 0, "all_reduce": 0}
+# Seconds of this rank in the phases of the last selection (inputs: validation and class counts;
+# route: features to the owners; pick: the method on the owned classes, or the scores; gather).
+phase_seconds = {}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -79,12 +84,12 @@ def init_from_env(timeout=None):
     group was initialised here."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
         return False
-    seconds = float(timeout if timeout is not None else os.environ.get("LCMAT_DIST_TIMEOUT", 600))
+    limit = float(timeout if timeout is not None else os.environ.get("LCMAT_DIST_TIMEOUT", 600))
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         backend = "cpu:gloo,cuda:nccl"
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=limit))
     return True
 
 
@@ -380,6 +385,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
     from .selectors import ScoreSelector, Uniform
     start = time.perf_counter()
     traffic.update(dict.fromkeys(traffic, 0))
+    phase_seconds.clear()
     needs = selector.required()
     shard = _agree(_Shard, selector, embeddings, logits, labels, forgetting, indices, needs)
     summaries = _exchange(None, dict(shard.summary(), num_classes=num_classes))
@@ -397,13 +403,14 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
         raise ValueError(f"labels: class(es) {empty[:10]} have no samples; relabel the classes "
                          f"to 0..C-1 or pass the subset that contains them")
     budgets = selector._budgets(_Counts(counts))
+    phase_seconds["inputs"] = time.perf_counter() - start
     if isinstance(selector, (ScoreSelector, Uniform)):
         picks, weights, data = _select_by_scores(selector, shard, n, num_classes, counts, budgets)
     else:
         picks, weights, data = _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries, dims)
-    seconds = float(_all_reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64),
-                                dist.ReduceOp.MAX))
-    return selector._coreset(data, picks, weights, seconds)
+    wall = float(_all_reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64),
+                             dist.ReduceOp.MAX))
+    return selector._coreset(data, picks, weights, wall)
 
 
 def _single_process(selector, embeddings, logits, labels, num_classes, forgetting, indices):
@@ -603,7 +610,9 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
                                   f"which has no distributed implementation; use balance=True or one process")
     owner = assign_classes([class_cost(selector, int(nc), int(k)) for nc, k in zip(counts, budgets)],
                            world_size())
+    clock = time.perf_counter()
     routed = route_to_owners(shard, owner, summaries, dims, selector.dtype)
+    phase_seconds["route"], clock = time.perf_counter() - clock, time.perf_counter()
     local = _Data(routed["labels"], num_classes, routed["embeddings"], routed["logits"], routed["forgetting"])
     local.counts = counts
     local.budgets = np.where(owner == rank(), budgets, 0)
@@ -621,6 +630,7 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
     else:
         results = _agree(lambda: [pw for b in selector._batches(local, groups)
                                   for pw in selector._pick_batch(local, b)])
+    phase_seconds["pick"], clock = time.perf_counter() - clock, time.perf_counter()
     rho = getattr(selector, "_rho_used", None)
     mine = [(key, position[np.asarray(p, np.int64)], w, local.labels[torch.as_tensor(np.asarray(p, np.int64))]
              .cpu().numpy(), rho[i] if rho else None) for i, (key, (p, w)) in enumerate(zip(keys, results))]
@@ -632,6 +642,7 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
         labels[p] = y
     data = _Data(torch.from_numpy(labels), num_classes)
     data.scores = None
+    phase_seconds["gather"] = time.perf_counter() - clock
     return [item[1] for item in everything], [item[2] for item in everything], data
 
 
