@@ -628,8 +628,7 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
         sizes = [s for r in _exchange(None, [(key, len(g[0])) for key, g in zip(keys, groups)]) for s in r]
         results = _agree(_replay_kcenter, selector, local, groups, keys, sorted(sizes))
     else:
-        results = _agree(lambda: [pw for b in selector._batches(local, groups)
-                                  for pw in selector._pick_batch(local, b)])
+        results = _agree(_pick_groups, selector, local, groups)
     phase_seconds["pick"], clock = time.perf_counter() - clock, time.perf_counter()
     rho = getattr(selector, "_rho_used", None)
     mine = [(key, position[np.asarray(p, np.int64)], w, local.labels[torch.as_tensor(np.asarray(p, np.int64))]
@@ -644,6 +643,18 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
     data.scores = None
     phase_seconds["gather"] = time.perf_counter() - clock
     return [item[1] for item in everything], [item[2] for item in everything], data
+
+
+def _pick_groups(selector, local, groups):
+    """The method's own batches and picks over this rank's groups; a progress bar on rank 0."""
+    from tqdm.auto import tqdm
+    out = []
+    with tqdm(total=len(groups), desc=f"{selector.name} (rank 0 of {world_size()})", unit="group", leave=False,
+              disable=not is_lead() or (None if selector.progress is None else not selector.progress)) as bar:
+        for batch in selector._batches(local, groups):
+            out += selector._pick_batch(local, batch)
+            bar.update(len(batch))
+    return out
 
 
 def _group_keys(local, groups):
