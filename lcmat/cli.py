@@ -129,20 +129,23 @@ def cmd_select(args):
                              f"(its options: {', '.join(map(_flag, allowed)) or 'none'})")
         options[name] = _parse_value(name, value, allowed[name])
     out = output_path(args.out, args.features, args.overwrite)
+    from . import distributed  # distributed: rank 0 alone shows progress, saves and prints
+    lead = distributed.is_lead()
     feats = _load_features(args.features)
     extra = {"forgetting": feats["forgetting"]} if "forgetting" in feats else {}
     start = time.perf_counter()
     try:
         selector = cls(fraction=args.fraction, balance=args.balance, seed=args.seed, backend=args.backend,
-                       progress=not args.quiet, coverage=args.coverage, difficulty=args.difficulty,
+                       progress=not args.quiet and lead, coverage=args.coverage, difficulty=args.difficulty,
                        prune_hard=args.prune_hard, num_strata=args.num_strata, **options)
         coreset = selector.select_features(embeddings=feats.get("embeddings"), logits=feats.get("logits"),
                                            labels=feats["labels"], **extra)
     except (ValueError, FloatingPointError, MemoryError) as err:
         raise UsageError(f"lcmat select: {err}")
     seconds = time.perf_counter() - start
-    coreset.save(out)
-    print_summary(coreset, feats["labels"], seconds, out)
+    if lead:  # distributed
+        coreset.save(out)
+        print_summary(coreset, feats["labels"], seconds, out)
 
 
 def print_summary(coreset, labels, seconds, out):
@@ -339,6 +342,8 @@ def cmd_experiment(args):
             print(f"wrote {written}")
         return
     settings = _experiment_settings(args)
+    from . import distributed  # distributed: ranks other than 0 write into a temporary folder
+    settings, scratch = distributed.follower_settings(settings)
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
@@ -346,15 +351,24 @@ def cmd_experiment(args):
         run_experiment(**settings)
     except (ValueError, FileNotFoundError, FloatingPointError, MemoryError) as err:
         raise UsageError(f"lcmat experiment: {err}")
+    finally:
+        if scratch:  # distributed
+            import shutil
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from . import distributed  # distributed: join the group torchrun describes (WORLD_SIZE > 1)
+    joined = distributed.init_from_env()
     try:
         args.run(args)
     except UsageError as err:
         print(err.message, file=sys.stderr)
         raise
+    finally:
+        if joined:  # distributed
+            distributed.dist.destroy_process_group()
     return 0
 
 

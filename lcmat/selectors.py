@@ -110,10 +110,15 @@ class Selector:
         return needs
 
     def select_features(self, embeddings=None, logits=None, labels=None, num_classes=None,
-                        forgetting=None):
+                        forgetting=None, indices=None):
         """Select from precomputed arrays: embeddings [N, D] (input of the last nn.Linear),
         logits [N, C], labels [N]; torch tensors (CPU or GPU) or numpy arrays. `forgetting`:
-        per-sample forgetting counts [N], for Forgetting and difficulty="forgetting"."""
+        per-sample forgetting counts [N], for Forgetting and difficulty="forgetting".
+        indices: the rows' dataset positions (each process of a torch.distributed group passes
+        its own rows; see lcmat.distributed); the returned indices are dataset positions."""
+        from . import distributed
+        if indices is not None or distributed.active():
+            return distributed.select_features(self, embeddings, logits, labels, num_classes, forgetting, indices)
         needs = self.required()
         given = {"embeddings": embeddings, "logits": logits}
         for name in needs:
@@ -138,7 +143,11 @@ class Selector:
 
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
         """Extract embeddings and logits with one eval-mode pass of `model` over `dataset`
-        (the embedding is the input of the model's last nn.Linear), then select."""
+        (the embedding is the input of the model's last nn.Linear), then select. Under a
+        torch.distributed group each process reads its own share of the dataset."""
+        from . import distributed
+        if distributed.active():
+            return distributed.select(self, model, dataset, batch_size, device, forgetting)
         from .features import extract_features
         device = device or next(model.parameters()).device
         embeddings, logits, labels = extract_features(model, dataset, batch_size=batch_size,
@@ -408,7 +417,8 @@ class LCMat(Selector):
         self.weights = check_bool("weights", weights)
 
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
-        if self.mode == "paper":
+        from . import distributed
+        if self.mode == "paper" or distributed.active():
             return super().select(model, dataset, batch_size, device, forgetting)
         # compat: features with BatchNorm in train mode on the per-class batches.
         from .data import dataset_targets

@@ -1,0 +1,859 @@
+"""Selection across the processes of a torch.distributed group (launched by torchrun).
+
+Under an initialised process group of more than one process, `Selector.select_features` and
+`Selector.select` come here, and every rank returns the same Coreset as one process would on the
+same inputs. The inputs come in one of two forms:
+
+- every rank passes the full arrays: rank r works on the contiguous share
+  [N r / W, N (r + 1) / W) of the rows;
+- every rank passes only its own rows and their global dataset positions (`indices=`), together a
+  permutation of 0..N-1.
+
+Two paths, by what a method needs once its per-sample work is done:
+
+- score methods (and Uniform): each rank scores its rows (FDMat: the transform's mean, the
+  class prototypes and the Sinkhorn column updates are reduced across ranks, so the scores are
+  those of the whole set). A score is one number per sample and is part of the result
+  (`Coreset.scores`), so the scores are all-gathered; the picks of each class then run on the
+  class's owner (a global budget, balance=False: on rank 0) and the picks are all-gathered.
+- per-class feature methods (LCMat-S, CRAIG, Herding, k-Center): each sample's features are sent
+  with `all_to_all` to the rank that owns its class, in rounds of at most ROUTE_BYTES per rank, so
+  a rank holds its classes' features plus one round; each owner runs the method's own groups,
+  batches and picks on its classes; the picks are all-gathered. Rows given as a read-only
+  memory map (np.load(..., mmap_mode="r")) are read round by round and their pages dropped once
+  sent, so features on disk need no more memory than the classes a rank owns.
+
+Class ownership: classes sorted by cost, largest first (ties: lower class), each to the least
+loaded rank (ties: lower rank), the LPT rule; the cost is n_c^2 for the facility-location
+methods, k_c n_c for the greedy ones and n_c for the rest (a selector may define
+`distributed_cost(n, k)` to override it).
+
+Failure: every phase in which a rank can raise ends with an exchange of error flags
+(all_gather_object) before the next collective, and every rank then raises the same error naming
+the rank at fault: a ValueError stays a ValueError. Errors that depend only on replicated values
+(budgets, class counts) are raised by every rank on its own.
+"""
+import datetime
+import os
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .validation import as_tensor, check_finite
+
+ROUTE_BYTES = 2 ** 23  # feature bytes a rank sends per routing round
+SINKHORN_ROWS = 2 ** 16  # cost rows per chunk in the sharded Sinkhorn (bounds its temporaries)
+
+# Bytes this rank received from the others in the last selection, by kind of collective
+# (all_to_all: routed features; all_gather: scores and picks; all_reduce: tensor sizes).
+traffic = {"all_to_all": 0, "all_gather": 0, "all_reduce": 0}
+# Seconds of this rank in the phases of the last selection (inputs: validation and class counts;
+# route: features to the owners; pick: the method on the owned classes, or the scores; gather).
+phase_seconds = {}
+
+
+# ------------------------------------------------------------------------------------------------
+# The process group
+# ------------------------------------------------------------------------------------------------
+
+def active():
+    """True under an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank():
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size():
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_lead():
+    """True on rank 0, and in a single process: the one that writes files and prints."""
+    return rank() == 0
+
+
+def init_from_env(timeout=None):
+    """Join the group that torchrun describes (WORLD_SIZE > 1 in the environment); gloo for CPU
+    tensors and, when CUDA is there, NCCL for CUDA tensors on the device LOCAL_RANK. Collectives
+    give up after `timeout` seconds (default: LCMAT_DIST_TIMEOUT, else 600). Returns whether a
+    group was initialised here."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    limit = float(timeout if timeout is not None else os.environ.get("LCMAT_DIST_TIMEOUT", 600))
+    backend = "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "cpu:gloo,cuda:nccl"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=limit))
+    return True
+
+
+def _comm_device(device):
+    """Where a collective on data of `device` runs: CUDA tensors need NCCL, CPU ones gloo."""
+    backend = str(dist.get_backend())
+    if device.type == "cpu" and "gloo" not in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cpu" and "nccl" not in backend:
+        return torch.device("cpu")
+    return device
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors: every rank raises the same one
+# ------------------------------------------------------------------------------------------------
+
+_KINDS = {"ValueError": ValueError, "NotImplementedError": NotImplementedError}
+
+
+def _exchange(failure, payload=None):
+    """All-gather (failure, payload) of every rank; raise the first failure on every rank."""
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, (None if failure is None else failure[:2], payload))
+    for r, (fail, _) in enumerate(gathered):
+        if fail is not None:
+            kind = _KINDS.get(fail[0])
+            text = f"rank {r} of {len(gathered)}: " + (fail[1] if kind else f"{fail[0]}: {fail[1]}")
+            cause = failure[2] if failure is not None and r == rank() else None
+            raise (kind or RuntimeError)(text) from cause
+    return [p for _, p in gathered]
+
+
+def _agree(fn, *args, gather=False):
+    """Run fn on this rank; if any rank raised, every rank raises the same error. Returns fn's
+    result (with gather=True: the list of every rank's result)."""
+    try:
+        result, failure = fn(*args), None
+    except Exception as err:  # exchanged, then raised again on every rank
+        result, failure = None, (type(err).__name__, str(err), err)
+    gathered = _exchange(failure, result if gather else None)
+    return gathered if gather else result
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------------
+
+class _Data:
+    """The attributes of `selectors.Features` that the selectors read, for rows held locally."""
+
+    def __init__(self, labels, num_classes, embeddings=None, logits=None, forgetting=None):
+        self.labels, self.num_classes = labels, num_classes
+        self.embeddings, self.logits, self.forgetting = embeddings, logits, forgetting
+        self.scores = None
+        labels_np = labels.cpu().numpy()
+        order = np.argsort(labels_np, kind="stable")
+        bounds = np.searchsorted(labels_np[order], np.arange(num_classes + 1))
+        self.class_indices = [order[bounds[c]:bounds[c + 1]] for c in range(num_classes)]
+
+    def __len__(self):
+        return len(self.labels)
+
+
+class _Counts:
+    """What `Selector._budgets` reads: the global class counts and N."""
+
+    def __init__(self, counts):
+        self.counts = counts
+
+    def __len__(self):
+        return int(self.counts.sum())
+
+
+def _local_labels(labels):
+    y = as_tensor("labels", labels, 1)
+    if y.dtype == torch.bool:
+        raise ValueError("labels: must be integers, got booleans")
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise ValueError("labels: must be integers, got non-integral floats")
+    y = y.long()
+    if len(y) and int(y.min()) < 0:
+        raise ValueError(f"labels: must be >= 0, got {int(y.min())}")
+    return y
+
+
+def _page_release(x, first_row):
+    """For a read-only memory map (np.load(..., mmap_mode="r")) of C-contiguous rows: a function
+    release(a, b) that drops the pages of local rows [a, b) (rows first_row + a.. of x) from this
+    process's memory once they have been read; they stay in the page cache and are read again if
+    touched. None for anything else (dropping the pages of ordinary memory would zero them)."""
+    import mmap
+    mm = getattr(x, "_mmap", None)
+    if (not isinstance(x, np.memmap) or mm is None or x.flags.writeable or not x.flags.c_contiguous
+            or x.ndim != 2 or not hasattr(mm, "madvise")):
+        return None
+    view = np.frombuffer(mm, dtype=np.uint8)
+    start = x.ctypes.data - view.ctypes.data
+    del view
+    row, page = x.strides[0], mmap.PAGESIZE
+
+    def release(a, b):
+        lo = -(-(start + (first_row + a) * row) // page) * page
+        hi = (start + (first_row + b) * row) // page * page
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    return release
+
+
+def _local_features(name, x, rows, n, dtype, device, positions):
+    """(the rows as a finite tensor of `dtype` on `device`, their page release or None)."""
+    release = _page_release(x, 0 if rows is None else rows.start)
+    with warnings.catch_warnings():
+        if release is not None:  # read-only memory: lcmat never writes to its inputs
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        x = as_tensor(name, x, 2)
+    if rows is not None:
+        x = x[rows]
+    if x.shape[0] != n:
+        raise ValueError(f"{name}: has {x.shape[0]} rows but labels has {n} entries")
+    x = x.to(device)
+    if not x.is_floating_point():
+        x = x.to(dtype)
+    step = 65536
+    for lo in range(0, n, step):  # a memory map is read once here and once when routed
+        try:
+            check_finite(name, x[lo:lo + step])
+        except ValueError:
+            row = lo + int((~torch.isfinite(x[lo:lo + step])).any(1).nonzero()[0])
+            raise ValueError(f"{name}: contains NaN or Inf (first in dataset row {positions[row]})") from None
+        if release is not None:
+            release(lo, min(lo + step, n))
+    return x.to(dtype), release
+
+
+class _Shard:
+    """This rank's validated rows: tensors on one device, their global positions `index`."""
+
+    def __init__(self, selector, embeddings, logits, labels, forgetting, indices, needs):
+        given = {"embeddings": embeddings, "logits": logits}
+        for name in needs:
+            if given[name] is None:
+                raise ValueError(f"{name}: {type(selector).__name__} needs {' and '.join(needs)}")
+        self.device = next((x.device for x in given.values() if isinstance(x, torch.Tensor)),
+                           torch.device("cpu"))
+        y = _local_labels(labels)
+        self.full = indices is None
+        rows = None
+        if self.full:
+            n_all = len(y)
+            lo, hi = n_all * rank() // world_size(), n_all * (rank() + 1) // world_size()
+            rows = slice(lo, hi)
+            y, self.index, self.n_all = y[rows], np.arange(lo, hi, dtype=np.int64), n_all
+        else:
+            self.index = as_tensor("indices", indices, 1).cpu().numpy()
+            if not np.issubdtype(self.index.dtype, np.integer):
+                raise ValueError(f"indices: must be integers, got dtype {self.index.dtype}")
+            self.index = self.index.astype(np.int64)
+            if len(self.index) != len(y):
+                raise ValueError(f"indices: has {len(self.index)} entries but labels has {len(y)}")
+            self.n_all = None
+        self.labels = y.to(self.device)
+        n = len(y)
+        self.embeddings = self.logits = None
+        self.release = {"embeddings": None, "logits": None}
+        if "embeddings" in needs:
+            self.embeddings, self.release["embeddings"] = _local_features(
+                "embeddings", embeddings, rows, n, selector.dtype, self.device, self.index)
+        if "logits" in needs:
+            self.logits, self.release["logits"] = _local_features(
+                "logits", logits, rows, n, selector.dtype, self.device, self.index)
+        self.forgetting = None
+        if forgetting is not None:
+            f = as_tensor("forgetting", forgetting, 1).double().cpu().numpy()
+            f = f[rows] if rows is not None else f
+            if f.shape != (n,) or not np.isfinite(f).all():
+                raise ValueError(f"forgetting: expected {n} finite values, got shape {f.shape}")
+            self.forgetting = f
+
+    def summary(self):
+        dims = [None if x is None or len(x) == 0 else x.shape[1] for x in (self.embeddings, self.logits)]
+        return dict(n=len(self.labels), n_all=self.n_all, full=self.full, dims=dims,
+                    max_label=int(self.labels.max()) if len(self.labels) else -1,
+                    index_range=(int(self.index.min()), int(self.index.max())) if len(self.index) else None,
+                    forgetting=self.forgetting is not None)
+
+
+def _check_global(summaries, num_classes, needs):
+    """(N, C) from every rank's summary; the errors are the same on every rank."""
+    if len({s["full"] for s in summaries}) > 1:
+        raise ValueError("indices: give indices= on every rank (each its own rows) or on none "
+                         "(every rank the full arrays)")
+    if len({s["num_classes"] for s in summaries}) > 1:
+        raise ValueError(f"num_classes: ranks disagree: {[s['num_classes'] for s in summaries]}")
+    if len({s["forgetting"] for s in summaries}) > 1:
+        raise ValueError("forgetting: give forgetting= on every rank or on none")
+    if summaries[0]["full"]:
+        sizes = {s["n_all"] for s in summaries}
+        if len(sizes) > 1:
+            raise ValueError(f"labels: every rank must pass the same full arrays, got lengths {sorted(sizes)}")
+        n = summaries[0]["n_all"]
+    else:
+        n = sum(s["n"] for s in summaries)
+        ranges = [s["index_range"] for s in summaries if s["index_range"] is not None]
+        if ranges and (min(r[0] for r in ranges) < 0 or max(r[1] for r in ranges) >= n):
+            raise ValueError(f"indices: must be positions in [0, {n}) (the rows of all ranks together)")
+    if n == 0:
+        raise ValueError("labels: is empty")
+    dims = []
+    for j, name in enumerate(("embeddings", "logits")):
+        seen = {s["dims"][j] for s in summaries} - {None}
+        if len(seen) > 1:
+            raise ValueError(f"{name}: ranks disagree on the number of columns: {sorted(seen)}")
+        if name in needs and not seen:
+            raise ValueError(f"{name}: is empty")
+        dims.append(seen.pop() if seen else 0)
+    max_label = max(s["max_label"] for s in summaries)
+    if "logits" in needs:
+        if num_classes not in (None, dims[1]):
+            raise ValueError(f"num_classes: is {num_classes} but logits has {dims[1]} columns")
+        num_classes = dims[1]
+    if num_classes is None:
+        num_classes = max_label + 1
+    if max_label >= num_classes:
+        raise ValueError(f"labels: value {max_label} is out of range for num_classes={num_classes}")
+    return n, num_classes, dims
+
+
+def _check_permutation(shard, n):
+    """The indices of all ranks together are a permutation of 0..N-1: N entries that cover every
+    position (one byte per position, reduced by MAX)."""
+    seen = torch.zeros(n, dtype=torch.uint8)
+    seen[torch.from_numpy(shard.index)] = 1
+    device = _comm_device(torch.device("cpu"))
+    seen = seen.to(device)
+    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    missing = int(n - seen.sum())
+    if missing:
+        raise ValueError(f"indices: the ranks' indices together must be a permutation of 0..{n - 1}; "
+                         f"{missing} positions are missing (and as many duplicated)")
+
+
+def _all_reduce(t, op=dist.ReduceOp.SUM):
+    """all_reduce on the device the group's backend needs; returns the result on t's device."""
+    device = _comm_device(t.device)
+    buf = t.to(device, copy=True)
+    dist.all_reduce(buf, op=op)
+    traffic["all_reduce"] += buf.numel() * buf.element_size()
+    return buf.to(t.device)
+
+
+# ------------------------------------------------------------------------------------------------
+# Class ownership
+# ------------------------------------------------------------------------------------------------
+
+def class_cost(selector, n, k):
+    """The cost of one class for load balancing: n^2 for facility location, k n for the greedy
+    methods, n otherwise; a selector's own `distributed_cost(n, k)` wins."""
+    from .selectors import Herding, KCenterGreedy, LCMat
+    own = getattr(selector, "distributed_cost", None)
+    if own is not None:
+        return float(own(n, k))
+    if isinstance(selector, LCMat):
+        return float(n) * n
+    if isinstance(selector, (Herding, KCenterGreedy)):
+        return float(n) * max(k, 1)
+    return float(n)
+
+
+def assign_classes(costs, world):
+    """Owner rank of each class by LPT: the costliest class first (ties: lower class), each to
+    the least loaded rank (ties: lower rank)."""
+    costs = np.asarray(costs, dtype=np.float64)
+    owner = np.zeros(len(costs), dtype=np.int64)
+    load = np.zeros(world)
+    for c in np.argsort(-costs, kind="stable"):
+        r = int(np.argmin(load))
+        owner[c] = r
+        load[r] += costs[c]
+    return owner
+
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------------
+
+def select_features(selector, embeddings=None, logits=None, labels=None, num_classes=None,
+                    forgetting=None, indices=None):
+    """`Selector.select_features` under a process group (see the module docstring); in a single
+    process, `indices` reorders the rows to dataset order first."""
+    if not active():
+        return _single_process(selector, embeddings, logits, labels, num_classes, forgetting, indices)
+    from .selectors import ScoreSelector, Uniform
+    start = time.perf_counter()
+    traffic.update(dict.fromkeys(traffic, 0))
+    phase_seconds.clear()
+    needs = selector.required()
+    shard = _agree(_Shard, selector, embeddings, logits, labels, forgetting, indices, needs)
+    summaries = _exchange(None, dict(shard.summary(), num_classes=num_classes))
+    n, num_classes, dims = _check_global(summaries, num_classes, needs)
+    if not shard.full:
+        _check_permutation(shard, n)
+    # an empty rank may have passed (0, 0) arrays: give them the global width
+    if shard.embeddings is not None and len(shard.embeddings) == 0:
+        shard.embeddings = shard.embeddings.new_zeros(0, dims[0])
+    if shard.logits is not None and len(shard.logits) == 0:
+        shard.logits = shard.logits.new_zeros(0, dims[1])
+    counts = _all_reduce(torch.bincount(shard.labels.cpu(), minlength=num_classes)).numpy()
+    empty = np.flatnonzero(counts == 0).tolist()
+    if empty:
+        raise ValueError(f"labels: class(es) {empty[:10]} have no samples; relabel the classes "
+                         f"to 0..C-1 or pass the subset that contains them")
+    budgets = selector._budgets(_Counts(counts))
+    phase_seconds["inputs"] = time.perf_counter() - start
+    if isinstance(selector, (ScoreSelector, Uniform)):
+        picks, weights, data = _select_by_scores(selector, shard, n, num_classes, counts, budgets)
+    else:
+        picks, weights, data = _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries, dims)
+    wall = float(_all_reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64),
+                             dist.ReduceOp.MAX))
+    return selector._coreset(data, picks, weights, wall)
+
+
+def _single_process(selector, embeddings, logits, labels, num_classes, forgetting, indices):
+    """One process with indices=: the rows in dataset order, then the ordinary path."""
+    index = as_tensor("indices", indices, 1).cpu().numpy()
+    if not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"indices: must be integers, got dtype {index.dtype}")
+    n = len(index)
+    if n == 0 or not np.array_equal(np.sort(index), np.arange(n)):
+        raise ValueError(f"indices: in one process they must be a permutation of 0..N-1 (N = {n})")
+    order = torch.from_numpy(np.argsort(index))
+
+    def reorder(x):
+        if x is None:
+            return None
+        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        if len(x) != n:
+            raise ValueError(f"indices: has {n} entries but an array has {len(x)} rows")
+        return x[order.to(x.device)]
+    return selector.select_features(embeddings=reorder(embeddings), logits=reorder(logits),
+                                    labels=reorder(labels), num_classes=num_classes,
+                                    forgetting=reorder(forgetting))
+
+
+def select(selector, model, dataset, batch_size=256, device=None, forgetting=None):
+    """`Selector.select` under a process group: each rank extracts the features of its disjoint
+    contiguous share of the dataset (no padding, the last shard may be shorter), on its device,
+    with a progress bar on rank 0 only; then the distributed select_features. LCMat's compat
+    mode extracts per class on the class's owner (its BatchNorm batches are per class)."""
+    if getattr(selector, "mode", "paper") == "compat":
+        return _select_compat(selector, model, dataset, device, forgetting)
+    n = len(dataset)
+    lo, hi = n * rank() // world_size(), n * (rank() + 1) // world_size()
+    positions = np.arange(lo, hi, dtype=np.int64)
+    device = device or next(model.parameters()).device
+    progress = selector.progress is not False and is_lead()
+    embeddings, logits, labels = _agree(_extract, model, dataset, positions, batch_size, device, progress)
+    local_forgetting = None if forgetting is None else np.asarray(forgetting)[lo:hi]
+    return select_features(selector, embeddings=embeddings, logits=logits, labels=labels,
+                           forgetting=local_forgetting, indices=positions)
+
+
+def _select_compat(selector, model, dataset, device, forgetting):
+    from .data import dataset_targets
+    from .features import extract_features_train_bn
+    labels = dataset_targets(dataset)
+    counts = np.bincount(labels)
+    budgets = selector._budgets(_Counts(counts))
+    owner = assign_classes([class_cost(selector, int(nc), int(k)) for nc, k in zip(counts, budgets)],
+                           world_size())
+    positions = np.flatnonzero(owner[labels] == rank())
+    device = device or next(model.parameters()).device
+
+    def extract():
+        if len(positions) == 0:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+        h, z, _ = extract_features_train_bn(model, ShardDataset(dataset, positions), labels[positions],
+                                            batch_size=selector.batch_size, device=device)
+        return h, z
+    embeddings, logits = _agree(extract)
+    local_forgetting = None if forgetting is None else np.asarray(forgetting)[positions]
+    return select_features(selector, embeddings=embeddings, logits=logits, labels=labels[positions],
+                           forgetting=local_forgetting, indices=positions)
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """The items of `dataset` at `positions`, keeping an ArrayDataset's batch path."""
+
+    def __init__(self, dataset, positions):
+        self.dataset, self.positions = dataset, np.asarray(positions, dtype=np.int64)
+        if hasattr(dataset, "get_batch"):
+            self.get_batch = self._get_batch
+
+    def __len__(self):
+        return len(self.positions)
+
+    def __getitem__(self, i):
+        return self.dataset[int(self.positions[i])]
+
+    def _get_batch(self, idx, apply_transform=False):
+        return self.dataset.get_batch(self.positions[np.asarray(idx, dtype=np.int64)],
+                                      apply_transform=apply_transform)
+
+
+def _extract(model, dataset, positions, batch_size, device, progress):
+    """(embeddings, logits, labels) of the dataset items at `positions` (the one call into the
+    feature-extraction code)."""
+    from .features import extract_features
+    if len(positions) == 0:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return extract_features(model, ShardDataset(dataset, positions), batch_size=batch_size, device=device,
+                            progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------
+# Score methods: scores sharded, picks per class on the owner
+# ------------------------------------------------------------------------------------------------
+
+def _select_by_scores(selector, shard, n, num_classes, counts, budgets):
+    from .selectors import FDMat, ScoreSelector, Uniform, _numpy
+    local = _Data(shard.labels, num_classes, shard.embeddings, shard.logits, shard.forgetting)
+    columns = [shard.labels.cpu().double().numpy()]
+    if isinstance(selector, FDMat):
+        local.scores = _numpy(fdmat_scores(selector, local, counts))
+    elif isinstance(selector, ScoreSelector):
+        _check_row_wise(selector)
+        local.scores = _agree(lambda: _numpy(selector._scores(local)) if len(local) else np.zeros(0))
+    if local.scores is not None:
+        columns.append(local.scores)
+    if selector.coverage:
+        columns.append(_agree(lambda: np.asarray(selector._difficulty(local), np.float64) if len(local)
+                              else np.zeros(0)))
+    full = gather_rows(np.stack([np.asarray(c, np.float64).reshape(len(local)) for c in columns], 1),
+                       shard.index, n)
+    data = _Data(torch.from_numpy(full[:, 0].astype(np.int64)), num_classes)
+    data.counts, data.budgets = counts, budgets
+    data.forgetting = None
+    if isinstance(selector, ScoreSelector):
+        data.scores = full[:, 1]
+    elif isinstance(selector, Uniform):
+        selector._prepare(data)
+    difficulty = full[:, -1] if selector.coverage else None
+    groups = _with_difficulty(selector, difficulty, lambda: selector._groups(data))
+    if hasattr(selector, "_rng"):  # draws in group order: every rank runs every group
+        picks = [selector._pick_batch(data, [g])[0] for g in groups]
+        return [np.asarray(p, np.int64) for p, _ in picks], [w for _, w in picks], data
+    per_class = selector.balance or selector.per_class_only
+    owner = assign_classes([class_cost(selector, int(nc), int(k)) for nc, k in zip(counts, budgets)],
+                           world_size())
+    mine = [g for g in groups if (owner[int(data.labels[g[0][0]])] if per_class else 0) == rank()]
+    results = _agree(lambda: [(np.asarray(p, np.int64), w) for b in selector._batches(data, mine)
+                              for p, w in selector._pick_batch(data, b)], gather=True)
+    picks = [p for r in results for p, _ in r]
+    weights = [w for r in results for _, w in r]
+    return picks, weights, data
+
+
+_ROW_WISE = ("GraNd", "EL2N", "LeastConfidence", "Entropy", "Margin", "Forgetting")
+
+
+def _check_row_wise(selector):
+    """Score methods whose score of a sample depends on that sample alone can score shards."""
+    from . import selectors
+    known = tuple(getattr(selectors, name) for name in _ROW_WISE if hasattr(selectors, name))
+    if type(selector) not in known and type(selector)._scores not in {cls._scores for cls in known}:
+        raise NotImplementedError(
+            f"{selector.name}: not known to score one sample at a time, so it cannot run on shards; "
+            f"add its class to lcmat.distributed._ROW_WISE if its _scores is row-wise")
+
+
+def _with_difficulty(selector, difficulty, fn):
+    """fn() with selector._difficulty returning the gathered difficulty (coverage=True)."""
+    if difficulty is None:
+        return fn()
+    selector._difficulty = lambda data: difficulty
+    try:
+        return fn()
+    finally:
+        del selector._difficulty
+
+
+def gather_rows(values, index, n):
+    """The rows `values` [n_r, m] of every rank placed at their global positions `index`: a
+    float64 array [n, m] on every rank (sizes exchanged first, then one padded all_gather)."""
+    values = np.asarray(values, dtype=np.float64)
+    width = values.shape[1] + 1
+    sizes = _exchange(None, len(index))
+    device = _comm_device(torch.device("cpu"))
+    buf = torch.zeros(max(sizes), width, dtype=torch.float64)
+    buf[:len(index), 0] = torch.from_numpy(index.astype(np.float64))
+    buf[:len(index), 1:] = torch.from_numpy(values)
+    out = [torch.empty_like(buf, device=device) for _ in sizes]
+    dist.all_gather(out, buf.to(device))
+    traffic["all_gather"] += (len(sizes) - 1) * buf.numel() * buf.element_size()
+    full = np.empty((n, width - 1), dtype=np.float64)
+    for size, part in zip(sizes, out):
+        part = part[:size].cpu().numpy()
+        full[part[:, 0].astype(np.int64)] = part[:, 1:]
+    return full
+
+
+# ------------------------------------------------------------------------------------------------
+# Feature methods: features routed to the class owners
+# ------------------------------------------------------------------------------------------------
+
+_PER_CLASS = ("LCMat", "Herding", "KCenterGreedy")
+
+
+def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries, dims):
+    from . import selectors
+    known = tuple(getattr(selectors, name) for name in _PER_CLASS)
+    if not isinstance(selector, known):
+        raise NotImplementedError(f"{selector.name}: no distributed implementation (known: per-class "
+                                  f"{', '.join(_PER_CLASS)} and the score methods)")
+    if not (selector.balance or selector.per_class_only):
+        raise NotImplementedError(f"{selector.name}: balance=False runs one greedy over the whole set, "
+                                  f"which has no distributed implementation; use balance=True or one process")
+    owner = assign_classes([class_cost(selector, int(nc), int(k)) for nc, k in zip(counts, budgets)],
+                           world_size())
+    clock = time.perf_counter()
+    routed = route_to_owners(shard, owner, summaries, dims, selector.dtype)
+    phase_seconds["route"], clock = time.perf_counter() - clock, time.perf_counter()
+    local = _Data(routed["labels"], num_classes, routed["embeddings"], routed["logits"], routed["forgetting"])
+    local.counts = counts
+    local.budgets = np.where(owner == rank(), budgets, 0)
+    position = routed["index"]
+
+    def prepare():
+        local.scores = selector._prepare(local)
+        groups = [g for g in selector._groups(local) if len(g[0])]
+        return groups
+    groups = _agree(prepare)
+    keys = _group_keys(local, groups)
+    if isinstance(selector, selectors.KCenterGreedy):
+        sizes = [s for r in _exchange(None, [(key, len(g[0])) for key, g in zip(keys, groups)]) for s in r]
+        results = _agree(_replay_kcenter, selector, local, groups, keys, sorted(sizes))
+    else:
+        results = _agree(_pick_groups, selector, local, groups)
+    phase_seconds["pick"], clock = time.perf_counter() - clock, time.perf_counter()
+    rho = getattr(selector, "_rho_used", None)
+    mine = [(key, position[np.asarray(p, np.int64)], w, local.labels[torch.as_tensor(np.asarray(p, np.int64))]
+             .cpu().numpy(), rho[i] if rho else None) for i, (key, (p, w)) in enumerate(zip(keys, results))]
+    everything = sorted((item for r in _exchange(None, mine) for item in r), key=lambda item: item[0])
+    if rho is not None:
+        selector._rho_used = [item[4] for item in everything if item[4] is not None]
+    labels = np.zeros(n, dtype=np.int64)
+    for _, p, _, y, _ in everything:
+        labels[p] = y
+    data = _Data(torch.from_numpy(labels), num_classes)
+    data.scores = None
+    phase_seconds["gather"] = time.perf_counter() - clock
+    return [item[1] for item in everything], [item[2] for item in everything], data
+
+
+def _pick_groups(selector, local, groups):
+    """The method's own batches and picks over this rank's groups; a progress bar on rank 0."""
+    from tqdm.auto import tqdm
+    out = []
+    with tqdm(total=len(groups), desc=f"{selector.name} (rank 0 of {world_size()})", unit="group", leave=False,
+              disable=not is_lead() or (None if selector.progress is None else not selector.progress)) as bar:
+        for batch in selector._batches(local, groups):
+            out += selector._pick_batch(local, batch)
+            bar.update(len(batch))
+    return out
+
+
+def _group_keys(local, groups):
+    """(class, order within the class) of each group: its place in the single-process order."""
+    keys, seen = [], {}
+    for g in groups:
+        c = int(local.labels[int(g[0][0])])
+        keys.append((c, seen.get(c, 0)))
+        seen[c] = seen.get(c, 0) + 1
+    return keys
+
+
+def _replay_kcenter(selector, local, groups, keys, sizes):
+    """k-Center draws its first center per group from one generator in group order: draw for
+    the other ranks' groups too, pick on ours."""
+    mine = dict(zip(keys, groups))
+    out = {}
+    for key, size in sizes:
+        if key in mine:
+            out[key] = selector._pick_batch(local, [mine[key]])[0]
+        else:
+            selector._rng.integers(size)
+    return [out[key] for key in keys]
+
+
+def _rounds(summaries, dims, itemsize):
+    rows = max(1, ROUTE_BYTES // max(1, (dims[0] + dims[1]) * itemsize))
+    return rows, max(-(-s["n"] // rows) for s in summaries)
+
+
+def _all_to_all(send, send_counts, recv_counts, device):
+    """Rows of `send` (grouped by destination rank, send_counts each) to their ranks."""
+    comm = _comm_device(device)
+    recv = torch.empty((int(sum(recv_counts)),) + tuple(send.shape[1:]), dtype=send.dtype, device=comm)
+    dist.all_to_all_single(recv, send.to(comm).contiguous(), output_split_sizes=list(map(int, recv_counts)),
+                           input_split_sizes=list(map(int, send_counts)))
+    others = int(sum(recv_counts)) - int(recv_counts[rank()])
+    traffic["all_to_all"] += others * (recv[0].numel() * recv.element_size() if len(recv) else 0)
+    return recv.to(device)
+
+
+def route_to_owners(shard, owner, summaries, dims, dtype):
+    """Send every local row to the rank owning its class, in rounds of at most ROUTE_BYTES per
+    rank. A first pass sends (position, label, forgetting) and fixes where each arriving row goes
+    (dataset order); the second sends the features straight to those places."""
+    world = world_size()
+    rows, num_rounds = _rounds(summaries, dims, torch.tensor([], dtype=dtype).element_size())
+    dest = owner[shard.labels.cpu().numpy()]
+    cpu = torch.device("cpu")
+    forgetting = shard.forgetting if shard.forgetting is not None else np.zeros(len(dest))
+    keys_np = np.stack([shard.index, shard.labels.cpu().numpy(), forgetting.view(np.int64)], 1)
+    plan, received = [], []
+    for r in range(num_rounds):
+        lo, hi = min(r * rows, len(dest)), min((r + 1) * rows, len(dest))
+        order = np.argsort(dest[lo:hi], kind="stable") + lo
+        send_counts = np.bincount(dest[lo:hi], minlength=world)
+        recv_counts = _all_to_all(torch.from_numpy(send_counts), [1] * world, [1] * world, cpu).numpy()
+        received.append(_all_to_all(torch.from_numpy(keys_np[order]), send_counts, recv_counts, cpu).numpy())
+        plan.append((order, send_counts, recv_counts))
+    keys = np.concatenate(received) if received else np.zeros((0, 3), np.int64)
+    arrival = np.argsort(keys[:, 0], kind="stable")
+    slot = np.empty(len(keys), dtype=np.int64)
+    slot[arrival] = np.arange(len(keys))
+    out = {"index": keys[arrival, 0], "labels": torch.from_numpy(keys[arrival, 1].copy()).to(shard.device),
+           "forgetting": keys[arrival, 2].copy().view(np.float64) if shard.forgetting is not None else None}
+    for name, width in (("embeddings", dims[0]), ("logits", dims[1])):
+        x = getattr(shard, name)
+        if x is None:
+            out[name] = None
+            continue
+        buf = torch.empty(len(keys), width, dtype=dtype, device=shard.device)
+        start, release = 0, shard.release.get(name)
+        for order, send_counts, recv_counts in plan:
+            send = x[torch.from_numpy(order).to(x.device)]
+            if release is not None and len(order):  # this round's rows of a memory map are read
+                release(int(order.min()), int(order.max()) + 1)
+            got = _all_to_all(send, send_counts, recv_counts, x.device)
+            buf[torch.from_numpy(slot[start:start + len(got)]).to(x.device)] = got
+            start += len(got)
+        out[name] = buf
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# FDMat and Sinkhorn over row shards
+# ------------------------------------------------------------------------------------------------
+
+def fdmat_scores(selector, local, counts):
+    """FDMat's transport scores of the local rows, equal to those of one process on all rows:
+    the global minimum (negative='shift'), the transform's mean, the class prototypes and the
+    Sinkhorn column updates are reduced across ranks."""
+    from . import ops
+    x = local.embeddings
+    low = _all_reduce(x.min().reshape(1) if len(x) else torch.full((1,), torch.inf, dtype=x.dtype,
+                                                                    device=x.device), dist.ReduceOp.MIN)
+    low = float(low)
+    if low < 0:
+        if selector.negative == "error":
+            raise ValueError(f"embeddings: FDMat expects non-negative (post-ReLU) features, the "
+                             f"smallest is {low:.4g}; pass negative='shift' to shift them")
+        x = x - low
+    n = int(counts.sum())
+    # the transform of lcmat.reference.fdmat_transform, with the mean over all ranks' rows
+    x = (x + 1e-6).pow(selector.beta)
+    norm = x.norm(dim=1, keepdim=True)
+    mean = _all_reduce(x.sum(0, dtype=torch.float64)).div_(n).to(x.dtype)
+    x = x.sub_(mean).div_(norm)
+    sums = _all_reduce(torch.zeros(local.num_classes, x.shape[1], dtype=torch.float64, device=x.device)
+                       .index_add_(0, local.labels, x.double()))
+    prototypes = (sums / torch.as_tensor(counts, dtype=torch.float64, device=x.device)[:, None]).to(x.dtype)
+    M = ops.prototype_cost(x, prototypes, backend=selector.backend) if len(x) else x.new_zeros(0, len(counts))
+    a = torch.ones(len(x), dtype=M.dtype, device=M.device)
+    b = torch.as_tensor(counts, dtype=M.dtype, device=M.device)
+    reg = 1.0 / selector.lam
+    f, g, n_iter, err = sinkhorn_log_sharded(a, b, M, reg, selector.max_iter, selector.tol)
+    selector.last_ot = {"iterations": int(n_iter), "marginal_error": float(err)}
+    if not float(err) <= selector.tol:
+        warnings.warn(f"FDMat: Sinkhorn stopped at max_iter={selector.max_iter} with relative marginal error "
+                      f"{float(err):.2g} > tol={selector.tol:g}; the scores come from the last iterate (raise "
+                      f"max_iter, or lower lam for a smoother plan)", RuntimeWarning, stacklevel=3)
+    if len(x) == 0:
+        return torch.zeros(0, dtype=M.dtype)
+    return ops.fdmat_scores(M, f, g, reg, backend=selector.backend)
+
+
+def _log_mass(x):
+    return torch.where(x > 0, x.log(), torch.full_like(x, -torch.inf))
+
+
+def _chunks(n):
+    return [(s, min(s + SINKHORN_ROWS, n)) for s in range(0, n, SINKHORN_ROWS)] or [(0, 0)]
+
+
+def _column_lse(f, M, reg):
+    """LSE_i ((f_i - M_ij) / reg) over the rows of every rank, [m]: each rank's running maximum
+    and shifted sum over its row chunks, then all_reduce of the maximum and of the sums shifted
+    to it."""
+    m = M.shape[1]
+    top = torch.full((m,), -torch.inf, dtype=M.dtype, device=M.device)
+    total = torch.zeros(m, dtype=M.dtype, device=M.device)
+    for lo, hi in _chunks(len(f)):
+        if hi == lo:
+            continue
+        z = (f[lo:hi, None] - M[lo:hi]) / reg
+        new_top = torch.maximum(top, z.max(0).values)
+        safe = torch.where(torch.isfinite(new_top), new_top, torch.zeros_like(new_top))
+        total = total * torch.exp(top - safe).nan_to_num_(0.0) + torch.exp(z - safe).sum(0)
+        top = new_top
+    glob = _all_reduce(top, dist.ReduceOp.MAX)
+    safe = torch.where(torch.isfinite(glob), glob, torch.zeros_like(glob))
+    total = _all_reduce(total * torch.exp(top - safe).nan_to_num_(0.0))
+    return safe + total.log()
+
+
+def sinkhorn_log_sharded(a, b, M, reg, max_iter=1000, tol=1e-6, check_every=1):
+    """Log-domain Sinkhorn (lcmat.reference.sinkhorn) with the rows split over the ranks: each
+    rank holds a [n_r] and M [n_r, m] of its rows, every rank the same b [m]. The row update is
+    local; the column update reduces its log-sum-exp across ranks; the relative marginal error
+    is summed across ranks, so every rank stops at the same iteration. Returns (f [n_r] of the
+    local rows, g [m], n_iter, err), equal to one process's solver on the stacked rows."""
+    log_a, log_b = _log_mass(a), _log_mass(b)
+    f, g = torch.zeros_like(a), torch.zeros_like(b)
+    total_a = float(_all_reduce(a.sum().reshape(1)))
+    err = torch.tensor(float("inf"), dtype=M.dtype)
+    it = 0
+    for it in range(1, max_iter + 1):
+        for lo, hi in _chunks(len(f)):
+            f[lo:hi] = reg * log_a[lo:hi] - reg * torch.logsumexp((g[None, :] - M[lo:hi]) / reg, dim=1)
+        g = reg * log_b - reg * _column_lse(f, M, reg)
+        if it % check_every == 0 or it == max_iter:
+            local = torch.zeros(1, dtype=M.dtype, device=M.device)
+            for lo, hi in _chunks(len(f)):
+                rows = torch.exp((f[lo:hi, None] + g[None, :] - M[lo:hi]) / reg).sum(1)
+                local += (rows - a[lo:hi]).abs().sum()
+            err = (_all_reduce(local) / total_a)[0]
+            if not bool(err > tol):
+                break
+    return f, g, it, err
+
+
+# ------------------------------------------------------------------------------------------------
+# The experiment command under torchrun
+# ------------------------------------------------------------------------------------------------
+
+def follower_settings(settings):
+    """run_experiment's settings for this rank: unchanged on rank 0; on the others, a private
+    temporary out_dir (holding a copy of OUT/results.csv, so --resume and the overwrite check
+    decide the same on every rank), no progress bars and no log. Every rank then runs the same
+    plan; only the selection is shared among them. Returns (settings, temporary folder or None)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    if not active() or is_lead():
+        if active():
+            dist.barrier()
+        return settings, None
+    folder = tempfile.mkdtemp(prefix=f"lcmat-rank{rank()}-")
+    results = Path(settings["out_dir"]) / "results.csv"
+    if results.is_file() and not settings.get("overwrite"):
+        shutil.copy(results, folder)
+    dist.barrier()  # copied before rank 0 touches OUT
+    return dict(settings, out_dir=folder, progress=False, log=lambda *args, **kwargs: None), folder
