@@ -12,6 +12,7 @@ import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+import lcmat.algorithms as algorithms
 import lcmat.ops as ops
 import lcmat.reference as R
 
