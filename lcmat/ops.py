@@ -22,6 +22,7 @@ import os
 
 import torch
 
+from . import reference
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 _MODULES = {"reference": "lcmat.reference", "cpu": "lcmat.csrc", "cuda": "lcmat.csrc",

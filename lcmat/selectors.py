@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import algorithms, ops
+from . import algorithms, ops, reference
 from .coreset import Coreset, class_budgets, global_budget, split_budget
 from .coverage import coverage_groups, coverage_strata
 from .ot import ConvergenceWarning, converged
@@ -641,14 +641,14 @@ class FDMat(ScoreSelector):
         a = torch.ones(len(data), dtype=M.dtype, device=M.device)
         b = torch.as_tensor(data.counts, dtype=M.dtype, device=M.device)
         reg = 1.0 / self.lam
-        low = ops.reference.smallest_reg(M)
+        low = reference.smallest_reg(M)
         if reg < low:
             raise ValueError(f"lam: {self.lam:g} gives reg = 1 / lam = {reg:.3g}, below what {M.dtype} costs up to "
                              f"{float(M.max()):.3g} resolve (reg >= {low:.3g}, lam <= {1 / low:.3g}); lower lam "
                              f"or pass dtype=torch.float64")
         f, g, n_iter, _ = ops.sinkhorn_log(a, b, M, reg, self.max_iter, self.tol, backend=self.backend)
         # The error is re-evaluated from the potentials in float64: one definition for every backend.
-        err = float(ops.reference.marginal_error(a, f, g, M, reg))
+        err = float(reference.marginal_error(a, f, g, M, reg))
         self.last_ot = {"iterations": int(n_iter), "marginal_error": err}
         if not bool(converged(err, self.tol, M.dtype)):
             warnings.warn(f"FDMat: Sinkhorn stopped at max_iter={self.max_iter} with relative marginal error "
