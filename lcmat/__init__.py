@@ -46,8 +46,11 @@ from .ot import coreset_ot_distance, sinkhorn  # noqa: E402
 from .selectors import (CRAIG, EL2N, METHODS, Entropy, FDMat, Forgetting, GraNd, Herding,
                         KCenterGreedy, LCMat, LeastConfidence, Margin, Selector, Uniform,
                         get_method)
+from .diversity import Cal, ContextualDiversity, DeepFool, ModerateDS  # noqa: E402
+from .submodular import GraphCut, LogDeterminant  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Coreset", "sinkhorn", "coreset_ot_distance", "METHODS", "get_method", "Selector",
            "Uniform", "LCMat", "FDMat", "CRAIG", "Herding", "KCenterGreedy", "GraNd", "EL2N",
-           "LeastConfidence", "Entropy", "Margin", "Forgetting"]
+           "LeastConfidence", "Entropy", "Margin", "Forgetting", "ContextualDiversity", "DeepFool", "Cal",
+           "GraphCut", "LogDeterminant", "ModerateDS"]

@@ -172,6 +172,44 @@ def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
     return _call("per_sample_grad_norms", backend, model, inputs, targets, loss_fn)
 
 
+def gradient_gram(embeddings, e, scale=None, backend=None):
+    """<g_i, g_j> of last-layer gradients, [n, n], from the Gram identity."""
+    return _call("gradient_gram", backend, embeddings, e, scale)
+
+
+def symmetric_kl(log_p, log_q=None, backend=None):
+    """1/2 KL(p_i || q_j) + 1/2 KL(q_j || p_i) for every pair, [n, m], from log-probabilities."""
+    return _call("symmetric_kl", backend, log_p, log_q)
+
+
+def kcenter_symmetric_kl(log_p, k, first, backend=None):
+    """k-center greedy under the symmetric KL divergence (Contextual Diversity): picks [k]."""
+    return _call("kcenter_symmetric_kl", backend, log_p, k, first)
+
+
+def knn_indices(x, k, backend=None):
+    """The k nearest other rows of each row (squared Euclidean, lower index on ties), [n, k]."""
+    return _call("knn_indices", backend, x, k)
+
+
+def neighbour_kl(log_p, neighbours, symmetric=False, backend=None):
+    """Mean KL divergence between each row's prediction and its neighbours' (Cal), [n]."""
+    return _call("neighbour_kl", backend, log_p, neighbours, symmetric)
+
+
+def graph_cut_greedy(sim, k, lam=1.0, lazy=False, backend=None):
+    return _call("graph_cut_greedy", backend, sim, k, lam, lazy)
+
+
+def log_determinant_greedy(sim, k, reg=1.0, lazy=False, backend=None):
+    return _call("log_determinant_greedy", backend, sim, k, reg, lazy)
+
+
+def log_determinant_deepcore_greedy(sim, k):
+    """DeepCore's LogDeterminant gain (for comparison only): the reference."""
+    return reference.log_determinant_deepcore_greedy(sim, k)
+
+
 # Not kernels, but shared by the selectors; always the reference (cheap, exact).
 class_prototypes = reference.class_prototypes
 sinkhorn_plan = reference.sinkhorn_plan

@@ -566,3 +566,11 @@ def get_method(name, **options):
     if key not in METHODS:
         raise ValueError(f"method: unknown method {name!r}; choose from {sorted(METHODS)}")
     return METHODS[key](**options)
+
+
+# The comparison set of issue 16 lives in its own modules, which import the base classes above.
+from .diversity import Cal, ContextualDiversity, DeepFool, ModerateDS  # noqa: E402
+from .submodular import GraphCut, LogDeterminant  # noqa: E402
+
+METHODS.update({cls.name: cls for cls in (ContextualDiversity, DeepFool, Cal, GraphCut, LogDeterminant,
+                                          ModerateDS)})

@@ -13,3 +13,7 @@ from .lcmat_distance import (coords_by_variance, curvature_moments, gradient_dis
                              weight_row_bounds)
 from .sinkhorn import (sinkhorn_log, sinkhorn_log_ragged, sinkhorn_plan,
                        squared_euclidean_cost)
+from .knn import knn_indices, neighbour_kl
+from .pairwise_kl import kcenter_symmetric_kl, symmetric_kl
+from .submodular import (graph_cut_greedy, graph_cut_value, log_determinant_deepcore_greedy,
+                         log_determinant_greedy, log_determinant_value)
