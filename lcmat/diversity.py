@@ -33,7 +33,7 @@ class ContextualDiversity(Selector):
     def _pick(self, data, positions, k):
         first = int(self._rng.integers(len(positions)))
         index = torch.as_tensor(positions, device=data.labels.device)
-        picks = ops.kcenter_symmetric_kl(self._log_p[index], k, first, backend=self.backend)
+        picks = ops.kcenter_symmetric_kl(self._log_p[index], k, first)
         return positions[picks.cpu().numpy()], None
 
 
@@ -71,8 +71,8 @@ class Cal(ScoreSelector):
             if k < 1:
                 continue
             index = torch.as_tensor(positions, device=log_p.device)
-            nb = ops.knn_indices(data.embeddings[index], k, backend=self.backend)
-            scores[index] = ops.neighbour_kl(log_p[index], nb, self.variant == "deepcore", backend=self.backend)
+            nb = ops.knn_indices(data.embeddings[index], k)
+            scores[index] = ops.neighbour_kl(log_p[index], nb, self.variant == "deepcore")
         return scores
 
 

@@ -172,41 +172,48 @@ def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
     return _call("per_sample_grad_norms", backend, model, inputs, targets, loss_fn)
 
 
-def gradient_gram(embeddings, e, scale=None, backend=None):
+# The kernels of the comparison set (Contextual Diversity, Cal, graph cut, log-determinant) have
+# only their reference implementation so far: each is torch on whole vectors per greedy step (or
+# a chunked GEMM), and it runs on whatever device the tensors are on. Like the quota greedy above
+# they take no backend argument.
+
+def gradient_gram(embeddings, e, scale=None):
     """<g_i, g_j> of last-layer gradients, [n, n], from the Gram identity."""
-    return _call("gradient_gram", backend, embeddings, e, scale)
+    return reference.gradient_gram(embeddings, e, scale)
 
 
-def symmetric_kl(log_p, log_q=None, backend=None):
+def symmetric_kl(log_p, log_q=None):
     """1/2 KL(p_i || q_j) + 1/2 KL(q_j || p_i) for every pair, [n, m], from log-probabilities."""
-    return _call("symmetric_kl", backend, log_p, log_q)
+    return reference.symmetric_kl(log_p, log_q)
 
 
-def kcenter_symmetric_kl(log_p, k, first, backend=None):
+def kcenter_symmetric_kl(log_p, k, first):
     """k-center greedy under the symmetric KL divergence (Contextual Diversity): picks [k]."""
-    return _call("kcenter_symmetric_kl", backend, log_p, k, first)
+    return reference.kcenter_symmetric_kl(log_p, k, first)
 
 
-def knn_indices(x, k, backend=None):
+def knn_indices(x, k):
     """The k nearest other rows of each row (squared Euclidean, lower index on ties), [n, k]."""
-    return _call("knn_indices", backend, x, k)
+    return reference.knn_indices(x, k)
 
 
-def neighbour_kl(log_p, neighbours, symmetric=False, backend=None):
+def neighbour_kl(log_p, neighbours, symmetric=False):
     """Mean KL divergence between each row's prediction and its neighbours' (Cal), [n]."""
-    return _call("neighbour_kl", backend, log_p, neighbours, symmetric)
+    return reference.neighbour_kl(log_p, neighbours, symmetric)
 
 
-def graph_cut_greedy(sim, k, lam=1.0, lazy=False, backend=None):
-    return _call("graph_cut_greedy", backend, sim, k, lam, lazy)
+def graph_cut_greedy(sim, k, lam=1.0, lazy=False):
+    """Greedy graph cut on a similarity block: (picks [k], objective [k])."""
+    return reference.graph_cut_greedy(sim, k, lam, lazy)
 
 
-def log_determinant_greedy(sim, k, reg=1.0, lazy=False, backend=None):
-    return _call("log_determinant_greedy", backend, sim, k, reg, lazy)
+def log_determinant_greedy(sim, k, reg=1.0, lazy=False):
+    """Greedy log det(S_AA + reg I) by incremental Cholesky: (picks [k], objective [k])."""
+    return reference.log_determinant_greedy(sim, k, reg, lazy)
 
 
 def log_determinant_deepcore_greedy(sim, k):
-    """DeepCore's LogDeterminant gain (for comparison only): the reference."""
+    """DeepCore's LogDeterminant gain (for comparison only)."""
     return reference.log_determinant_deepcore_greedy(sim, k)
 
 

@@ -36,7 +36,7 @@ class _SubmodularSelector(Selector):
         """The block's n x n similarity S (module docstring)."""
         if self.features == "gradients":
             e, _ = ops.last_layer_factors(logits, labels, backend=self.backend)
-            gram = ops.gradient_gram(embeddings, e, backend=self.backend)
+            gram = ops.gradient_gram(embeddings, e)
         else:
             gram = embeddings @ embeddings.T
         return similarity_from_gram(gram, self.metric)
@@ -55,7 +55,8 @@ def similarity_from_gram(gram, metric):
         norms = sq.sqrt()
         outer = norms[:, None] * norms[None, :]
         cos = torch.where(outer > 0, gram / outer.clamp_min(torch.finfo(gram.dtype).tiny), torch.zeros_like(gram))
-        return 0.5 + 0.5 * cos.clamp_(-1.0, 1.0)
+        cos.clamp_(-1.0, 1.0).diagonal().copy_((norms > 0).to(cos.dtype))  # cos(g, g) = 1 exactly
+        return 0.5 + 0.5 * cos
     dist = (sq[:, None] + sq[None, :] - 2.0 * gram).clamp_min_(0.0).sqrt_()
     dist.fill_diagonal_(0.0)
     L = dist.max() if dist.numel() else dist.new_zeros(())
@@ -79,7 +80,7 @@ class GraphCut(_SubmodularSelector):
         self.lam = check_positive("lam", lam, allow_zero=True)
 
     def _greedy(self, sim, k):
-        return ops.graph_cut_greedy(sim, k, self.lam, self.lazy, backend=self.backend)
+        return ops.graph_cut_greedy(sim, k, self.lam, self.lazy)
 
 
 class LogDeterminant(_SubmodularSelector):
@@ -105,4 +106,4 @@ class LogDeterminant(_SubmodularSelector):
     def _greedy(self, sim, k):
         if self.variant == "deepcore":
             return ops.log_determinant_deepcore_greedy(sim, k)
-        return ops.log_determinant_greedy(sim, k, self.reg, self.lazy, backend=self.backend)
+        return ops.log_determinant_greedy(sim, k, self.reg, self.lazy)
