@@ -92,7 +92,10 @@ PRESETS = {
 }
 
 _METHOD_ALIASES = {"lcmat_s": "lcmat", "lcmats": "lcmat", "kcentergreedy": "kcenter", "k_center": "kcenter",
-                   "kcenter_greedy": "kcenter", "leastconfidence": "least_confidence", "random": "uniform"}
+                   "kcenter_greedy": "kcenter", "leastconfidence": "least_confidence", "random": "uniform",
+                   "contextual_diversity": "cdiv", "contextualdiversity": "cdiv", "moderate_ds": "moderate",
+                   "moderateds": "moderate", "graph_cut": "graphcut", "log_determinant": "logdet",
+                   "logdeterminant": "logdet"}
 # Constructor arguments the experiment sets itself; they are not method options.
 _RESERVED = {"self", "fraction", "seed", "progress", "backend", "dtype"}
 
@@ -608,6 +611,10 @@ def _select(spec, fraction, seed, labels, features, stats, backend):
     extra, H, Z = {}, None, None
     if stats.get("forgetting") is not None:  # Forgetting, and difficulty="forgetting" under coverage
         extra["forgetting"] = stats["forgetting"]
+    if getattr(selector, "needs_model", False):  # DeepFool attacks the selection model itself
+        start = time.perf_counter()
+        coreset = selector.select(features.model, features.train, device=features.device, **extra)
+        return coreset, time.perf_counter() - start
     if selector.required():
         if getattr(selector, "mode", "paper") == "compat":
             H, Z = features.train_bn(selector.batch_size)

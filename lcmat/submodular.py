@@ -2,7 +2,8 @@
 "LogDeterminant"): greedy or lazy greedy maximisation per class over a similarity block built
 from the same last-layer gradients (or embeddings) as facility location (CRAIG, LCMat-S).
 
-Similarity (metric):
+Vectors (space): "gradients" (default, DeepCore's) the last-layer gradients g_i, or
+"embeddings" the embeddings h_i. Similarity (metric):
     "cossim" (default, DeepCore's): S_ij = 1/2 + 1/2 cos(g_i, g_j), in [0, 1] and positive
         semi-definite; a zero vector has cosine 0 with everything (DeepCore's code gives NaN);
     "euclidean": S_ij = L - ||g_i - g_j||_2 with L = max_ij ||g_i - g_j|| (facility location's
@@ -23,18 +24,18 @@ class _SubmodularSelector(Selector):
     needs = ("embeddings", "logits")
     per_class_only = True
 
-    def __init__(self, fraction=0.1, metric="cossim", features="gradients", lazy=True, balance=True, seed=0,
+    def __init__(self, fraction=0.1, metric="cossim", space="gradients", lazy=True, balance=True, seed=0,
                  backend=None, progress=None, dtype=torch.float32, coverage=False, difficulty="el2n",
                  prune_hard=0.1, num_strata=50):
         super().__init__(fraction, balance, seed, backend, progress, dtype, coverage, difficulty,
                          prune_hard, num_strata)
         self.metric = check_choice("metric", metric, ("cossim", "euclidean"))
-        self.features = check_choice("features", features, ("gradients", "embeddings"))
+        self.space = check_choice("space", space, ("gradients", "embeddings"))
         self.lazy = check_bool("lazy", lazy)
 
     def similarity(self, embeddings, logits, labels):
         """The block's n x n similarity S (module docstring)."""
-        if self.features == "gradients":
+        if self.space == "gradients":
             e, _ = ops.last_layer_factors(logits, labels, backend=self.backend)
             gram = ops.gradient_gram(embeddings, e)
         else:
@@ -72,10 +73,10 @@ class GraphCut(_SubmodularSelector):
     the picks agree)."""
     name = "graphcut"
 
-    def __init__(self, fraction=0.1, lam=1.0, metric="cossim", features="gradients", lazy=True, balance=True,
+    def __init__(self, fraction=0.1, lam=1.0, metric="cossim", space="gradients", lazy=True, balance=True,
                  seed=0, backend=None, progress=None, dtype=torch.float32, coverage=False, difficulty="el2n",
                  prune_hard=0.1, num_strata=50):
-        super().__init__(fraction, metric, features, lazy, balance, seed, backend, progress, dtype, coverage,
+        super().__init__(fraction, metric, space, lazy, balance, seed, backend, progress, dtype, coverage,
                          difficulty, prune_hard, num_strata)
         self.lam = check_positive("lam", lam, allow_zero=True)
 
@@ -95,10 +96,10 @@ class LogDeterminant(_SubmodularSelector):
     gain log(S_ee - S_eA S_AA^-1 S_Ae). Offered for comparison with DeepCore's results only."""
     name = "logdet"
 
-    def __init__(self, fraction=0.1, reg=1.0, variant="paper", metric="cossim", features="gradients", lazy=True,
+    def __init__(self, fraction=0.1, reg=1.0, variant="paper", metric="cossim", space="gradients", lazy=True,
                  balance=True, seed=0, backend=None, progress=None, dtype=torch.float32, coverage=False,
                  difficulty="el2n", prune_hard=0.1, num_strata=50):
-        super().__init__(fraction, metric, features, lazy, balance, seed, backend, progress, dtype, coverage,
+        super().__init__(fraction, metric, space, lazy, balance, seed, backend, progress, dtype, coverage,
                          difficulty, prune_hard, num_strata)
         self.reg = check_positive("reg", reg)
         self.variant = check_choice("variant", variant, ("paper", "deepcore"))

@@ -361,3 +361,17 @@ def test_bad_features(name):
         lcmat.get_method(name).select_features(embeddings=H, logits=Z, labels=y)
     with pytest.raises(ValueError):
         lcmat.get_method(name).select_features(labels=y)
+
+
+def test_the_experiment_hands_deepfool_the_selection_model():
+    from types import SimpleNamespace
+
+    from lcmat.experiment import MethodSpec, _select, canonical_method
+    model = linear_model(4, 3, 2)
+    x = np.random.default_rng(5).normal(size=(30, 4))
+    y = np.arange(30) % 3
+    features = SimpleNamespace(model=model, train=Points(x, y), device="cpu")
+    coreset, _ = _select(MethodSpec("deepfool"), 0.2, 0, y, features, {}, None)
+    expected = lcmat.DeepFool(fraction=0.2).select(model, Points(x, y))
+    np.testing.assert_array_equal(coreset.indices, expected.indices)
+    assert canonical_method("Contextual-Diversity") == "cdiv" and canonical_method("LogDeterminant") == "logdet"

@@ -146,7 +146,7 @@ def test_selector_is_the_greedy_on_explicit_similarities(name, params, metric, f
     H, Z, y = B.make_problem(COUNTS, D=4, seed=5)
     if name == "logdet" and metric == "euclidean":
         params = {"reg": 50.0}  # L - D is not positive semi-definite; a large reg makes it so here
-    cs = lcmat.get_method(name, fraction=0.2, metric=metric, features=features, lazy=lazy, dtype=torch.float64,
+    cs = lcmat.get_method(name, fraction=0.2, metric=metric, space=features, lazy=lazy, dtype=torch.float64,
                           **params).select_features(embeddings=H, logits=Z, labels=y)
     expected, gap = brute_selection(H, Z, y, 0.2, name, metric, features, **params)
     assert gap > 1e-7
@@ -168,7 +168,7 @@ def test_logdet_deepcore_variant_and_bad_options():
     cs = lcmat.LogDeterminant(fraction=0.2, variant="deepcore").select_features(embeddings=H, logits=Z, labels=y)
     for c in range(3):  # DeepCore's first pick is the class's first sample
         assert np.flatnonzero(y == c)[0] in cs.indices
-    for bad in [dict(metric="cosine"), dict(features="inputs"), dict(lazy="yes"), dict(reg=0), dict(variant="x")]:
+    for bad in [dict(metric="cosine"), dict(space="inputs"), dict(lazy="yes"), dict(reg=0), dict(variant="x")]:
         with pytest.raises(ValueError):
             lcmat.LogDeterminant(**bad)
     with pytest.raises(ValueError, match="lam"):
