@@ -24,7 +24,7 @@ class _SubmodularSelector(Selector):
     needs = ("embeddings", "logits")
     per_class_only = True
 
-    def __init__(self, fraction=0.1, metric="cossim", space="gradients", lazy=True, balance=True, seed=0,
+    def __init__(self, fraction=0.1, metric="cossim", space="gradients", lazy=False, balance=True, seed=0,
                  backend=None, progress=None, dtype=torch.float32, coverage=False, difficulty="el2n",
                  prune_hard=0.1, num_strata=50):
         super().__init__(fraction, balance, seed, backend, progress, dtype, coverage, difficulty,
@@ -73,7 +73,7 @@ class GraphCut(_SubmodularSelector):
     the picks agree)."""
     name = "graphcut"
 
-    def __init__(self, fraction=0.1, lam=1.0, metric="cossim", space="gradients", lazy=True, balance=True,
+    def __init__(self, fraction=0.1, lam=1.0, metric="cossim", space="gradients", lazy=False, balance=True,
                  seed=0, backend=None, progress=None, dtype=torch.float32, coverage=False, difficulty="el2n",
                  prune_hard=0.1, num_strata=50):
         super().__init__(fraction, metric, space, lazy, balance, seed, backend, progress, dtype, coverage,
@@ -96,7 +96,7 @@ class LogDeterminant(_SubmodularSelector):
     gain log(S_ee - S_eA S_AA^-1 S_Ae). Offered for comparison with DeepCore's results only."""
     name = "logdet"
 
-    def __init__(self, fraction=0.1, reg=1.0, variant="paper", metric="cossim", space="gradients", lazy=True,
+    def __init__(self, fraction=0.1, reg=1.0, variant="paper", metric="cossim", space="gradients", lazy=False,
                  balance=True, seed=0, backend=None, progress=None, dtype=torch.float32, coverage=False,
                  difficulty="el2n", prune_hard=0.1, num_strata=50):
         super().__init__(fraction, metric, space, lazy, balance, seed, backend, progress, dtype, coverage,
