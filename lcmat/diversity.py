@@ -13,8 +13,9 @@ from .validation import check_choice, check_positive
 
 
 class ContextualDiversity(Selector):
-    """Contextual Diversity (Agarwal et al., ECCV 2020), as DeepCore ports it to classification:
-    k-center greedy under the symmetric KL divergence
+    """Contextual Diversity (Agarwal et al., ECCV 2020): a k-center cover under the symmetric KL
+    divergence of the predictions. As DeepCore ports it to classification: k-center greedy under
+    the symmetric KL divergence
         d(i, j) = 1/2 KL(p_i || p_j) + 1/2 KL(p_j || p_i)
     between the soft predictions p = softmax(logits): start from a seeded random sample, then
     repeatedly add the sample whose smallest divergence to the selection is largest (lowest
@@ -77,8 +78,8 @@ class Cal(ScoreSelector):
 
 
 class ModerateDS(ScoreSelector):
-    """Moderate-DS (Xia et al., ICLR 2023): keep the samples whose distance to their class
-    centre in embedding space is closest to the median distance:
+    """Moderate-DS (Xia et al., ICLR 2023): keeps the samples whose distance to their class centre
+    is closest to the median distance. In embedding space:
         d_i = || h_i - centre_{y_i} ||_2,  s_i = | d_i - median_group(d) |,  smallest s kept,
     the median over the class (balance=True) or over the whole set (balance=False, as the
     released code ranks all samples together); the median of an even count is the mean of the
@@ -123,8 +124,9 @@ def median_rows(x):
 
 
 class DeepFool(ScoreSelector):
-    """DeepFool scores (Ducoffe and Precioso, 2018, "Adversarial active learning", as DeepCore
-    uses it for coreset selection): the DeepFool attack (Moosavi-Dezfooli et al., 2016) on each
+    """DeepFool (Ducoffe and Precioso, 2018): keeps the samples nearest the decision boundary, by
+    the DeepFool perturbation that flips their prediction. As "Adversarial active learning" and
+    DeepCore use it for selection: the DeepFool attack (Moosavi-Dezfooli et al., 2016) on each
     training sample, and the samples CLOSEST to the decision boundary kept (smallest score).
 
     One DeepFool step at x, predicted class o (the prediction at the clean input), logits f and
@@ -139,7 +141,7 @@ class DeepFool(ScoreSelector):
     Needs the model: use select(model, dataset); select_features raises ValueError.
     """
     name = "deepfool"
-    needs = ()
+    needs = ("model",)
     keep = "smallest"
     needs_model = True
 
@@ -153,6 +155,10 @@ class DeepFool(ScoreSelector):
         self.score = check_choice("score", score, ("norm", "steps"))
         self.batch_size = check_positive("batch_size", batch_size, integer=True)
         self._given = None
+
+    def required(self):
+        """The feature arrays select() passes on: only what coverage needs (the model is separate)."""
+        return tuple(n for n in super().required() if n != "model")
 
     def select_features(self, embeddings=None, logits=None, labels=None, num_classes=None, forgetting=None):
         if self._given is None:

@@ -172,10 +172,10 @@ def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
     return _call("per_sample_grad_norms", backend, model, inputs, targets, loss_fn)
 
 
-# The kernels of the comparison set (Contextual Diversity, Cal, graph cut, log-determinant) have
-# only their reference implementation so far: each is torch on whole vectors per greedy step (or
-# a chunked GEMM), and it runs on whatever device the tensors are on. Like the quota greedy above
-# they take no backend argument.
+# Most kernels of the comparison set (Contextual Diversity, Cal) have only their reference
+# implementation: each is torch on whole vectors per greedy step (or a chunked GEMM), and it runs
+# on whatever device the tensors are on. Like the quota greedy above they take no backend
+# argument. The graph-cut and log-determinant greedies dispatch (a cpu twin).
 
 def gradient_gram(embeddings, e, scale=None):
     """<g_i, g_j> of last-layer gradients, [n, n], from the Gram identity."""
@@ -202,14 +202,14 @@ def neighbour_kl(log_p, neighbours, symmetric=False):
     return reference.neighbour_kl(log_p, neighbours, symmetric)
 
 
-def graph_cut_greedy(sim, k, lam=1.0, lazy=False):
-    """Greedy graph cut on a similarity block: (picks [k], objective [k])."""
-    return reference.graph_cut_greedy(sim, k, lam, lazy)
+def graph_cut_greedy(sim, k, lam=1.0, lazy=False, backend=None):
+    """Greedy graph cut on a similarity block: (picks [k], objective [k]). Has a cpu twin."""
+    return _call("graph_cut_greedy", backend, sim, k, lam, lazy)
 
 
-def log_determinant_greedy(sim, k, reg=1.0, lazy=False):
-    """Greedy log det(S_AA + reg I) by incremental Cholesky: (picks [k], objective [k])."""
-    return reference.log_determinant_greedy(sim, k, reg, lazy)
+def log_determinant_greedy(sim, k, reg=1.0, lazy=False, backend=None):
+    """Greedy log det(S_AA + reg I) by incremental Cholesky: (picks [k], objective [k]). Has a cpu twin."""
+    return _call("log_determinant_greedy", backend, sim, k, reg, lazy)
 
 
 def log_determinant_deepcore_greedy(sim, k):

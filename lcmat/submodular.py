@@ -65,7 +65,8 @@ def similarity_from_gram(gram, metric):
 
 
 class GraphCut(_SubmodularSelector):
-    """Graph cut (Iyer and Bilmes; DeepCore's Submodular(function="GraphCut")), per class:
+    """Graph cut (DeepCore's Submodular(function="GraphCut")): greedy, per class. The function
+    (Iyer and Bilmes):
         f(A) = sum_{i in V, j in A} S_ij - lam sum_{i, j in A} S_ij,
     greedy (lazy=False) or lazy greedy (lazy=True, the same picks), lowest index on ties.
     DeepCore's code scores lam' sum_i S_ie - 2 sum_{j in A} S_je with lam' = 1 by default, i.e.
@@ -81,11 +82,12 @@ class GraphCut(_SubmodularSelector):
         self.lam = check_positive("lam", lam, allow_zero=True)
 
     def _greedy(self, sim, k):
-        return ops.graph_cut_greedy(sim, k, self.lam, self.lazy)
+        return ops.graph_cut_greedy(sim, k, self.lam, self.lazy, backend=self.backend)
 
 
 class LogDeterminant(_SubmodularSelector):
-    """Log-determinant (DeepCore's Submodular(function="LogDeterminant")), per class:
+    """Log-determinant (DeepCore's Submodular(function="LogDeterminant")): greedy, per class. The
+    function:
         f(A) = log det(S_AA + reg I),
     greedy via incremental Cholesky (O(n k^2)) or lazy greedy (the same picks), lowest index on
     ties; reg > 0 keeps the determinant of a singular block finite (reg = 1 with the cosine
@@ -107,4 +109,4 @@ class LogDeterminant(_SubmodularSelector):
     def _greedy(self, sim, k):
         if self.variant == "deepcore":
             return ops.log_determinant_deepcore_greedy(sim, k)
-        return ops.log_determinant_greedy(sim, k, self.reg, self.lazy)
+        return ops.log_determinant_greedy(sim, k, self.reg, self.lazy, backend=self.backend)

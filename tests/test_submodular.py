@@ -173,3 +173,77 @@ def test_logdet_deepcore_variant_and_bad_options():
             lcmat.LogDeterminant(**bad)
     with pytest.raises(ValueError, match="lam"):
         lcmat.GraphCut(lam=-0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cpu twin against the reference
+
+needs_cpu = pytest.mark.skipif("cpu" not in lcmat.ops.available_backends(), reason="no compiled extension")
+
+
+def random_block(n, seed, dtype, symmetric=True):
+    S = random_psd(n, seed, rank=min(n + 2, 6))
+    if not symmetric:  # graph cut is defined for any non-negative S
+        S = S * np.random.default_rng(seed).uniform(0.5, 1.5, size=S.shape)
+    return torch.tensor(S, dtype=dtype)
+
+
+@needs_cpu
+@given(n=st.integers(1, 40), seed=st.integers(0, 1000), lazy=st.booleans(), lam=st.sampled_from([0.0, 0.5, 1.0]),
+       symmetric=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]), data=st.data())
+def test_cpu_graph_cut_matches_the_reference(n, seed, lazy, lam, symmetric, dtype, data):
+    k = data.draw(st.integers(0, n))
+    S = random_block(n, seed, dtype, symmetric)
+    ref = reference.graph_cut_greedy(S.double(), k, lam, False)
+    picks, objective = lcmat.csrc.graph_cut_greedy(S, k, lam, lazy)
+    assert picks.dtype == torch.long and objective.dtype == dtype
+    expected, _, gap = greedy(lambda A: graph_cut_f(S.double().numpy(), A, lam), n, k)
+    if gap > 1e-5:
+        assert picks.tolist() == expected == ref[0].tolist()
+    np.testing.assert_allclose(objective.double().numpy(),
+                               [float(reference.graph_cut_value(S.double(), picks[:t + 1], lam)) for t in range(k)],
+                               rtol=1e-5, atol=1e-4)
+
+
+@needs_cpu
+@given(n=st.integers(1, 40), seed=st.integers(0, 1000), lazy=st.booleans(), reg=st.sampled_from([1e-2, 1.0]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), data=st.data())
+def test_cpu_log_determinant_matches_the_reference(n, seed, lazy, reg, dtype, data):
+    k = data.draw(st.integers(0, n))
+    S = random_block(n, seed, dtype)
+    picks, objective = lcmat.csrc.log_determinant_greedy(S, k, reg, lazy)
+    expected, _, gap = greedy(lambda A: logdet_f(S.double().numpy(), A, reg), n, k)
+    if gap > 1e-4:
+        assert picks.tolist() == expected
+    np.testing.assert_allclose(objective.double().numpy(),
+                               [logdet_f(S.double().numpy(), picks[:t + 1].tolist(), reg) for t in range(k)],
+                               rtol=1e-4, atol=1e-4)
+
+
+@needs_cpu
+@pytest.mark.parametrize("fn", ["graph_cut_greedy", "log_determinant_greedy"])
+@pytest.mark.parametrize("n,k", [(300, 60), (257, 257), (1, 0)])
+def test_cpu_lazy_is_bitwise_the_naive_greedy(fn, n, k):
+    S = random_block(n, 7, torch.float32)
+    naive = getattr(lcmat.csrc, fn)(S, k, lazy=False)
+    lazy = getattr(lcmat.csrc, fn)(S, k, lazy=True)
+    assert torch.equal(naive[0], lazy[0]) and torch.equal(naive[1], lazy[1])
+    ref = getattr(reference, fn)(S.double(), k)
+    assert naive[0].tolist() == ref[0].tolist()
+
+
+@needs_cpu
+def test_cpu_bad_input_and_opcheck():
+    S = random_block(6, 0, torch.float64)
+    with pytest.raises(ValueError, match="k"):
+        lcmat.csrc.graph_cut_greedy(S, 7)
+    with pytest.raises(ValueError, match="lam"):
+        lcmat.csrc.graph_cut_greedy(S, 2, lam=-1.0)
+    with pytest.raises(ValueError, match="reg"):
+        lcmat.csrc.log_determinant_greedy(S, 2, reg=-1.0)
+    with pytest.raises(ValueError, match="positive definite"):
+        lcmat.csrc.log_determinant_greedy(torch.tensor([[1.0, 3.0], [3.0, 1.0]], dtype=torch.float64), 2, reg=0.1)
+    with pytest.raises(ValueError, match="sim"):
+        lcmat.csrc.graph_cut_greedy(S.masked_fill(S > 0.9, float("nan")), 2)
+    torch.library.opcheck(torch.ops.lcmat.graph_cut_greedy.default, (S, 3, 1.0, True))
+    torch.library.opcheck(torch.ops.lcmat.log_determinant_greedy.default, (S, 3, 1.0, False))
