@@ -135,8 +135,11 @@ class DeepFool(ScoreSelector):
         r = (|f_l - f_o| / ||w_l - w_o|| + 1e-4) (w_l - w_o) / ||w_l - w_o||,
     accumulated r_tot += r, x = x_0 + (1 + overshoot) r_tot, until the prediction leaves o or
     `max_iter` steps. score="norm" (default): ||(1 + overshoot) r_tot||_2; score="steps": the
-    number of steps (samples that never flip get max_iter). DeepCore's code uses overshoot 0,
-    no 1e-4 and the squared norm (the same order as the norm): pass overshoot=0 to approach it.
+    number of steps. A sample whose prediction does not leave o within max_iter steps has no
+    DeepFool perturbation: it scores inf ("norm") or max_iter + 1 ("steps"), i.e. it is kept last
+    (DeepCore keeps its partial perturbation instead, which ranks a sample whose gradients vanish
+    first). DeepCore's code uses overshoot 0, no 1e-4 and the squared norm (the same order as the
+    norm): pass overshoot=0 to approach it.
 
     Needs the model: use select(model, dataset); select_features raises ValueError.
     """
@@ -175,7 +178,9 @@ class DeepFool(ScoreSelector):
         steps = np.zeros(len(dataset))
         for positions, x, _ in iterate_batches(dataset, None, self.batch_size):
             n, s = deepfool(model, x.to(device), self.max_iter, self.overshoot)
-            norms[positions], steps[positions] = n.cpu().numpy(), s.cpu().numpy()
+            flipped = (s <= self.max_iter).cpu().numpy()
+            norms[positions] = np.where(flipped, n.cpu().numpy(), np.inf)
+            steps[positions] = s.cpu().numpy()
         self._given = norms if self.score == "norm" else steps
         try:
             return self.select_features(embeddings=H, logits=Z, labels=y, forgetting=forgetting)
@@ -188,7 +193,8 @@ class DeepFool(ScoreSelector):
 
 def deepfool(model, x0, max_iter=50, overshoot=0.02):
     """DeepFool on a batch (DeepFool's class docstring): (||(1 + overshoot) r_tot||_2 [B],
-    steps [B]). The model runs in eval mode; its training flag is restored."""
+    steps [B]: the steps to flip, max_iter + 1 for a sample that did not flip, whose norm is then
+    that of the partial perturbation). The model runs in eval mode; its training flag is restored."""
     was_training = model.training
     model.eval()
     try:
@@ -221,6 +227,7 @@ def deepfool(model, x0, max_iter=50, overshoot=0.02):
             with torch.no_grad():
                 moved = model(x0[active] + (1 + overshoot) * r_tot[active]).argmax(1)
             active = active[moved == o]
+        steps[active] = max_iter + 1  # never flipped
         norms = ((1 + overshoot) * r_tot).flatten(1).norm(dim=1)
         if not bool(torch.isfinite(norms).all()):
             raise RuntimeError("DeepFool: a perturbation stopped being finite (a sample whose gradients "

@@ -322,6 +322,20 @@ def test_deepfool_selector_keeps_the_smallest_perturbations(balance):
                                                              balance=balance))
 
 
+def test_deepfool_a_sample_that_never_flips_is_kept_last():
+    model = linear_model(4, 3, 3)
+    x = np.random.default_rng(2).normal(size=(12, 4))
+    with torch.no_grad():  # zero first-layer weights: every input gradient vanishes, nothing moves
+        model[0].weight.zero_()
+    y = np.zeros(12, dtype=int)
+    norms, steps = deepfool(model, torch.tensor(x, dtype=torch.float32), max_iter=3)
+    assert torch.all(steps == 4) and torch.all(norms == 0)
+    cs = lcmat.DeepFool(fraction=0.5, max_iter=3).select(model, Points(x, y))
+    assert np.all(np.isinf(cs.scores))
+    cs = lcmat.DeepFool(fraction=0.5, max_iter=3, score="steps").select(model, Points(x, y))
+    np.testing.assert_array_equal(cs.scores, 4)
+
+
 def test_deepfool_steps_on_a_nonlinear_model_and_needs_the_model():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
