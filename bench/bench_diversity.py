@@ -14,7 +14,6 @@ group only (same machine, same run).
 import os
 import sys
 
-import numpy as np
 import pytest
 import torch
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import ops
-from .selectors import ScoreSelector, Selector, _numpy
+from .selectors import ScoreSelector, Selector
 from .validation import check_choice, check_positive
 
 

@@ -47,7 +47,7 @@ def test_methods_lists_every_method(capsys):
         assert flag in out
 
 
-@pytest.mark.parametrize("method", sorted(m for m, cls in lcmat.METHODS.items() if not getattr(cls, "needs_model", False)))
+@pytest.mark.parametrize("method", sorted(m for m, c in lcmat.METHODS.items() if not getattr(c, "needs_model", False)))
 def test_select_round_trip_equals_the_api(method, features, tmp_path, capsys):
     path, arrays = features
     out = tmp_path / f"{method}.npz"

@@ -359,7 +359,8 @@ def test_cal_neighbors_keyword_and_deepfool_on_the_trained_model(tiny):
     assert cal.options == {"neighbours": 3}
     subset = cal.select()
     H, Z, y, _ = reference_features(tiny, args)
-    expected = lcmat.Cal(fraction=FRACTION, neighbours=3, progress=False).select_features(embeddings=H, logits=Z, labels=y)
+    expected = lcmat.Cal(fraction=FRACTION, neighbours=3, progress=False)
+    expected = expected.select_features(embeddings=H, logits=Z, labels=y)
     np.testing.assert_array_equal(subset["indices"], expected.indices)
     method = methods.DeepFool(tiny, args, FRACTION, 0, epochs=EPOCHS, max_iter=10)
     subset = method.select()
