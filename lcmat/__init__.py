@@ -48,8 +48,11 @@ from .selectors import (CRAIG, EL2N, Entropy, FDMat, Forgetting, GraNd, Herding,
                         KCenterGreedy, LCMat, LeastConfidence, Margin, Selector, Uniform)
 from .methods import METHODS, get_method  # noqa: E402
 from .matching import AdaCore, Glister, GradMatch  # noqa: E402
+from .diversity import Cal, ContextualDiversity, DeepFool, ModerateDS  # noqa: E402
+from .submodular import GraphCut, LogDeterminant  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Coreset", "sinkhorn", "coreset_ot_distance", "ConvergenceWarning", "BlockMemoryError", "METHODS", "get_method", "Selector",
            "Uniform", "LCMat", "FDMat", "CRAIG", "Herding", "KCenterGreedy", "GraNd", "EL2N",
-           "LeastConfidence", "Entropy", "Margin", "Forgetting", "GradMatch", "Glister", "AdaCore"]
+           "LeastConfidence", "Entropy", "Margin", "Forgetting", "GradMatch", "Glister", "AdaCore",
+           "ContextualDiversity", "DeepFool", "Cal", "GraphCut", "LogDeterminant", "ModerateDS"]

@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from . import reference
+from .reference.submodular import check_similarity
 
 try:
     from . import _C  # noqa: F401  (registers torch.ops.lcmat.*)
@@ -178,6 +179,32 @@ def fdmat_scores(M, f, g, reg):
     return _back(_ops().fdmat_scores(M.to(dt), f.to(dt), g.to(dt), float(reg)), M.dtype)
 
 
+# ---- submodular -------------------------------------------------------------------------------
+
+def graph_cut_greedy(sim, k, lam=1.0, lazy=False):
+    """Greedy graph cut; lazy and naive make the same picks (see csrc/cpu/submodular.cpp)."""
+    k = check_similarity(sim, k)
+    if not lam >= 0:
+        raise ValueError(f"lam: must be >= 0, got {lam}")
+    dt = _compute_dtype(sim)
+    return _back(_ops().graph_cut_greedy(sim.to(dt), k, float(lam), bool(lazy)), sim.dtype)
+
+
+def log_determinant_greedy(sim, k, reg=1.0, lazy=False):
+    """Greedy log det(S_AA + reg I) by incremental Cholesky; lazy and naive make the same picks."""
+    k = check_similarity(sim, k)
+    if not reg > 0:
+        raise ValueError(f"reg: must be > 0, got {reg}")
+    dt = _compute_dtype(sim)
+    try:
+        out = _ops().log_determinant_greedy(sim.to(dt), k, float(reg), bool(lazy))
+    except RuntimeError as err:
+        if "not positive definite" not in str(err):
+            raise
+        raise ValueError(str(err).split("\n")[0]) from None
+    return _back(out, sim.dtype)
+
+
 # ---- shapes for torch.compile -----------------------------------------------------------------
 # torch.compile and torch.export trace the ops with fake tensors: each op's output shapes and
 # dtypes, as the bindings csrc/<family>.cpp allocate them (checked against the real kernels by
@@ -245,6 +272,14 @@ def _register_fakes():
     @fake("fdmat_scores")
     def _(M, f, g, reg):
         return M.new_empty(M.shape[0])
+
+    @fake("graph_cut_greedy")
+    def _(sim, k, lam, lazy):
+        return sim.new_empty(k, dtype=torch.long), sim.new_empty(k)
+
+    @fake("log_determinant_greedy")
+    def _(sim, k, reg, lazy):
+        return sim.new_empty(k, dtype=torch.long), sim.new_empty(k)
 
 
 if _C is not None:

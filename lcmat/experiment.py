@@ -185,6 +185,10 @@ def select_coreset(spec, fraction, seed, labels, features, stats, backend):
     extra, H, Z = {}, None, None
     if stats.get("forgetting") is not None:  # Forgetting, and difficulty="forgetting" under coverage
         extra["forgetting"] = stats["forgetting"]
+    if getattr(selector, "needs_model", False):  # DeepFool attacks the selection model itself
+        start = time.perf_counter()
+        coreset = selector.select(features.model, features.train, device=features.device, **extra)
+        return coreset, time.perf_counter() - start
     if selector.required():
         if getattr(selector, "mode", "paper") == "compat":
             H, Z = features.train_bn(selector.batch_size)

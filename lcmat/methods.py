@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from .selectors import (CRAIG, EL2N, FDMat, Entropy, Forgetting, GraNd, Herding, KCenterGreedy, LCMat,
                         LeastConfidence, Margin, Uniform)
 from .matching import AdaCore, Glister, GradMatch
+from .diversity import Cal, ContextualDiversity, DeepFool, ModerateDS
+from .submodular import GraphCut, LogDeterminant
 
 METHODS = {cls.name: cls for cls in (Uniform, LCMat, FDMat, CRAIG, Herding, KCenterGreedy, GraNd,
                                       EL2N, LeastConfidence, Entropy, Margin, Forgetting,
-                                      GradMatch, Glister, AdaCore)}
+                                      GradMatch, Glister, AdaCore, ContextualDiversity, DeepFool, Cal,
+                                      GraphCut, LogDeterminant, ModerateDS)}
 
 # Options every selector takes from the base class (the CLI has flags of its own for them).
 COMMON_OPTIONS = {"fraction", "balance", "seed", "backend", "progress", "dtype", "coverage", "difficulty",
@@ -29,7 +32,10 @@ def get_method(name, **options):
 
 
 ALIASES = {"lcmat_s": "lcmat", "lcmats": "lcmat", "kcentergreedy": "kcenter", "k_center": "kcenter",
-                   "kcenter_greedy": "kcenter", "leastconfidence": "least_confidence", "random": "uniform"}
+           "kcenter_greedy": "kcenter", "leastconfidence": "least_confidence", "random": "uniform",
+           "contextual_diversity": "cdiv", "contextualdiversity": "cdiv", "moderate_ds": "moderate",
+           "moderateds": "moderate", "graph_cut": "graphcut", "log_determinant": "logdet",
+           "logdeterminant": "logdet"}
 # Constructor arguments the experiment sets itself; they are not method options.
 RESERVED = {"self", "fraction", "seed", "progress", "backend", "dtype"}
 

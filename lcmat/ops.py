@@ -191,3 +191,48 @@ def glister_greedy(embeddings, e, val_embeddings, val_logits, val_labels, k, eta
 def adacore_distance(embeddings, e, q, eps, backend=None):
     """|| H_i^{-1} g_i - H_j^{-1} g_j ||_2 with the last layer's diagonal Hessians, [n, n]."""
     return reference.adacore_distance(embeddings, e, q, eps)
+
+
+# Most kernels of the comparison set (Contextual Diversity, Cal) have only their reference
+# implementation: each is torch on whole vectors per greedy step (or a chunked GEMM), and it runs
+# on whatever device the tensors are on. Like the quota greedy above they take no backend
+# argument. The graph-cut and log-determinant greedies dispatch (a cpu twin).
+
+def gradient_gram(embeddings, e, scale=None):
+    """<g_i, g_j> of last-layer gradients, [n, n], from the Gram identity."""
+    return reference.gradient_gram(embeddings, e, scale)
+
+
+def symmetric_kl(log_p, log_q=None):
+    """1/2 KL(p_i || q_j) + 1/2 KL(q_j || p_i) for every pair, [n, m], from log-probabilities."""
+    return reference.symmetric_kl(log_p, log_q)
+
+
+def kcenter_symmetric_kl(log_p, k, first):
+    """k-center greedy under the symmetric KL divergence (Contextual Diversity): picks [k]."""
+    return reference.kcenter_symmetric_kl(log_p, k, first)
+
+
+def knn_indices(x, k):
+    """The k nearest other rows of each row (squared Euclidean, lower index on ties), [n, k]."""
+    return reference.knn_indices(x, k)
+
+
+def neighbour_kl(log_p, neighbours, symmetric=False):
+    """Mean KL divergence between each row's prediction and its neighbours' (Cal), [n]."""
+    return reference.neighbour_kl(log_p, neighbours, symmetric)
+
+
+def graph_cut_greedy(sim, k, lam=1.0, lazy=False, backend=None):
+    """Greedy graph cut on a similarity block: (picks [k], objective [k]). Has a cpu twin."""
+    return _call("graph_cut_greedy", backend, sim, k, lam, lazy)
+
+
+def log_determinant_greedy(sim, k, reg=1.0, lazy=False, backend=None):
+    """Greedy log det(S_AA + reg I) by incremental Cholesky: (picks [k], objective [k]). Has a cpu twin."""
+    return _call("log_determinant_greedy", backend, sim, k, reg, lazy)
+
+
+def log_determinant_deepcore_greedy(sim, k):
+    """DeepCore's LogDeterminant gain (for comparison only)."""
+    return reference.log_determinant_deepcore_greedy(sim, k)

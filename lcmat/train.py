@@ -163,10 +163,12 @@ def _resolve_augment(augment):
 
 def train_selection_model(model, dataset, epochs=10, lr=0.1, momentum=0.9, weight_decay=5e-4,
                           nesterov=True, batch_size=128, seed=0, device="cpu", record_forgetting=True,
-                          progress=True):
+                          progress=True, optimizer=None):
     """Train the selection model on the whole dataset (the papers' selection protocol).
 
     Constant learning rate (no schedule), no augmentation, SGD, reshuffled every epoch.
+    optimizer: a function of the model's parameters returning another torch optimizer (then lr,
+    momentum, weight_decay and nesterov are not used); None: SGD with those settings.
     model: an nn.Module (trained in place) or a zero-argument builder (built after seeding).
     While training, each sample's correctness at its presentation (argmax of the training-mode
     forward pass, before the step) is recorded, giving the forgetting counts of
@@ -183,7 +185,7 @@ def train_selection_model(model, dataset, epochs=10, lr=0.1, momentum=0.9, weigh
         raise ValueError("dataset: is empty")
     device = torch.device(device)
     model = _materialize(model, seed).to(device)
-    optimizer = _sgd(model, lr, momentum, weight_decay, nesterov)
+    optimizer = _sgd(model, lr, momentum, weight_decay, nesterov) if optimizer is None else optimizer(model.parameters())
     generator = torch.Generator().manual_seed(seed)
     history = np.zeros((epochs, n), dtype=bool) if record_forgetting else None
     epoch_loss, epoch_acc = [], []

@@ -47,7 +47,7 @@ def test_methods_lists_every_method(capsys):
         assert flag in out
 
 
-@pytest.mark.parametrize("method", sorted(lcmat.METHODS))
+@pytest.mark.parametrize("method", sorted(m for m, c in lcmat.METHODS.items() if not getattr(c, "needs_model", False)))
 def test_select_round_trip_equals_the_api(method, features, tmp_path, capsys):
     path, arrays = features
     out = tmp_path / f"{method}.npz"
@@ -62,6 +62,12 @@ def test_select_round_trip_equals_the_api(method, features, tmp_path, capsys):
         assert str(saved["method"]) == method
     loaded = lcmat.Coreset.load(out)
     np.testing.assert_array_equal(loaded.indices, expected.indices)
+
+
+def test_select_refuses_a_method_that_needs_the_model(features, tmp_path):
+    path, _ = features
+    with pytest.raises(SystemExit, match="model"):
+        main(select_args("deepfool", path, tmp_path / "deepfool.npz"))
 
 
 def test_select_passes_method_options(features, tmp_path, capsys):

@@ -59,7 +59,7 @@ def _problem(n=400, classes=4, seed=0):
     return torch.randn(n, 12, generator=g).relu(), 3 * torch.randn(n, classes, generator=g), y
 
 
-@pytest.mark.parametrize("name", sorted(lcmat.METHODS))
+@pytest.mark.parametrize("name", sorted(n for n, c in lcmat.METHODS.items() if not getattr(c, "needs_model", False)))
 def test_coverage_option_keeps_budgets_and_spans_difficulty(name):
     H, Z, y = _problem()
     extra = {"forgetting": np.arange(len(y)) % 5} if name == "forgetting" else {}

@@ -747,6 +747,8 @@ def _op_samples():
             ("fdmat_transform", (x, 0.5, 1e-6)),
             ("prototype_cost", (x, mu)),
             ("fdmat_scores", (M, torch.rand(13, dtype=dtype), torch.rand(5, dtype=dtype), 0.5)),
+            ("graph_cut_greedy", (x @ x.T, 4, 1.0, True)),
+            ("log_determinant_greedy", (x @ x.T, 4, 1.0, False)),
         ]
     return samples
 

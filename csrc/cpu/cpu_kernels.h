@@ -176,5 +176,19 @@ void fdmat_scores(const T* M, const T* f, const T* g, int64_t N, int64_t C, doub
 // Number of OpenMP threads this process would use (1 without OpenMP).
 int max_threads();
 
+// ---- submodular.cpp ------------------------------------------------------------------------
+
+// Greedy graph cut on the n x n similarity `sim` (lazy: Minoux's lazy greedy, the same picks):
+// picks [k] in pick order, objective [k] = f after each pick.
+template <typename T>
+void graph_cut_greedy(const T* sim, int64_t n, int64_t k, double lam, bool lazy, int64_t* picks, T* objective);
+
+// Greedy log det(S_AA + reg I) by incremental Cholesky. Returns -1, or the step at which the best
+// candidate's pivot was not positive (S + reg I not positive definite; outputs from then on unset).
+template <typename T>
+int64_t log_determinant_greedy(const T* sim, int64_t n, int64_t k, double reg, bool lazy, int64_t* picks,
+                               T* objective);
+
 }  // namespace cpu
 }  // namespace lcmat
+
