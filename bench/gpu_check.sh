@@ -52,8 +52,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 step tests.log 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_csrc.py tests/test_ot_api.py \
   tests/test_triton_last_layer.py tests/test_triton_lcmat_distance.py tests/test_triton_facility_location.py \
   tests/test_triton_sinkhorn.py tests/test_triton_fdmat.py tests/test_triton_linear_grad_norms.py
-step lcmat_steps.md 90 $PY bench/bench_lcmat_steps.py --device cuda --whole --reps 3
-step imagenet.log 120 $PY bench/bench_imagenet_shape.py --device cuda --backend cuda --methods lcmat,fdmat
-step triton_kernels.md 90 $PY bench/bench_triton.py --only kernels --reps 5
-step triton_sinkhorn.md 60 $PY bench/bench_triton.py --only sinkhorn --problems 1000 --pot-problems 20 --iters 50
+step lcmat_steps.md 90 $PY bench/run_lcmat_steps.py --device cuda --whole --reps 3
+step imagenet.log 120 $PY bench/run_imagenet_shape.py --device cuda --backend cuda --methods lcmat,fdmat
+step triton_kernels.md 90 $PY bench/run_triton.py --only kernels --reps 5
+step triton_sinkhorn.md 60 $PY bench/run_triton.py --only sinkhorn --problems 1000 --pot-problems 20 --iters 50
 echo "total $((SECONDS - START)) s" | tee -a "$OUT/summary.txt"
