@@ -25,14 +25,26 @@ $(VENV)/.built: $(VENV)/.deps setup.py $(EXT_SOURCES)
 demo: setup
 	$(VENV)/bin/lcmat demo
 
+# The benchmark files (bench/bench_*.py) run once each at their tiny size, untimed.
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --benchmark-disable $(PYTEST_ARGS)
 
 test-all: setup
-	$(PY) -m pytest -q --runslow $(PYTEST_ARGS)
+	$(PY) -m pytest -q --runslow --benchmark-disable $(PYTEST_ARGS)
 
-bench: setup
-	$(PY) -m pytest bench -q --benchmark-only
+# Kernel microbenchmarks against the outside libraries (the bench extra), one thread each:
+#   make bench BENCH_SIZE=tiny,cifar10        (sizes: tiny, cifar10, imagenet, all)
+# Medians go to bench/results/bench.json; bench/report.py prints the tables of BENCHMARKS.md.
+BENCH_SIZE ?= tiny,cifar10
+BENCH_ARGS ?=
+$(VENV)/.bench: $(VENV)/.built setup.py
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench
+	OMP_NUM_THREADS=1 LCMAT_BENCH_THREADS=1 $(PY) -m pytest bench -q -p no:cacheprovider --benchmark-only \
+	  --bench-size=$(BENCH_SIZE) --benchmark-min-rounds=3 --benchmark-json=bench/results/bench.json $(BENCH_ARGS)
+	$(PY) bench/report.py bench/results/bench.json
 
 # POT as a Python 3.12 wheel for the GPU machine (it has torch, triton, pytest, hypothesis, not
 # POT); bench/gpu_check.sh installs what .whl/ holds. See the script's header.

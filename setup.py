@@ -120,7 +120,10 @@ setup(
     package_dir={"lcmat.triton_kernels": "triton_kernels"},
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy", "pot", "tqdm", "matplotlib", "scikit-learn", "pillow"],
-    extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "hypothesis"],
+                    # the outside libraries the microbenchmarks (bench/) compare against
+                    "bench": ["pytest", "pytest-benchmark", "geomloss", "apricot-select", "submodlib-py",
+                              "backpack-for-pytorch", "opacus"]},
     entry_points={"console_scripts": ["lcmat=lcmat.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

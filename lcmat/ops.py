@@ -150,6 +150,11 @@ def sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost=None, x=None, 
                  cost, x, y, max_iter, tol, check_every)
 
 
+def sinkhorn_plan(f, g, M, reg, backend=None):
+    """The plan P_ij = exp((f_i + g_j - M_ij) / reg) from Sinkhorn potentials (dense or batched)."""
+    return _call("sinkhorn_plan", backend, f, g, M, reg)
+
+
 def fdmat_transform(features, beta=0.5, eps=1e-6, backend=None):
     return _call("fdmat_transform", backend, features, beta, eps)
 
@@ -174,4 +179,3 @@ def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
 
 # Not kernels, but shared by the selectors; always the reference (cheap, exact).
 class_prototypes = reference.class_prototypes
-sinkhorn_plan = reference.sinkhorn_plan
