@@ -85,7 +85,8 @@ def func_norms(model, x, y):
 def opacus_norms(model, x, y):
     opacus = peer("opacus")
     wrapped = opacus.GradSampleModule(model, loss_reduction="sum")
-    out = []
+    wrapped.train()  # Opacus records activations in train mode only (the networks here have no
+    out = []         # dropout or normalisation, so the outputs are those of eval mode)
     try:
         for s, e in batches(model, len(x)):
             wrapped.zero_grad(set_to_none=True)
@@ -96,6 +97,7 @@ def opacus_norms(model, x, y):
                 p.grad = None
     finally:
         wrapped._close()
+        model.eval()
     return torch.cat(out)
 
 
