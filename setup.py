@@ -125,7 +125,8 @@ setup(
                     "bench": ["pytest", "pytest-benchmark", "geomloss", "apricot-select", "backpack-for-pytorch",
                               "opacus",
                               # binary wheels only (CPython 3.11 and 3.12 on x86-64 Linux)
-                              "submodlib-py; platform_system == 'Linux' and platform_machine == 'x86_64' and python_version < '3.13'"]},
+                              "submodlib-py; platform_system == 'Linux' and platform_machine == 'x86_64'"
+                              " and python_version < '3.13'"]},
     entry_points={"console_scripts": ["lcmat=lcmat.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
