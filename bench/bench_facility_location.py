@@ -3,8 +3,9 @@ lcmat's backends (lazy and naive greedy) against apricot and submodlib.
 
 F(S) = sum_i max_{j in S} S_ij with S_ij = L - D_ij, L = max D (lcmat/reference/facility_location.py).
 The peers get the similarity matrix S (apricot: metric="precomputed"; submodlib: mode="dense"
-with a precomputed sim_kernel) and k; their picks must equal lcmat's naive-greedy picks (the
-problem is drawn so that there are no ties), checked before timing.
+with a precomputed sim_kernel) and k; before timing, their picks must equal lcmat's naive-greedy
+picks or, where float32 near-ties summed in another order part them, reach the same objective
+(relative 1e-5); extra_info "same_picks" counts the picks in common.
 
 Shapes: tiny n = 200, k = 20; cifar10 n = 5,000, k = 500 (one CIFAR-10 class at 10 %);
 imagenet n = 1,281, k = 128 (one ImageNet-1k class at 10 %).
@@ -39,6 +40,11 @@ def expected_picks(n, k):
     return ops.facility_location_greedy(dist, k, lazy=False, backend="reference")[0].cpu().numpy()
 
 
+def objective(sim, picks):
+    """F(S) = sum_i max_{j in S} S_ij in float64."""
+    return float(sim[:, picks].astype(np.float64).max(axis=1).sum())
+
+
 def greedy_work(n, k, lazy):
     """The naive greedy reads the n x n block k times; the lazy one about once plus a few
     columns per step (recorded as one read: a lower bound)."""
@@ -66,10 +72,10 @@ def apricot_picks(sim, k, optimizer):
     return np.asarray(selector.fit(sim).ranking)
 
 
-def submodlib_picks(sim, k):
+def submodlib_picks(sim, k, optimizer):
     submodlib = peer("submodlib")
     fl = submodlib.FacilityLocationFunction(n=sim.shape[0], mode="dense", sijs=sim, separate_rep=False)
-    picks = fl.maximize(budget=k, optimizer="NaiveGreedy", stopIfZeroGain=False,
+    picks = fl.maximize(budget=k, optimizer=optimizer, stopIfZeroGain=False,
                         stopIfNegativeGain=False, verbose=False, show_progress=False)
     return np.array([int(j) for j, _ in picks])
 
@@ -77,7 +83,8 @@ def submodlib_picks(sim, k):
 PEERS = {
     "apricot-lazy": lambda sim, k: apricot_picks(sim, k, "lazy"),
     "apricot-naive": lambda sim, k: apricot_picks(sim, k, "naive"),
-    "submodlib-naive": submodlib_picks,
+    "submodlib-lazy": lambda sim, k: submodlib_picks(sim, k, "LazyGreedy"),
+    "submodlib-naive": lambda sim, k: submodlib_picks(sim, k, "NaiveGreedy"),
 }
 
 
@@ -86,8 +93,11 @@ PEERS = {
 def test_facility_location_peer(benchmark, impl, size):
     n, k = SHAPES[size]
     _, sim = block(n)
-    picks = PEERS[impl](sim, k)
-    np.testing.assert_array_equal(picks, expected_picks(n, k), err_msg=f"{impl}: picks differ from lcmat's")
-    bench(benchmark, lambda: PEERS[impl](sim, k), impl=impl,
+    picks, expected = PEERS[impl](sim, k), expected_picks(n, k)
+    same = int((picks == expected).sum())
+    if same < k:  # float32 near-ties summed in another order: then the same objective
+        np.testing.assert_allclose(objective(sim, picks), objective(sim, expected), rtol=1e-5,
+                                   err_msg=f"{impl}: picks and objective differ from lcmat's")
+    bench(benchmark, lambda: PEERS[impl](sim, k), impl=impl, same_picks=same,
           op=f"facility_location_greedy ({impl.split('-')[1]})", shape=f"n={n}, k={k}",
           **greedy_work(n, k, impl.endswith("lazy")))

@@ -1,6 +1,7 @@
 """Turn pytest-benchmark JSON (--benchmark-json) into the markdown tables of BENCHMARKS.md.
 
     python bench/report.py out.json [more.json ...]
+    python bench/report.py --summary cpu out.json     # one row per operation and shape
 
 One table per operation and shape: each implementation's median time, its achieved GFLOP/s and
 GB/s (from the work the benchmark recorded), its speed-up over the reference backend (reference
@@ -58,9 +59,31 @@ def tables(rows):
     return "\n".join(out)
 
 
+def summary(rows, backend="cpu"):
+    """One row per operation and shape: `backend`, the reference and the fastest peer side by side."""
+    groups = OrderedDict()
+    for row in rows:
+        groups.setdefault((row["op"], row["shape"]), {})[row["impl"]] = row["median"]
+    out = [f"| operation | shape | {backend} (ms) | reference (ms) | fastest peer (ms) | "
+           f"{backend} vs reference | {backend} vs fastest peer |",
+           "|---|---|---:|---:|---|---:|---:|"]
+    for (op, shape), medians in groups.items():
+        ours, ref = medians.get(backend), medians.get("reference")
+        peers = {k: v for k, v in medians.items() if k not in LCMAT}
+        best = min(peers, key=peers.get) if peers else None
+        cell = (lambda t: f"{t * 1e3:.3f}" if t else "-")
+        out.append(f"| {op} | {shape} | {cell(ours)} | {cell(ref)} | "
+                   f"{f'{best} {cell(peers[best])}' if best else '-'} | {_ratio(ref, ours)} | "
+                   f"{_ratio(peers[best], ours) if best else '-'} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", help="files written by pytest --benchmark-json")
+    parser.add_argument("--summary", metavar="BACKEND", nargs="?", const="cpu",
+                        help="one row per operation and shape: BACKEND (default cpu), the reference and "
+                             "the fastest peer side by side")
     args = parser.parse_args(argv)
     rows, machine = load(args.json)
     if machine:
@@ -68,7 +91,7 @@ def main(argv=None):
         print(f"Machine: {cpu.get('brand_raw', machine.get('processor', '?'))}, "
               f"{machine.get('python_implementation', '')} {machine.get('python_version', '')}; "
               f"threads per benchmark: {sorted({r['threads'] for r in rows if r['threads']}) or '?'}\n")
-    print(tables(rows))
+    print(summary(rows, args.summary) if args.summary else tables(rows))
 
 
 if __name__ == "__main__":

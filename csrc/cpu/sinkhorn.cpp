@@ -381,20 +381,37 @@ void squared_euclidean_from_dot(T* xy, const T* xx, const T* yy, int64_t n, int6
   }
 }
 
+// Rows of fewer than kFewCols entries are too short for the exp to vectorise one row at a time:
+// a run of rows first gets f_i + g_j written into P, then one flat loop over the run's values
+// takes P <- exp((P - M) / reg) in full vector lanes.
 template <typename T>
 void sinkhorn_plan(const T* f, const T* g, const T* M, int64_t batch, int64_t n, int64_t m, T reg,
                    bool parallel, T* P) {
   const T inv_reg = T(1) / reg;
-#pragma omp parallel for schedule(static) collapse(2) if (parallel)
-  for (int64_t p = 0; p < batch; ++p) {
-    for (int64_t i = 0; i < n; ++i) {
-      const T fi = f[p * n + i];
-      const T* gp = g + p * m;
-      const T* row = M + (p * n + i) * m;
-      T* out = P + (p * n + i) * m;
+  const int64_t run = m < kFewCols ? std::max<int64_t>(1, 4096 / std::max<int64_t>(m, 1)) : 1;
+  const int64_t runs_per_problem = (n + run - 1) / run;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < batch * runs_per_problem; ++r) {
+    const int64_t p = r / runs_per_problem;
+    const int64_t i0 = (r % runs_per_problem) * run, i1 = std::min(n, i0 + run);
+    const T* gp = g + p * m;
+    if (run == 1) {
+      const T fi = f[p * n + i0];
+      const T* row = M + (p * n + i0) * m;
+      T* out = P + (p * n + i0) * m;
 #pragma omp simd
       for (int64_t j = 0; j < m; ++j) out[j] = vexp((fi + gp[j] - row[j]) * inv_reg);
+      continue;
     }
+    T* out = P + (p * n + i0) * m;
+    const T* cost = M + (p * n + i0) * m;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T fi = f[p * n + i];
+      for (int64_t j = 0; j < m; ++j) out[(i - i0) * m + j] = fi + gp[j];
+    }
+    const int64_t len = (i1 - i0) * m;
+#pragma omp simd
+    for (int64_t k = 0; k < len; ++k) out[k] = vexp((out[k] - cost[k]) * inv_reg);
   }
 }
 
