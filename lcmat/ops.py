@@ -188,7 +188,7 @@ def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
     layers (T (d_in + d_out) > d_in d_out), where every exact method, this one included, forms
     the per-sample gradients, so the cost is theirs (minus their memory), and the backward pass,
     an ordinary autograd.grad with respect to the parameters, also forms the batch weight
-    gradients the norms do not need (about 0.7x Opacus there, BENCHMARKS.md); and small networks,
+    gradients the norms do not need (BENCHMARKS.md has the comparison); and small networks,
     where the forward and backward passes dominate. Only nn.Linear parameters count (no
     convolutions, no normalisation layers); samples must not interact (eval-mode BatchNorm)."""
     return _call("per_sample_grad_norms", backend, model, inputs, targets, loss_fn)
