@@ -40,14 +40,26 @@ check-builds: $(VENV)/.deps
 demo: setup
 	$(VENV)/bin/lcmat demo
 
+# The benchmark files (bench/bench_*.py) run once each at their tiny size, untimed.
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --benchmark-disable $(PYTEST_ARGS)
 
 test-all: setup
-	$(PY) -m pytest -q --runslow $(PYTEST_ARGS)
+	$(PY) -m pytest -q --runslow --benchmark-disable $(PYTEST_ARGS)
 
-bench: setup
-	$(PY) -m pytest bench -q --benchmark-only
+# Kernel microbenchmarks against the outside libraries (the bench extra), one thread each:
+#   make bench BENCH_SIZE=tiny,cifar10        (sizes: tiny, cifar10, imagenet, all)
+# Medians go to bench/results/bench.json; bench/report.py prints the tables of BENCHMARKS.md.
+BENCH_SIZE ?= tiny,cifar10
+BENCH_ARGS ?=
+$(VENV)/.bench: $(VENV)/.built setup.py
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench
+	OMP_NUM_THREADS=1 LCMAT_BENCH_THREADS=1 $(PY) -m pytest bench -q -p no:cacheprovider --benchmark-only \
+	  --bench-size=$(BENCH_SIZE) --benchmark-min-rounds=3 --benchmark-json=bench/results/bench.json $(BENCH_ARGS)
+	$(PY) bench/report.py bench/results/bench.json
 
 # What the GPU machine lacks, as Python 3.12 wheels in .whl/: POT only (its image has torch,
 # triton, numpy, scipy, pytest, pytest-benchmark, pytest-xdist, hypothesis, tqdm, scikit-learn,

@@ -124,7 +124,13 @@ setup(
     package_dir={"lcmat.triton_kernels": "triton_kernels"},
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy", "pot", "tqdm", "matplotlib", "scikit-learn", "pillow"],
-    extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={"triton": ["triton"], "test": ["pytest", "pytest-benchmark", "hypothesis"],
+                    # the outside libraries the microbenchmarks (bench/) compare against
+                    "bench": ["pytest", "pytest-benchmark", "geomloss", "apricot-select", "backpack-for-pytorch",
+                              "opacus",
+                              # binary wheels only (CPython 3.11 and 3.12 on x86-64 Linux)
+                              "submodlib-py; platform_system == 'Linux' and platform_machine == 'x86_64'"
+                              " and python_version < '3.13'"]},
     entry_points={"console_scripts": ["lcmat=lcmat.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

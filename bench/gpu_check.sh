@@ -89,10 +89,10 @@ TRITON_TESTS=(tests/test_triton_last_layer.py tests/test_triton_lcmat_distance.p
 # name|limit|script and arguments (backends named: one that is missing fails its step, it does
 # not drop out of the table)
 BENCHES=(
-  "bench_lcmat_steps.md|90|bench/bench_lcmat_steps.py --device cuda --backends reference,cuda,triton --whole --reps 3"
-  "bench_imagenet.log|100|bench/bench_imagenet_shape.py --device cuda --backend cuda --methods lcmat,fdmat"
-  "bench_triton_kernels.md|60|bench/bench_triton.py --only kernels --reps 5"
-  "bench_triton_sinkhorn.md|45|bench/bench_triton.py --only sinkhorn --problems 1000 --pot-problems 20 --iters 50"
+  "bench_lcmat_steps.md|90|bench/run_lcmat_steps.py --device cuda --backends reference,cuda,triton --whole --reps 3"
+  "bench_imagenet.log|100|bench/run_imagenet_shape.py --device cuda --backend cuda --methods lcmat,fdmat"
+  "bench_triton_kernels.md|60|bench/run_triton.py --only kernels --reps 5"
+  "bench_triton_sinkhorn.md|45|bench/run_triton.py --only sinkhorn --problems 1000 --pot-problems 20 --iters 50"
 )
 
 {

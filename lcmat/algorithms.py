@@ -7,7 +7,7 @@ functions here combine them, and are the same whatever the backend:
   by the chosen backend only for the classes' weight rows that can reach the top K (the pruning
   bound of docs/design.md, "Top-K variance coordinates"), the ordering always the reference's.
 - facility_location_greedy_quotas: the lazy greedy under per-group quotas (coverage strata).
-- sinkhorn_plan and class_prototypes: dense elementwise assembly, the reference definitions.
+- class_prototypes: the class means, the reference definition.
 """
 import torch
 
@@ -18,7 +18,6 @@ __all__ = [
     "top_variance_coords_pruned",
     "weight_row_bounds",
     "facility_location_greedy_quotas",
-    "sinkhorn_plan",
     "class_prototypes",
 ]
 
@@ -139,13 +138,7 @@ def facility_location_greedy_quotas(dist, groups, quotas, L=None):
     return reference.greedy_result(dist, sim_t, reference.lazy_greedy_picks(sim_t, groups.tolist(), quotas))
 
 
-# ---- dense assembly --------------------------------------------------------------------------------
-
-def sinkhorn_plan(f, g, M, reg):
-    """The transport plan P_ij = exp((f_i + g_j - M_ij) / reg) from the Sinkhorn potentials (dense
-    or batched): reference.sinkhorn_plan, one elementwise pass whatever the backend that solved."""
-    return reference.sinkhorn_plan(f, g, M, reg)
-
+# ---- class means --------------------------------------------------------------------------------
 
 def class_prototypes(x, labels, num_classes):
     """The class means of x (reference.class_prototypes), FDMat's prototypes."""

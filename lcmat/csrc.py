@@ -15,6 +15,7 @@ import torch
 
 from . import reference
 from .reference.submodular import check_similarity
+from .reference.linear_grad_norms import as_sequences as _as_sequences, collect_linear_grad_norms as _collect_linear_grad_norms
 
 try:
     from . import _C  # noqa: F401  (registers torch.ops.lcmat.*)
@@ -139,6 +140,16 @@ def sinkhorn_log(a, b, M, reg, max_iter=1000, tol=1e-6, check_every=1):
     return f, g, n_iter, err
 
 
+def sinkhorn_plan(f, g, M, reg):
+    """The plan exp((f_i + g_j - M_ij) / reg) in one fused pass (csrc/sinkhorn_plan.cpp). The CUDA
+    build has no kernel of its own for it: on CUDA tensors this is the reference's elementwise
+    PyTorch, already memory-bound there."""
+    if M.is_cuda:
+        return reference.sinkhorn_plan(f, g, M, reg)
+    dt = _compute_dtype(M)
+    return _back(_ops().sinkhorn_plan(f.to(dt), g.to(dt), M.to(dt), float(reg)), M.dtype)
+
+
 def _offsets(offsets, name):
     if isinstance(offsets, torch.Tensor):
         if offsets.is_floating_point():
@@ -261,6 +272,14 @@ def _register_fakes():
         P = len(row_offsets) - 1
         return a.new_empty(a.shape), a.new_empty(b.shape), a.new_empty(P, dtype=torch.long), a.new_empty(P)
 
+    @fake("sinkhorn_plan")
+    def _(f, g, M, reg):
+        return M.new_empty(M.shape)
+
+    @fake("linear_grad_norms")
+    def _(activations, grad_outputs):
+        return activations.new_empty(activations.shape[0])
+
     @fake("fdmat_transform")
     def _(features, beta, eps):
         return features.new_empty(features.shape)
@@ -284,3 +303,21 @@ def _register_fakes():
 
 if _C is not None:
     _register_fakes()
+
+
+# ---- linear_grad_norms ------------------------------------------------------------------------
+
+def linear_grad_norms(activations, grad_outputs):
+    """Squared per-sample gradient norms of one nn.Linear (csrc/linear_grad_norms.cpp): per layer
+    the cheaper exact form, ghost norm <A A^T, G G^T> when T (d_in + d_out) <= d_in d_out, else
+    the materialised A^T G chunk by chunk. The CUDA build has no kernel of its own: CUDA tensors
+    take the reference (the triton backend has the GPU kernels)."""
+    A, G = _as_sequences(activations, grad_outputs)
+    if A.is_cuda:
+        return reference.linear_grad_norms(A, G)
+    dt = _compute_dtype(A)
+    return _back(_ops().linear_grad_norms(A.to(dt), G.to(dt)), A.dtype)
+
+
+def per_sample_grad_norms(model, inputs, targets, loss_fn):
+    return _collect_linear_grad_norms(model, inputs, targets, loss_fn, linear_grad_norms)

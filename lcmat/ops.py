@@ -145,6 +145,11 @@ def sinkhorn_log_ragged(a, b, row_offsets, col_offsets, reg, cost=None, x=None, 
                  cost, x, y, max_iter, tol, check_every)
 
 
+def sinkhorn_plan(f, g, M, reg, backend=None):
+    """The plan P_ij = exp((f_i + g_j - M_ij) / reg) from Sinkhorn potentials (dense or batched)."""
+    return _call("sinkhorn_plan", backend, f, g, M, reg)
+
+
 def fdmat_transform(features, beta=0.5, eps=1e-6, backend=None):
     return _call("fdmat_transform", backend, features, beta, eps)
 
@@ -158,12 +163,29 @@ def fdmat_scores(M, f, g, reg, backend=None):
 
 
 def linear_grad_norms(activations, grad_outputs, backend=None):
-    """Squared per-sample gradient norms of one nn.Linear on sequence inputs, [N]."""
+    """Squared per-sample gradient norms of one nn.Linear on sequence inputs, [N].
+
+    The compiled backends take per layer the cheaper exact form: the ghost norm
+    <A_i A_i^T, G_i G_i^T> (T^2 (d_in + d_out) work) when T (d_in + d_out) <= d_in d_out, i.e.
+    wide layers and short sequences, else the per-sample gradient A_i^T G_i (T d_in d_out), a
+    chunk of samples at a time; T = 1 is the rank-one ||a_i||^2 ||g_i||^2. The reference always
+    materialises N x d_in x d_out."""
     return _call("linear_grad_norms", backend, activations, grad_outputs)
 
 
 def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
-    """Per-sample gradient norms over every nn.Linear of `model` (loss_fn with reduction='none')."""
+    """Per-sample gradient norms over every nn.Linear of `model` (loss_fn with reduction='none'):
+    one forward and one backward pass of the summed loss, then `linear_grad_norms` per layer.
+
+    Where it wins against per-sample-gradient libraries (Opacus, torch.func), which build the
+    N x d_in x d_out gradients: T = 1 layers (MLPs: the rank-one form) and wide layers on
+    short-to-medium sequences (the ghost norm). Where it does not: long sequences on narrow
+    layers (T (d_in + d_out) > d_in d_out), where every exact method, this one included, forms
+    the per-sample gradients, so the cost is theirs (minus their memory), and the backward pass,
+    an ordinary autograd.grad with respect to the parameters, also forms the batch weight
+    gradients the norms do not need (BENCHMARKS.md has the comparison); and small networks,
+    where the forward and backward passes dominate. Only nn.Linear parameters count (no
+    convolutions, no normalisation layers); samples must not interact (eval-mode BatchNorm)."""
     return _call("per_sample_grad_norms", backend, model, inputs, targets, loss_fn)
 
 

@@ -246,13 +246,57 @@ class Uniform(Selector):
 
 
 class GraNd(ScoreSelector):
-    """GraNd: the largest last-layer per-sample gradient norms ||g_i|| (bias and weight)."""
+    """GraNd (Paul et al., 2021): the largest per-sample gradient norms ||grad_theta loss_i||.
+
+    layers="last" (the default, what DeepCore computes): theta is the last nn.Linear (bias and
+    weight), from embeddings and logits in closed form. layers="all": theta is every nn.Linear of
+    the network, the paper's whole-network norm for networks built of linear layers (MLPs,
+    attention and sequence models); convolutions and normalisation layers are not counted. It
+    needs the model, so it works through `select(model, dataset)`: one eval-mode pass of
+    cross-entropy per batch, backpropagated once, with the per-sample norms from each layer's
+    inputs and output gradients (`ops.per_sample_grad_norms`, ghost norms where cheaper), never
+    the per-sample gradients themselves. The paper averages the norm over several early-training
+    initialisations; like DeepCore, this scores the one model it is given.
+    """
     name = "grand"
     needs = ("embeddings", "logits")
 
     _overflow_hint = "the embeddings are too large even for float64 (||h||^2 overflows); rescale them"
 
+    def __init__(self, fraction=0.1, layers="last", **kwargs):
+        super().__init__(fraction, **kwargs)
+        self.layers = check_choice("layers", layers, ("last", "all"))
+        self._network_norms = None
+
+    def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
+        if self.layers == "all":
+            self._network_norms = self._whole_network_norms(model, dataset, batch_size, device)
+        try:
+            return super().select(model, dataset, batch_size=batch_size, device=device, forgetting=forgetting)
+        finally:
+            self._network_norms = None
+
+    def _whole_network_norms(self, model, dataset, batch_size, device):
+        from .features import iterate_batches
+        batch_size = check_positive("batch_size", batch_size, integer=True)
+        device = device or next(model.parameters()).device
+        loss_fn = torch.nn.CrossEntropyLoss(reduction="none")
+        norms = np.empty(len(dataset), dtype=np.float64)
+        was_training = model.training
+        model.eval()  # samples must not interact (BatchNorm in train mode would)
+        try:
+            for positions, x, y in iterate_batches(dataset, None, batch_size):
+                norms[positions] = _numpy(ops.per_sample_grad_norms(
+                    model, x.to(device), y.to(device), loss_fn, backend=self.backend))
+        finally:
+            model.train(was_training)
+        return norms
+
     def _scores(self, data):
+        if self.layers == "all":
+            if self._network_norms is None:
+                raise ValueError("layers: 'all' needs the network; use select(model, dataset)")
+            return self._network_norms
         h, z = data.embeddings, data.logits
         if overflows(2 * (1 + squared_norm_bound(h)), h.dtype):
             h, z = h.double(), z.double()  # ||g||^2 = ||e||^2 (1 + ||h||^2) with ||e||^2 <= 2

@@ -749,6 +749,10 @@ def _op_samples():
             ("fdmat_scores", (M, torch.rand(13, dtype=dtype), torch.rand(5, dtype=dtype), 0.5)),
             ("graph_cut_greedy", (x @ x.T, 4, 1.0, True)),
             ("log_determinant_greedy", (x @ x.T, 4, 1.0, False)),
+            ("sinkhorn_plan", (torch.rand(13, dtype=dtype), torch.rand(5, dtype=dtype), M, 0.5)),
+            ("sinkhorn_plan", (torch.rand(2, 13, dtype=dtype), torch.rand(2, 5, dtype=dtype), M.repeat(2, 1, 1), 0.5)),
+            ("linear_grad_norms", (torch.rand(3, 4, 6, dtype=dtype), torch.rand(3, 4, 5, dtype=dtype))),
+            ("linear_grad_norms", (torch.rand(3, 40, 2, dtype=dtype), torch.rand(3, 40, 3, dtype=dtype))),
         ]
     return samples
 

@@ -156,6 +156,12 @@ void sinkhorn_ragged(const T* a, const T* b, const int64_t* row_off, const int64
                      int64_t num_problems, CostFactory<T> make_cost, const void* ctx,
                      const SinkhornOptions& opt, T* f, T* g, int64_t* n_iter, T* err);
 
+// The plan P_ij = exp((f_i + g_j - M_ij) / reg) of `batch` problems n x m stored one after the
+// other (f [batch, n], g [batch, m], M and P [batch, n, m]), in one pass over M.
+template <typename T>
+void sinkhorn_plan(const T* f, const T* g, const T* M, int64_t batch, int64_t n, int64_t m, T reg,
+                   bool parallel, T* P);
+
 // M_ij = max(0, (xx_i + yy_j) - 2 xy_ij) in place over rows [0, n) of xy [n, m] (the GEMM form of
 // ||x_i - y_j||^2, same operation order as the reference).
 template <typename T>

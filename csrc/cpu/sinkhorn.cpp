@@ -6,7 +6,8 @@
 // cost twice (row pass, column pass), not three times: the check of iteration t happens in the
 // row pass of iteration t + 1, whose new f is dropped when iteration t has converged.
 // The cost is read one tile of rows at a time (stored, or recomputed from features by the
-// caller's CostBlock), so nothing of size n x m is allocated here.
+// caller's CostBlock), so nothing of size n x m is allocated here, except for problems of few
+// columns, whose cost is copied once transposed (see row_pass_few).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -155,6 +156,120 @@ void col_pass(const CostBlock<T>& cost, const T* log_b, const T* f, T reg, bool 
   }
 }
 
+// ---- few columns (m <= kFewCols) ----
+// A row of a handful of costs fills less than one vector, so the row-major passes above run
+// mostly scalar. With few columns the cost is copied once transposed, [m][n] (n m values, the
+// size of the cost itself), and both passes run along n in full vector lanes: the row pass keeps
+// a block of rows' running maxima and sums, the column pass reduces each contiguous cost column.
+constexpr int64_t kFewCols = 32;
+constexpr int64_t kRowBlock = 512;
+
+template <typename T>
+void transpose_cost(const CostBlock<T>& cost, bool parallel, Workspace<T>& ws, T* mt) {
+  const int64_t n = ws.n, m = ws.m, tr = ws.tr;
+  const bool scratch = !ws.scratch.empty();
+#pragma omp parallel for schedule(static) num_threads(ws.nt) if (parallel)
+  for (int64_t t = 0; t < ws.num_tiles; ++t) {
+    const int64_t r0 = t * tr, r1 = std::min(n, r0 + tr);
+    T* scr = scratch ? ws.scratch.data() + static_cast<size_t>(thread_id()) * tr * m : nullptr;
+    const T* tile = cost.rows(r0, r1, scr);
+    for (int64_t j = 0; j < m; ++j)
+      for (int64_t i = r0; i < r1; ++i) mt[j * n + i] = tile[(i - r0) * m + j];
+  }
+}
+
+// The row pass of row_pass() on the transposed cost mt [m][n].
+template <typename T>
+double row_pass_few(const T* mt, const T* a, const T* log_a, const T* f, const T* g, T reg,
+                    bool check, bool parallel, const Workspace<T>& ws, T* f_new) {
+  const int64_t n = ws.n, m = ws.m;
+  const T inv_reg = T(1) / reg;
+  const int64_t num_blocks = (n + kRowBlock - 1) / kRowBlock;
+  double err_num = 0;
+#pragma omp parallel for schedule(static) reduction(+ : err_num) num_threads(ws.nt) if (parallel)
+  for (int64_t blk = 0; blk < num_blocks; ++blk) {
+    const int64_t i0 = blk * kRowBlock, len = std::min(kRowBlock, n - i0);
+    alignas(64) T mx[kRowBlock];
+    alignas(64) T sum[kRowBlock];
+    for (int64_t i = 0; i < len; ++i) mx[i] = neg_inf<T>();
+    for (int64_t j = 0; j < m; ++j) {
+      const T gj = g[j];
+      const T* col = mt + j * n + i0;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const T v = gj - col[i];
+        mx[i] = v > mx[i] ? v : mx[i];
+      }
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      mx[i] = mx[i] == neg_inf<T>() ? T(0) : mx[i];  // a finite shift; an all -inf row sums to 0
+      sum[i] = 0;
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      const T gj = g[j];
+      const T* col = mt + j * n + i0;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) sum[i] += vexp((gj - col[i] - mx[i]) * inv_reg);
+    }
+    double blk_err = 0;
+#pragma omp simd reduction(+ : blk_err)
+    for (int64_t i = 0; i < len; ++i) {
+      const T lse = mx[i] + reg * vlog(sum[i]);  // reg * LSE_j((g_j - M_ij) / reg)
+      if (check) {
+        const T mass = vexp((f[i0 + i] + lse) * inv_reg);
+        blk_err += std::abs(static_cast<double>(mass) - static_cast<double>(a[i0 + i]));
+      }
+      f_new[i0 + i] = reg * log_a[i0 + i] - lse;
+    }
+    err_num += blk_err;
+  }
+  return err_num;
+}
+
+// The column pass of col_pass() on the transposed cost: per thread a slice of the rows, per
+// column its (max, sum of exponentials) over the slice, merged as in col_pass.
+template <typename T>
+void col_pass_few(const T* mt, const T* log_b, const T* f, T reg, bool parallel, Workspace<T>& ws,
+                  T* g) {
+  const int64_t n = ws.n, m = ws.m;
+  const T inv_reg = T(1) / reg;
+  const int nt = parallel ? ws.nt : 1;
+#pragma omp parallel num_threads(nt) if (parallel)
+  {
+    const int tid = thread_id();
+    const int64_t i0 = n * tid / nt, i1 = n * (tid + 1) / nt;
+    for (int64_t j = 0; j < m; ++j) {
+      const T* col = mt + j * n;
+      T mx = neg_inf<T>();
+#pragma omp simd reduction(max : mx)
+      for (int64_t i = i0; i < i1; ++i) {
+        const T v = f[i] - col[i];
+        mx = v > mx ? v : mx;
+      }
+      const T shift = mx == neg_inf<T>() ? T(0) : mx;
+      T s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = i0; i < i1; ++i) s += vexp((f[i] - col[i] - shift) * inv_reg);
+      ws.cmax[tid * m + j] = mx;
+      ws.csum[tid * m + j] = static_cast<double>(s) * std::exp(static_cast<double>(shift - mx) / reg);
+    }
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    T mx = neg_inf<T>();
+    for (int t = 0; t < nt; ++t) mx = std::max(mx, ws.cmax[t * m + j]);
+    T lse = neg_inf<T>();
+    if (mx != neg_inf<T>()) {
+      double s = 0;
+      for (int t = 0; t < nt; ++t) {
+        const T ct = ws.cmax[t * m + j];
+        if (ct != neg_inf<T>()) s += ws.csum[t * m + j] * std::exp(static_cast<double>(ct - mx) / reg);
+      }
+      lse = static_cast<T>(mx + static_cast<double>(reg) * std::log(s));
+    }
+    g[j] = reg * log_b[j] - lse;
+  }
+}
+
 template <typename T>
 T log_mass(T x) {
   return x > T(0) ? std::log(x) : neg_inf<T>();
@@ -189,10 +304,17 @@ void sinkhorn_solve(const T* a, const T* b, int64_t n, int64_t m, const CostBloc
   for (auto* v : {&ws.cmax, &ws.tmax, &ws.tsum, &ws.shift}) v->resize(static_cast<size_t>(ws.nt) * m);
   ws.csum.resize(static_cast<size_t>(ws.nt) * m);
 
+  std::vector<T> mt;  // the transposed cost, when there are few columns
+  if (m <= kFewCols) {
+    mt.resize(static_cast<size_t>(n) * m);
+    transpose_cost(cost, parallel, ws, mt.data());
+  }
   int64_t it = 0;
   bool check = false;
   while (true) {
-    const double err_num = row_pass(cost, a, log_a.data(), f, g, reg, check, parallel, ws, f_new.data());
+    const double err_num =
+        mt.empty() ? row_pass(cost, a, log_a.data(), f, g, reg, check, parallel, ws, f_new.data())
+                   : row_pass_few(mt.data(), a, log_a.data(), f, g, reg, check, parallel, ws, f_new.data());
     if (check) {
       *err = static_cast<T>(err_num / sum_a);
       if (!(*err > opt.tol)) break;  // converged (a NaN error stops too, as in the reference)
@@ -200,7 +322,10 @@ void sinkhorn_solve(const T* a, const T* b, int64_t n, int64_t m, const CostBloc
     if (it == opt.max_iter) break;
     std::copy(f_new.begin(), f_new.end(), f);
     ++it;
-    col_pass(cost, log_b.data(), f, reg, parallel, ws, g);
+    if (mt.empty())
+      col_pass(cost, log_b.data(), f, reg, parallel, ws, g);
+    else
+      col_pass_few(mt.data(), log_b.data(), f, reg, parallel, ws, g);
     check = it % opt.check_every == 0 || it == opt.max_iter;
   }
   *n_iter = it;
@@ -256,13 +381,48 @@ void squared_euclidean_from_dot(T* xy, const T* xx, const T* yy, int64_t n, int6
   }
 }
 
+// Rows of fewer than kFewCols entries are too short for the exp to vectorise one row at a time:
+// a run of rows first gets f_i + g_j written into P, then one flat loop over the run's values
+// takes P <- exp((P - M) / reg) in full vector lanes.
+template <typename T>
+void sinkhorn_plan(const T* f, const T* g, const T* M, int64_t batch, int64_t n, int64_t m, T reg,
+                   bool parallel, T* P) {
+  const T inv_reg = T(1) / reg;
+  const int64_t run = m < kFewCols ? std::max<int64_t>(1, 4096 / std::max<int64_t>(m, 1)) : 1;
+  const int64_t runs_per_problem = (n + run - 1) / run;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t r = 0; r < batch * runs_per_problem; ++r) {
+    const int64_t p = r / runs_per_problem;
+    const int64_t i0 = (r % runs_per_problem) * run, i1 = std::min(n, i0 + run);
+    const T* gp = g + p * m;
+    if (run == 1) {
+      const T fi = f[p * n + i0];
+      const T* row = M + (p * n + i0) * m;
+      T* out = P + (p * n + i0) * m;
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) out[j] = vexp((fi + gp[j] - row[j]) * inv_reg);
+      continue;
+    }
+    T* out = P + (p * n + i0) * m;
+    const T* cost = M + (p * n + i0) * m;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T fi = f[p * n + i];
+      for (int64_t j = 0; j < m; ++j) out[(i - i0) * m + j] = fi + gp[j];
+    }
+    const int64_t len = (i1 - i0) * m;
+#pragma omp simd
+    for (int64_t k = 0; k < len; ++k) out[k] = vexp((out[k] - cost[k]) * inv_reg);
+  }
+}
+
 #define LCMAT_INSTANTIATE(T)                                                                      \
   template void sinkhorn_solve<T>(const T*, const T*, int64_t, int64_t, const CostBlock<T>&,      \
                                   const SinkhornOptions&, bool, T*, T*, int64_t*, T*);            \
   template void sinkhorn_ragged<T>(const T*, const T*, const int64_t*, const int64_t*, int64_t,   \
                                    CostFactory<T>, const void*, const SinkhornOptions&, T*, T*,   \
                                    int64_t*, T*);                                                 \
-  template void squared_euclidean_from_dot<T>(T*, const T*, const T*, int64_t, int64_t, bool);
+  template void squared_euclidean_from_dot<T>(T*, const T*, const T*, int64_t, int64_t, bool);     \
+  template void sinkhorn_plan<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T, bool, T*);
 LCMAT_INSTANTIATE(float)
 LCMAT_INSTANTIATE(double)
 #undef LCMAT_INSTANTIATE

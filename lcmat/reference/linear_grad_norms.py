@@ -18,12 +18,13 @@ from torch import nn
 def linear_grad_norms(activations, grad_outputs):
     """||A_i^T G_i||_F^2 per sample, [N], from A [N, T, d_in] and G [N, T, d_out] (a 2-D [N, d]
     pair is read as T = 1). These are SQUARED norms, so that layers add up."""
-    A, G = _as_sequences(activations, grad_outputs)
+    A, G = as_sequences(activations, grad_outputs)
     per_sample = torch.einsum("nti,nto->nio", A, G)  # materialised: N x d_in x d_out
     return per_sample.square().sum(dim=(1, 2))
 
 
-def _as_sequences(activations, grad_outputs):
+def as_sequences(activations, grad_outputs):
+    """(A, G) as [N, T, d] tensors (a 2-D [N, d] pair is T = 1), after checking their shapes."""
     if activations.dim() == 2:
         activations = activations[:, None, :]
     if grad_outputs.dim() == 2:
@@ -35,6 +36,9 @@ def _as_sequences(activations, grad_outputs):
         raise ValueError(f"activations, grad_outputs: expected the same N and T, got shapes "
                          f"{tuple(activations.shape)} and {tuple(grad_outputs.shape)}")
     return activations, grad_outputs
+
+
+_as_sequences = as_sequences  # the name triton_kernels/linear_grad_norms.py imports
 
 
 def per_sample_grad_norms(model, inputs, targets, loss_fn):

@@ -1,14 +1,14 @@
 """The batched greedy (ops.facility_location_greedy_batch: many classes in one call, on the CPU one
 class per thread) against one call per class, side by side in one run.
 
-Two shapes, synthetic features of bench_csrc.py: CIFAR-10 (10 classes of 5,000, D = 512) and an
+Two shapes, synthetic features of run_csrc.py: CIFAR-10 (10 classes of 5,000, D = 512) and an
 ImageNet-like slice (100 classes of 1,280, D = 512; the ImageNet class size, a tenth of its
 classes). For each: the greedy alone on the classes' real LCMat-S distance blocks (k_c = 10 %),
 then the whole LCMat(fraction=0.1).select_features with batching on (the default) and off
 (LCMat.BATCH_BYTES = 0: one class at a time), asserting the same picks. Median of --reps,
 interleaved, after one untimed run each:
 
-    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive python bench/bench_greedy_batch.py --reps 5
+    OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive python bench/run_greedy_batch.py --reps 5
 """
 import argparse
 import os

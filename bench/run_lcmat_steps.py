@@ -1,11 +1,11 @@
 """Where one class of LCMat-S spends its time, step by step, backends side by side; and the whole
 CIFAR-10-shaped selection per backend.
 
-Class 0 of the CIFAR-10-shaped synthetic set of bench_csrc.py (n_c = 5,000, D = 512, C = 10,
+Class 0 of the CIFAR-10-shaped synthetic set of run_csrc.py (n_c = 5,000, D = 512, C = 10,
 K = 100, k_c = 500, rho = 1), warm (after one untimed call), median of --reps runs per step:
 
-    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive python bench/bench_lcmat_steps.py --reps 3
-    python bench/bench_lcmat_steps.py --device cuda --whole     # reference (PyTorch on the GPU),
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive python bench/run_lcmat_steps.py --reps 3
+    python bench/run_lcmat_steps.py --device cuda --whole     # reference (PyTorch on the GPU),
                                                                 # cuda and triton, same tensors
 
 Every backend gets the same tensors on --device. --whole adds LCMat(fraction=0.1).select_features

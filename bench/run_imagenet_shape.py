@@ -1,7 +1,7 @@
 """LCMat-S and FDMat at ImageNet-1k shape on precomputed features: time and peak memory.
 
-    OMP_WAIT_POLICY=passive python bench/bench_imagenet_shape.py --n 1281167 --classes 1000 --dim 512
-    python bench/bench_imagenet_shape.py --device cuda --backend cuda     # or --backend triton
+    OMP_WAIT_POLICY=passive python bench/run_imagenet_shape.py --n 1281167 --classes 1000 --dim 512
+    python bench/run_imagenet_shape.py --device cuda --backend cuda     # or --backend triton
 
 Synthetic post-ReLU embeddings and logits of that shape (float32: 2.6 GB + 5.1 GB) are made in
 chunks; each method then selects `fraction` of every class. Prints seconds and the process's

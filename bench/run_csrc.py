@@ -10,12 +10,12 @@ run, and their ratio. Sections (pick with --only):
              float32: 5.1 GB) against POT's ot.bregman.sinkhorn_log on the largest problem POT
              holds, a fixed number of iterations (tol = 0) so that both do the same work
 
-    OMP_WAIT_POLICY=passive python bench/bench_csrc.py   # kernels + lcmat + ot (~10 min, 2 cores)
+    OMP_WAIT_POLICY=passive python bench/run_csrc.py   # kernels + lcmat + ot (~10 min, 2 cores)
 
 On a shared, oversubscribed machine set OMP_WAIT_POLICY=passive (for both backends: torch and the
 extension share one OpenMP runtime): spinning OpenMP threads that lose their core make every
 parallel region several times slower.
-    python bench/bench_csrc.py --only kernels --reps 5
+    python bench/run_csrc.py --only kernels --reps 5
 """
 import argparse
 import json

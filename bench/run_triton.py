@@ -12,11 +12,11 @@ Prints markdown tables. Sections (pick with --only):
               loop on the GPU and the reference loop (both on the first --pot-problems problems,
               scaled up linearly), side by side in one run
 
-    python bench/bench_triton.py                   # needs CUDA: without it, says so and exits 0
-    python bench/bench_triton.py --interpret       # tiny shapes on the CPU interpreter: runs the
+    python bench/run_triton.py                   # needs CUDA: without it, says so and exits 0
+    python bench/run_triton.py --interpret       # tiny shapes on the CPU interpreter: runs the
                                                    # whole script and checks agreement; its
                                                    # timings mean nothing
-    python bench/bench_triton.py --only sinkhorn --problems 1000 --iters 50
+    python bench/run_triton.py --only sinkhorn --problems 1000 --iters 50
 """
 import argparse
 import os

@@ -1,7 +1,7 @@
 """End-to-end selection time of every method on synthetic features, per backend, against the
 peers a user would otherwise run, side by side in one run.
 
-    python bench/bench_selectors.py --n 10000 --classes 10 --dim 512 --fraction 0.1 --repeats 3
+    python bench/run_selectors.py --n 10000 --classes 10 --dim 512 --fraction 0.1 --repeats 3
 
 Peers: the released LCMat code's approach (per-sample gradients materialised as an
 n_c x C(D+1) NumPy matrix, scikit-learn pairwise distances, a naive NumPy greedy), POT's

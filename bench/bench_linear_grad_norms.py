@@ -1,0 +1,145 @@
+"""Whole-network per-sample gradient norms over every nn.Linear (`ops.per_sample_grad_norms`,
+GraNd with layers="all") against Opacus (GradSampleModule) and torch.func (vmap of grad), and the
+per-layer kernel `ops.linear_grad_norms` alone.
+
+Networks, at (N, T, d_in, width), C = 10 classes:
+- mlp: T = 1 (an MLP on flattened images): tiny (64, 1, 32, 32); cifar10 (1,024, 1, 3,072, 512).
+- seq-wide: a sequence model (Linear-ReLU-Linear-ReLU per position, mean over positions, a linear
+  head) with wide layers: tiny (16, 8, 32, 32); cifar10 (128, 64, 256, 512). Ghost norms are
+  cheaper here: T (d_in + d_out) < d_in d_out.
+- seq-long: the same with long sequences and narrow layers: tiny (16, 32, 16, 16); cifar10
+  (64, 1,024, 64, 128). Materialising is cheaper: T (d_in + d_out) > d_in d_out.
+The "cifar10" size holds these realistic shapes (there is no ImageNet size for this family).
+Every timed call is one forward and one backward pass plus the norms; the peers materialise the
+per-sample gradients, in batches of about 64 MB of them.
+"""
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from _common import DEVICE, assert_close, backends, bench, peer
+from lcmat import ops
+
+MODELS = {
+    "mlp": {"tiny": (64, 1, 32, 32), "cifar10": (1024, 1, 3072, 512)},
+    "seq-wide": {"tiny": (16, 8, 32, 32), "cifar10": (128, 64, 256, 512)},
+    "seq-long": {"tiny": (16, 32, 16, 16), "cifar10": (64, 1024, 64, 128)},
+}
+SIZES = ["tiny", "cifar10"]
+C = 10
+
+
+class MeanOverPositions(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=1) if x.dim() == 3 else x
+
+
+@functools.lru_cache(maxsize=1)
+def problem(model_name, size):
+    N, T, d_in, width = MODELS[model_name][size]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                          MeanOverPositions(), nn.Linear(width, C)).to(DEVICE).eval()
+    x = torch.randn(N, d_in, device=DEVICE) if T == 1 else torch.randn(N, T, d_in, device=DEVICE)
+    y = torch.randint(0, C, (N,), device=DEVICE)
+    return model, x, y
+
+
+def work(model_name, size):
+    """Forward and backward of the linear layers (6 N T d_in d_out FLOPs per layer, the head at
+    T = 1) and the bytes of their inputs and output gradients."""
+    N, T, d_in, width = MODELS[model_name][size]
+    layers = [(d_in, width, T), (width, width, T), (width, C, 1)]
+    return dict(flops=sum(6 * N * t * a * b for a, b, t in layers),
+                bytes=sum(4 * N * t * (a + b) for a, b, t in layers))
+
+
+LOSS = nn.CrossEntropyLoss(reduction="none")
+
+
+def lcmat_norms(model, x, y, backend):
+    return ops.per_sample_grad_norms(model, x, y, LOSS, backend=backend)
+
+
+def batches(model, N):
+    params = sum(p.numel() for p in model.parameters())
+    size = max(1, (1 << 24) // params)
+    return [(s, min(N, s + size)) for s in range(0, N, size)]
+
+
+def func_norms(model, x, y):
+    tf = torch.func
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, xi, yi):
+        return nn.functional.cross_entropy(tf.functional_call(model, p, (xi[None],)), yi[None])
+    out = []
+    for s, e in batches(model, len(x)):
+        grads = tf.vmap(tf.grad(loss), in_dims=(None, 0, 0))(params, x[s:e], y[s:e])
+        out.append(sum(g.flatten(1).square().sum(1) for g in grads.values()).sqrt())
+    return torch.cat(out)
+
+
+def opacus_norms(model, x, y):
+    opacus = peer("opacus")
+    wrapped = opacus.GradSampleModule(model, loss_reduction="sum")
+    wrapped.train()  # Opacus records activations in train mode only (the networks here have no
+    out = []         # dropout or normalisation, so the outputs are those of eval mode)
+    try:
+        for s, e in batches(model, len(x)):
+            wrapped.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(wrapped(x[s:e]), y[s:e], reduction="sum").backward()
+            out.append(sum(p.grad_sample.flatten(1).square().sum(1) for p in model.parameters()).sqrt())
+            for p in model.parameters():
+                p.grad_sample = None
+                p.grad = None
+    finally:
+        wrapped._close()
+        model.eval()
+    return torch.cat(out)
+
+
+PEERS = {"torch.func": func_norms, "opacus": opacus_norms}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("impl", backends() + list(PEERS))
+def test_per_sample_grad_norms(benchmark, impl, model_name, size):
+    model, x, y = problem(model_name, size)
+    expected = lcmat_norms(model, x, y, "reference")
+    if impl in PEERS:
+        peer("opacus" if impl == "opacus" else "torch")
+        fn = functools.partial(PEERS[impl], model, x, y)
+    else:
+        fn = functools.partial(lcmat_norms, model, x, y, impl)
+    assert_close(fn(), expected, rtol=1e-3, atol=1e-6, what=f"{impl} per-sample gradient norms")
+    N, T, d_in, width = MODELS[model_name][size]
+    bench(benchmark, fn, impl=impl, op=f"per_sample_grad_norms ({model_name})",
+          shape=f"N={N}, T={T}, d_in={d_in}, width={width}", **work(model_name, size))
+
+
+LAYER_SHAPES = {  # (N, T, d_in, d_out): ghost-friendly, materialise-friendly, rank one
+    "wide": {"tiny": (16, 8, 32, 32), "cifar10": (128, 64, 512, 512)},
+    "long": {"tiny": (16, 32, 8, 8), "cifar10": (64, 1024, 64, 64)},
+    "rank-one": {"tiny": (64, 1, 32, 32), "cifar10": (1024, 1, 3072, 512)},
+}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("layer", list(LAYER_SHAPES))
+@pytest.mark.parametrize("backend", backends())
+def test_linear_grad_norms(benchmark, backend, layer, size):
+    N, T, d_in, d_out = LAYER_SHAPES[layer][size]
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(N, T, d_in, generator=gen).to(DEVICE)
+    G = torch.randn(N, T, d_out, generator=gen).to(DEVICE)
+    assert_close(ops.linear_grad_norms(A, G, backend=backend), ops.linear_grad_norms(A, G, backend="reference"),
+                 rtol=1e-3, atol=1e-3, what="squared norms")
+    ghost = T * (d_in + d_out) <= d_in * d_out
+    flops = 2 * N * T * T * (d_in + d_out) if ghost else 2 * N * T * d_in * d_out
+    bench(benchmark, lambda: ops.linear_grad_norms(A, G, backend=backend), impl=backend,
+          op=f"linear_grad_norms ({layer})", shape=f"N={N}, T={T}, d_in={d_in}, d_out={d_out}",
+          flops=flops, bytes=4 * N * T * (d_in + d_out))
