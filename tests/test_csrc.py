@@ -748,6 +748,9 @@ def _op_samples():
             ("fdmat_transform", (x, 0.5, 1e-6)),
             ("prototype_cost", (x, mu)),
             ("fdmat_scores", (M, torch.rand(13, dtype=dtype), torch.rand(5, dtype=dtype), 0.5)),
+            ("gradient_moments", (H, Z, y)),
+            ("gradient_moments_backward", (torch.rand(4, 28, dtype=dtype), torch.rand(4, 28, dtype=dtype), H, Z, y,
+                                           R.gradient_moments(H, Z, y)[0])),
         ]
     return samples
 

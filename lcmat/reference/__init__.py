@@ -13,3 +13,4 @@ from .lcmat_distance import (coords_by_variance, curvature_moments, gradient_dis
                              weight_row_bounds)
 from .sinkhorn import (sinkhorn_log, sinkhorn_log_ragged, sinkhorn_plan,
                        squared_euclidean_cost)
+from .gradient_moments import gradient_moments, gradient_moments_backward
