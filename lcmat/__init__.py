@@ -47,7 +47,10 @@ from .selectors import (CRAIG, EL2N, METHODS, Entropy, FDMat, Forgetting, GraNd,
                         KCenterGreedy, LCMat, LeastConfidence, Margin, Selector, Uniform,
                         get_method)
 
+from .condense import DC, DM, DSA, CondensedSet, LCMatC, RandomReal  # noqa: E402
+
 __version__ = "0.1.0"
 __all__ = ["Coreset", "sinkhorn", "coreset_ot_distance", "METHODS", "get_method", "Selector",
            "Uniform", "LCMat", "FDMat", "CRAIG", "Herding", "KCenterGreedy", "GraNd", "EL2N",
-           "LeastConfidence", "Entropy", "Margin", "Forgetting"]
+           "LeastConfidence", "Entropy", "Margin", "Forgetting",
+           "LCMatC", "DC", "DSA", "DM", "RandomReal", "CondensedSet"]

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from .condense import cli as condense_cli
 from .selectors import METHODS
 
 # Constructor arguments that are not method options on the command line.
@@ -118,6 +119,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("methods", help="list methods and their options").set_defaults(run=cmd_methods)
+    condense_cli.add_parser(sub)
 
     sel = sub.add_parser("select", help="select a coreset from a features file (.npz)")
     sel.add_argument("--method", required=True, choices=sorted(METHODS))
