@@ -15,6 +15,9 @@ namespace cpu {
 
 namespace {
 
+// Below this many multiply-adds a team of threads costs more than it saves.
+constexpr int64_t kParallelWork = int64_t(1) << 16;
+
 // members sorted by class: order[start[k] .. start[k + 1]) are the rows labelled k.
 void class_members(const int64_t* labels, int64_t n, int64_t C, std::vector<int64_t>& start,
                    std::vector<int64_t>& order) {
@@ -34,7 +37,8 @@ void gradient_moments(const T* h, const T* e, const int64_t* labels, int64_t n, 
   std::vector<int64_t> start, order;
   class_members(labels, n, C, start, order);
   const int64_t P = C * (D + 1);
-#pragma omp parallel for collapse(2) schedule(dynamic)
+  const bool parallel = n * C * (D + 1) >= kParallelWork;
+#pragma omp parallel for collapse(2) schedule(dynamic) if (parallel)
   for (int64_t k = 0; k < C; ++k) {
     for (int64_t c = 0; c < C; ++c) {
       T* mw = mean + k * P + C + c * D;
@@ -71,7 +75,8 @@ void gradient_moments_backward(const T* A, const T* B, const T* h, const T* e, c
   std::vector<int64_t> count(C, 0);
   for (int64_t i = 0; i < n; ++i) ++count[labels[i]];
   const int64_t P = C * (D + 1);
-#pragma omp parallel
+  const bool parallel = n * C * (D + 1) >= kParallelWork;
+#pragma omp parallel if (parallel)
   {
     std::vector<T> h2(D), ge(C);
 #pragma omp for schedule(static)

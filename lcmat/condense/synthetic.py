@@ -130,4 +130,4 @@ class CondensedSet:
         return train.train_on_coreset(build, data, np.arange(len(data)), epochs=epochs, lr=lr, momentum=momentum,
                                       weight_decay=weight_decay, nesterov=False, batch_size=batch_size,
                                       test_dataset=test_dataset, seed=seed, device=device, augment=augment,
-                                      eval_every=max(1, epochs // 5), progress=progress)
+                                      eval_every=epochs, progress=progress)
