@@ -74,7 +74,7 @@ def save_grid(path, condensed, mean=None, std=None):
     if mean is not None and std is not None:
         x = x * torch_tensor(std).view(1, -1, 1, 1) + torch_tensor(mean).view(1, -1, 1, 1)
     x = x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.1 * per_class, 1.1 * len(classes)), squeeze=False)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(max(3.0, 1.1 * per_class), 1.1 * len(classes)), squeeze=False)
     for r, c in enumerate(classes):
         members = np.flatnonzero(labels.numpy() == c)
         for j in range(per_class):

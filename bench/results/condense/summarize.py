@@ -1,6 +1,8 @@
 """Markdown table of the condensation study's finished runs (result.json files under this folder):
 test accuracy per dataset, images per class and method, mean and standard deviation over the
-seeds done, each seed's value, and the mean paired difference to Random on the same seeds."""
+seeds done, each seed's value, and the mean paired difference to Random on the same seeds. A
+method's folder name is its row (lcmat-c-rho0: LCMat-C with rho = 0, i.e. last-layer gradient
+matching in the same loop)."""
 import glob
 import json
 import os
@@ -8,7 +10,7 @@ import statistics
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["random", "dm", "dc", "dsa", "lcmat-c"]
+ORDER = ["random", "dm", "dc", "dsa", "lcmat-c-rho0", "lcmat-c"]
 
 
 def main():
@@ -16,7 +18,8 @@ def main():
     for path in glob.glob(os.path.join(HERE, "*", "ipc*", "*", "seed*", "result.json")):
         r = json.load(open(path))
         if r.get("final_acc") is not None:
-            runs[(r["dataset"], r["ipc"], r["method"])][r["seed"]] = (r["final_acc"], r.get("condense_seconds", 0))
+            variant = os.path.basename(os.path.dirname(os.path.dirname(path)))  # e.g. lcmat-c-rho0
+            runs[(r["dataset"], r["ipc"], variant)][r["seed"]] = (r["final_acc"], r.get("condense_seconds", 0))
     print("| dataset | ipc | method | seeds | accuracy % (mean ± sd) | per seed | minus Random, paired | condense s (mean) |")
     print("|---|---|---|---|---|---|---|---|")
     for key in sorted(runs, key=lambda k: (k[0], k[1], ORDER.index(k[2]) if k[2] in ORDER else 99)):
