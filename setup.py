@@ -120,7 +120,7 @@ setup(
     name="lcmat",
     version="0.1.0",
     description="Fast, exact coreset selection: LCMat-S, FDMat and baselines on custom kernels",
-    packages=["lcmat", "lcmat.reference", "lcmat.triton_kernels"],
+    packages=["lcmat", "lcmat.reference", "lcmat.condense", "lcmat.triton_kernels"],
     package_dir={"lcmat.triton_kernels": "triton_kernels"},
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy", "pot", "tqdm", "matplotlib", "scikit-learn", "pillow"],

@@ -51,8 +51,11 @@ from .matching import AdaCore, Glister, GradMatch  # noqa: E402
 from .diversity import Cal, ContextualDiversity, DeepFool, ModerateDS  # noqa: E402
 from .submodular import GraphCut, LogDeterminant  # noqa: E402
 
+from .condense import DC, DM, DSA, CondensedSet, LCMatC, RandomReal  # noqa: E402
+
 __version__ = "0.1.0"
 __all__ = ["Coreset", "sinkhorn", "coreset_ot_distance", "ConvergenceWarning", "BlockMemoryError", "METHODS", "get_method", "Selector",
            "Uniform", "LCMat", "FDMat", "CRAIG", "Herding", "KCenterGreedy", "GraNd", "EL2N",
            "LeastConfidence", "Entropy", "Margin", "Forgetting", "GradMatch", "Glister", "AdaCore",
-           "ContextualDiversity", "DeepFool", "Cal", "GraphCut", "LogDeterminant", "ModerateDS"]
+           "ContextualDiversity", "DeepFool", "Cal", "GraphCut", "LogDeterminant", "ModerateDS",
+           "LCMatC", "DC", "DSA", "DM", "RandomReal", "CondensedSet"]

@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 
+from .condense import cli as condense_cli
 from .methods import METHODS, canonical_method, own_options, parse_text
 
 class UsageError(SystemExit):
@@ -164,6 +165,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("methods", help="list methods and their options").set_defaults(run=cmd_methods)
+    condense_cli.add_parser(sub)
 
     sel = sub.add_parser("select", help="select a coreset from a features file (.npz)")
     sel.add_argument("--method", required=True, type=_method_name,

@@ -214,6 +214,39 @@ def log_determinant_greedy(sim, k, reg=1.0, lazy=False):
             raise
         raise ValueError(str(err).split("\n")[0]) from None
     return _back(out, sim.dtype)
+# ---- gradient_moments -------------------------------------------------------------------------
+
+class _GradientMoments(torch.autograd.Function):
+    """The forward op and the backward op (csrc/gradient_moments.cpp) as one differentiable
+    function of the embeddings and the logits (first order: the backward is not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, embeddings, logits, labels):
+        mean, var = _ops().gradient_moments(embeddings, logits, labels)
+        ctx.save_for_backward(embeddings, logits, labels, mean)
+        return mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mean, grad_var):
+        embeddings, logits, labels, mean = ctx.saved_tensors
+        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+        grad_h, grad_z = _ops().gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, mean)
+        return grad_h.to(embeddings.dtype), grad_z, None
+
+
+def gradient_moments(embeddings, logits, labels):
+    dt = _compute_dtype(logits)
+    mean, var = _GradientMoments.apply(embeddings.to(dt), logits.to(dt), labels)
+    return _back((mean, var), logits.dtype)
+
+
+def gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, mean):
+    dt = _compute_dtype(logits)
+    out = _ops().gradient_moments_backward(grad_mean.to(dt), grad_var.to(dt), embeddings.to(dt), logits.to(dt),
+                                           labels, mean.to(dt))
+    return _back(out[0], embeddings.dtype), _back(out[1], logits.dtype)
 
 
 # ---- shapes for torch.compile -----------------------------------------------------------------
@@ -299,6 +332,14 @@ def _register_fakes():
     @fake("log_determinant_greedy")
     def _(sim, k, reg, lazy):
         return sim.new_empty(k, dtype=torch.long), sim.new_empty(k)
+    @fake("gradient_moments")
+    def _(embeddings, logits, labels):
+        P = logits.shape[1] * (embeddings.shape[1] + 1)
+        return logits.new_empty(logits.shape[1], P), logits.new_empty(logits.shape[1], P)
+
+    @fake("gradient_moments_backward")
+    def _(grad_mean, grad_var, embeddings, logits, labels, mean):
+        return logits.new_empty(embeddings.shape), logits.new_empty(logits.shape)
 
 
 if _C is not None:

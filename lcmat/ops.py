@@ -162,6 +162,12 @@ def fdmat_scores(M, f, g, reg, backend=None):
     return _call("fdmat_scores", backend, M, f, g, reg)
 
 
+def gradient_moments(embeddings, logits, labels, backend=None):
+    """Per-class (mean, variance) of last-layer per-sample gradients, [C, C (D + 1)] each,
+    differentiable with respect to the embeddings and the logits on every backend."""
+    return _call("gradient_moments", backend, embeddings, logits, labels)
+
+
 def linear_grad_norms(activations, grad_outputs, backend=None):
     """Squared per-sample gradient norms of one nn.Linear on sequence inputs, [N].
 

@@ -753,6 +753,9 @@ def _op_samples():
             ("sinkhorn_plan", (torch.rand(2, 13, dtype=dtype), torch.rand(2, 5, dtype=dtype), M.repeat(2, 1, 1), 0.5)),
             ("linear_grad_norms", (torch.rand(3, 4, 6, dtype=dtype), torch.rand(3, 4, 5, dtype=dtype))),
             ("linear_grad_norms", (torch.rand(3, 40, 2, dtype=dtype), torch.rand(3, 40, 3, dtype=dtype))),
+            ("gradient_moments", (H, Z, y)),
+            ("gradient_moments_backward", (torch.rand(4, 28, dtype=dtype), torch.rand(4, 28, dtype=dtype), H, Z, y,
+                                           R.gradient_moments(H, Z, y)[0])),
         ]
     return samples
 

@@ -24,6 +24,7 @@ except ImportError:  # the package imports without triton; `available` then says
 else:
     from .facility_location import facility_location_greedy, facility_location_greedy_batch, nearest_pick_counts
     from .fdmat import fdmat_scores, prototype_cost
+    from .gradient_moments import gradient_moments, gradient_moments_backward
     from .last_layer import curvature_moments, last_layer_factors, last_layer_grad_norms
     from .lcmat_distance import (gradient_distance, hessian_diag_coords, lcmat_distance,
                                  pairwise_l1)
