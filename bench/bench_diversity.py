@@ -7,7 +7,7 @@ and submodlib on the same similarity block, side by side in one run (pytest-benc
 
 Shapes: "tiny" (N = 600, C = 10, D = 32) and "cifar10" (N = 50,000, C = 10, D = 512, per class
 n_c = 5,000, k_c = 500; only with LCMAT_BENCH_CIFAR=1). Features are the synthetic ones of
-bench_selectors.py. The peers (apricot-select, submodlib-py) are optional: their tests skip when
+run_selectors.py. The peers (apricot-select, submodlib-py) are optional: their tests skip when
 they do not import. Each group of the pytest-benchmark table is one comparison; compare rows of a
 group only (same machine, same run).
 """
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_selectors import synthetic_features  # noqa: E402
+from run_selectors import synthetic_features  # noqa: E402
 
 import lcmat  # noqa: E402
 from lcmat import ops, reference  # noqa: E402

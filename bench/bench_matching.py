@@ -6,7 +6,7 @@ same features, side by side in one run (pytest-benchmark).
     DEEPCORE_SRC=/path/to/DeepCore LCMAT_BENCH_CIFAR=1 python -m pytest bench/bench_matching.py ...
 
 Shapes: "tiny" (3 classes of 200, D = 32) and "cifar10" (N = 50,000, C = 10, D = 512, k_c = 500),
-the synthetic post-ReLU features of bench_selectors.py. The "class" shape is one CIFAR-10 class
+the synthetic post-ReLU features of run_selectors.py. The "class" shape is one CIFAR-10 class
 (n = 5,000), on which DeepCore's functions run: DeepCore loops over the classes independently,
 so one class gives the ratio. DeepCore's code is not imported as a package (its nets need
 torchvision): `deepcore_function` compiles the one function from its source file, unchanged,
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_selectors import synthetic_features  # noqa: E402
+from run_selectors import synthetic_features  # noqa: E402
 
 import lcmat  # noqa: E402
 from lcmat import reference as R  # noqa: E402

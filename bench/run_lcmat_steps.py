@@ -20,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_csrc import lcmat_data  # noqa: E402
+from run_csrc import lcmat_data  # noqa: E402
 
 import lcmat  # noqa: E402
 from lcmat import algorithms, ops  # noqa: E402

@@ -2,7 +2,7 @@
 ImageNet-1k's shape (or a share of its classes): wall time, bytes received per rank, and peak
 memory per rank.
 
-    PYTHONPATH=$PWD python bench/bench_distributed.py --classes 250 --ranks 2 --repeats 3
+    PYTHONPATH=$PWD python bench/run_distributed.py --classes 250 --ranks 2 --repeats 3
 
 writes (once) a features file of `classes` x `per_class` samples with `dim`-wide embeddings and
 `logit_classes`-wide logits into --dir, then per repeat runs, as separate processes and one after

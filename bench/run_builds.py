@@ -2,10 +2,10 @@
 
 Each build is a source tree whose lcmat/ holds its own compiled _C (`make check-builds` leaves
 build/check-native-0 and build/check-native-1). Runs the whole LCMat-S selection of
-bench_csrc.py (N = 50,000, C = 10, D = 512, backend "cpu") in fresh processes, the two builds
+run_csrc.py (N = 50,000, C = 10, D = 512, backend "cpu") in fresh processes, the two builds
 interleaved, and prints the median seconds of each and their ratio:
 
-    OMP_WAIT_POLICY=passive python bench/bench_builds.py build/check-native-0 build/check-native-1
+    OMP_WAIT_POLICY=passive python bench/run_builds.py build/check-native-0 build/check-native-1
 """
 import argparse
 import json
@@ -22,7 +22,7 @@ def one_run(tree, N, C, D):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     check = "import lcmat.csrc as c, sys; sys.exit(0 if c._C is not None else 1)"
     subprocess.run([sys.executable, "-c", check], env=env, check=True)
-    cmd = [sys.executable, os.path.join(HERE, "bench_csrc.py"), "--lcmat-child", "cpu", "full", str(N), str(C),
+    cmd = [sys.executable, os.path.join(HERE, "run_csrc.py"), "--lcmat-child", "cpu", "full", str(N), str(C),
            str(D)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["seconds"]
