@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _common import DEVICE, assert_close, backends, bench
-from lcmat import ops
+from lcmat import algorithms, ops
 
 SHAPES = {"tiny": (256, 10, 64), "cifar10": (50_000, 10, 512), "imagenet": (200_000, 1000, 512)}
 SIZES = list(SHAPES)
@@ -23,7 +23,7 @@ def problem(N, C, D):
     x = torch.randn(N, D, generator=gen).relu_().to(DEVICE)
     labels = torch.randint(0, C, (N,), generator=gen).to(DEVICE)
     z = ops.fdmat_transform(x, backend="reference")
-    protos = ops.class_prototypes(z, labels, C)
+    protos = algorithms.class_prototypes(z, labels, C)
     M = ops.prototype_cost(z, protos, backend="reference")
     f = torch.randn(N, generator=gen).to(DEVICE) * 0.01 - REG * torch.log(torch.tensor(float(N)))
     g = torch.randn(C, generator=gen).to(DEVICE) * 0.01

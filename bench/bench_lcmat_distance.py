@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from _common import DEVICE, assert_close, backends, bench
-from lcmat import ops
+from lcmat import algorithms, ops
 
 SHAPES = {"tiny": (128, 10, 64, 16), "cifar10": (5000, 10, 512, 100), "imagenet": (1281, 1000, 512, 100)}
 SIZES = list(SHAPES)
@@ -32,7 +32,7 @@ def one_class(n, C, D, K):
     y = torch.randint(0, C, (n,), generator=gen)
     h, logits, y = h.to(DEVICE), logits.to(DEVICE), y.to(DEVICE)
     e, q = ops.last_layer_factors(logits, y, backend="reference")
-    coords = ops.top_variance_coords(h, q, K, backend="reference")
+    coords = algorithms.top_variance_coords(h, q, K, backend="reference")
     return h, logits, y, e, q, coords
 
 
@@ -85,7 +85,7 @@ END_SHAPES = {"tiny": (128, 10, 64, 16, 13), "cifar10": (2000, 10, 512, 100, 200
 
 def lcmat_block(h, logits, y, K, k, backend):
     e, q = ops.last_layer_factors(logits, y, backend=backend)
-    coords = ops.top_variance_coords(h, q, K, backend=backend)
+    coords = algorithms.top_variance_coords(h, q, K, backend=backend)
     dist = ops.lcmat_distance(h, e, q, coords, RHO, backend=backend)
     picks, objective, _ = ops.facility_location_greedy(dist, k, lazy=True, backend=backend)
     return dist, picks, objective

@@ -147,6 +147,7 @@ class DeepFool(ScoreSelector):
     needs = ("model",)
     keep = "smallest"
     needs_model = True
+    infinite_scores_rank_last = True  # a sample that never flips scores inf ("norm") and is kept last
 
     def __init__(self, fraction=0.1, max_iter=50, overshoot=0.02, score="norm", batch_size=128, balance=True,
                  seed=0, backend=None, progress=None, dtype=torch.float32, coverage=False, difficulty="el2n",
@@ -170,7 +171,7 @@ class DeepFool(ScoreSelector):
         return super().select_features(embeddings, logits, labels, num_classes, forgetting)
 
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
-        from .train import extract_features, iterate_batches
+        from .features import extract_features, iterate_batches
         device = device or next(model.parameters()).device
         H, Z, y = extract_features(model, dataset, batch_size=batch_size, device=device,
                                    progress=bool(self.progress))

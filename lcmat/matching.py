@@ -55,7 +55,7 @@ class _ValidationSelector(Selector):
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
         if not isinstance(self.validation, torch.utils.data.Dataset):
             return super().select(model, dataset, batch_size, device, forgetting)
-        from .train import extract_features
+        from .features import extract_features
         device = device or next(model.parameters()).device
         held_out = extract_features(model, self.validation, batch_size=batch_size, device=device,
                                     progress=self.progress is not False)

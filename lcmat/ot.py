@@ -82,7 +82,7 @@ def sinkhorn(a, b, M, reg, max_iter=1000, tol=1e-6, log=False, warn=True, backen
     err = reference.marginal_error(a, f, g, M, reg)
     if warn:
         warn_unconverged("sinkhorn", err, tol, max_iter, M.dtype)
-    plan = ops.sinkhorn_plan(f, g, M, reg, backend=backend)
+    plan = ops.sinkhorn_plan(f, g, M, reg)  # the fastest plan kernel for the device
     if log:
         return plan, {"err": err, "niter": n_iter, "f": f, "g": g}
     return plan
@@ -162,7 +162,7 @@ def coreset_ot_distance(embeddings, labels, indices, weights=None, reg=0.05, max
         r0, r1, c0, c1 = row_off[c], row_off[c + 1], col_off[c], col_off[c + 1]
         if c1 > c0:
             M = reference.squared_euclidean_cost(xr[r0:r1], xc[c0:c1])
-            out[c] = float((ops.sinkhorn_plan(f[r0:r1], g[c0:c1], M, reg, backend=backend) * M).sum())
+            out[c] = float((ops.sinkhorn_plan(f[r0:r1], g[c0:c1], M, reg) * M).sum())
             errors.append(float(reference.marginal_error(a[r0:r1], f[r0:r1], g[c0:c1], M, reg)))
             solved.append(c)
     warn_unconverged("coreset_ot_distance", errors, tol, max_iter, x.dtype, labels=solved)

@@ -217,13 +217,19 @@ class ScoreSelector(Selector):
     """Keeps the k samples of largest (or smallest) score in each group; ties go to the lower
     dataset index."""
     keep = "largest"
+    # A method whose score is +inf by definition for some samples (DeepFool: no perturbation found,
+    # kept last) sets this; NaN is refused always, and +inf only ranks last with keep="smallest".
+    infinite_scores_rank_last = False
 
     def _scores(self, data):
         raise NotImplementedError
 
     def _prepare(self, data):
         scores = torch.as_tensor(self._scores(data))
-        check_finite_result(f"{self.name} scores", scores, self._overflow_hint)
+        if self.infinite_scores_rank_last and self.keep == "smallest":
+            check_finite_result(f"{self.name} scores", scores.nan_to_num(posinf=0.0), self._overflow_hint)
+        else:
+            check_finite_result(f"{self.name} scores", scores, self._overflow_hint)
         return _numpy(scores)
 
     _overflow_hint = "rescale the inputs (e.g. divide the embeddings by their largest entry)"

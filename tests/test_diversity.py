@@ -380,7 +380,8 @@ def test_bad_features(name):
 def test_the_experiment_hands_deepfool_the_selection_model():
     from types import SimpleNamespace
 
-    from lcmat.experiment import MethodSpec, _select, canonical_method
+    from lcmat.experiment import select_coreset as _select
+    from lcmat.methods import MethodSpec, canonical_method
     model = linear_model(4, 3, 2)
     x = np.random.default_rng(5).normal(size=(30, 4))
     y = np.arange(30) % 3
