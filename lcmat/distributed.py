@@ -16,16 +16,29 @@ Two paths, by what a method needs once its per-sample work is done:
   those of the whole set). A score is one number per sample and is part of the result
   (`Coreset.scores`), so the scores are all-gathered; the picks of each class then run on the
   class's owner (a global budget, balance=False: on rank 0) and the picks are all-gathered.
-- per-class feature methods (LCMat-S, CRAIG, Herding, k-Center): each sample's features are sent
+- per-class feature methods (LCMat-S, CRAIG, AdaCore, Herding, k-Center, GradMatch, Glister,
+  Contextual Diversity, graph cut, log-determinant): each sample's features are sent
   with `all_to_all` to the rank that owns its class, in rounds of at most ROUTE_BYTES per rank, so
   a rank holds its classes' features plus one round; each owner runs the method's own groups,
   batches and picks on its classes; the picks are all-gathered. Rows given as a read-only
   memory map (np.load(..., mmap_mode="r")) are read round by round and their pages dropped once
-  sent, so features on disk need no more memory than the classes a rank owns.
+  sent, so features on disk need no more memory than the classes a rank owns. GradMatch and
+  Glister match against `validation=`, which every rank passes whole, so an owner has it.
+- score methods whose score needs the whole class (Cal's neighbours, Moderate-DS's class centre):
+  the features are routed to the class owners as above, each owner scores its classes, and the
+  scores are gathered and picked as in the first path. Moderate-DS's balance=False ranks the
+  distances against their median over the whole set: the owners compute the distances, and every
+  rank the median and scores from the gathered distances.
+
+Global variants that would run one greedy or one neighbour search over the whole set (balance=False
+of Herding, k-Center, GradMatch, Glister, Contextual Diversity and Cal) raise NotImplementedError
+on every rank. DeepFool attacks the model, so it runs under `select(model, dataset)` only: each
+rank attacks its own share of the dataset and its scores join the score path.
 
 Class ownership: classes sorted by cost, largest first (ties: lower class), each to the least
-loaded rank (ties: lower rank), the LPT rule; the cost is n_c^2 for the facility-location
-methods, k_c n_c for the greedy ones and n_c for the rest (a selector may define
+loaded rank (ties: lower rank), the LPT rule; the cost is n_c^2 for the methods over n_c x n_c
+blocks (facility location, graph cut, log-determinant, Cal's neighbours), k_c n_c for the greedy
+ones (Herding, k-Center, Contextual Diversity, GradMatch, Glister) and n_c for the rest (a selector may define
 `distributed_cost(n, k)` to override it).
 
 Failure: every phase in which a rank can raise ends with an exchange of error flags
@@ -345,16 +358,25 @@ def _all_reduce(t, op=dist.ReduceOp.SUM):
 # Class ownership
 # ------------------------------------------------------------------------------------------------
 
+_BLOCK_COST = ("lcmat", "graphcut", "logdet", "cal")  # n x n blocks per class (CRAIG, AdaCore: LCMat's)
+_GREEDY_COST = ("herding", "kcenter", "cdiv", "gradmatch", "glister")  # k steps over the class
+
+
+def _classes(names):
+    """The selector classes of METHODS names (subclasses count as their method)."""
+    from .methods import METHODS
+    return tuple(METHODS[name] for name in names)
+
+
 def class_cost(selector, n, k):
-    """The cost of one class for load balancing: n^2 for facility location, k n for the greedy
-    methods, n otherwise; a selector's own `distributed_cost(n, k)` wins."""
-    from .selectors import Herding, KCenterGreedy, LCMat
+    """The cost of one class for load balancing: n^2 for the methods over n x n blocks, k n for
+    the greedy methods, n otherwise; a selector's own `distributed_cost(n, k)` wins."""
     own = getattr(selector, "distributed_cost", None)
     if own is not None:
         return float(own(n, k))
-    if isinstance(selector, LCMat):
+    if isinstance(selector, _classes(_BLOCK_COST)):
         return float(n) * n
-    if isinstance(selector, (Herding, KCenterGreedy)):
+    if isinstance(selector, _classes(_GREEDY_COST)):
         return float(n) * max(k, 1)
     return float(n)
 
@@ -405,7 +427,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
     budgets = selector._budgets(_Counts(counts))
     phase_seconds["inputs"] = time.perf_counter() - start
     if isinstance(selector, (ScoreSelector, Uniform)):
-        picks, weights, data = _select_by_scores(selector, shard, n, num_classes, counts, budgets)
+        picks, weights, data = _select_by_scores(selector, shard, n, num_classes, counts, budgets, summaries, dims)
     else:
         picks, weights, data = _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries, dims)
     wall = float(_all_reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64),
@@ -449,8 +471,19 @@ def select(selector, model, dataset, batch_size=256, device=None, forgetting=Non
     progress = selector.progress is not False and is_lead()
     embeddings, logits, labels = _agree(_extract, model, dataset, positions, batch_size, device, progress)
     local_forgetting = None if forgetting is None else np.asarray(forgetting)[lo:hi]
-    return select_features(selector, embeddings=embeddings, logits=logits, labels=labels,
-                           forgetting=local_forgetting, indices=positions)
+    norms = getattr(selector, "_network_norms", None)
+    if norms is not None and len(norms) == n:  # GraNd layers="all" measured every item: keep ours
+        selector._network_norms = norms[lo:hi]
+    if not getattr(selector, "needs_model", False):
+        return select_features(selector, embeddings=embeddings, logits=logits, labels=labels,
+                               forgetting=local_forgetting, indices=positions)
+    # DeepFool: the attack on this rank's items; its scores are those of its rows (row-wise)
+    selector._given = _agree(selector.attack_scores, model, ShardDataset(dataset, positions), device)
+    try:
+        return select_features(selector, embeddings=embeddings, logits=logits, labels=labels,
+                               forgetting=local_forgetting, indices=positions)
+    finally:
+        selector._given = None
 
 
 def _select_compat(selector, model, dataset, device, forgetting):
@@ -509,37 +542,60 @@ def _extract(model, dataset, positions, batch_size, device, progress):
 # Score methods: scores sharded, picks per class on the owner
 # ------------------------------------------------------------------------------------------------
 
-def _select_by_scores(selector, shard, n, num_classes, counts, budgets):
+# Score methods whose score needs the sample's whole class (computed on the class owner).
+_CLASS_SCORES = ("cal", "moderate")
+
+
+def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summaries, dims):
+    from .diversity import ModerateDS
     from .selectors import FDMat, ScoreSelector, Uniform, _numpy
+    owner = _owners(selector, counts, budgets)
     local = _Data(shard.labels, num_classes, shard.embeddings, shard.logits, shard.forgetting)
-    columns = [shard.labels.cpu().double().numpy()]
+    index = shard.index
+    moderate = isinstance(selector, ModerateDS)
     if isinstance(selector, FDMat):
         local.scores = _numpy(fdmat_scores(selector, local, counts))
+    elif isinstance(selector, _classes(_CLASS_SCORES)):
+        if not (selector.balance or moderate):
+            raise NotImplementedError(f"{selector.name}: balance=False searches neighbours over the whole set, "
+                                      f"which has no distributed implementation; use balance=True or one process")
+        local, index = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
+        if moderate:  # the distances to the class centres; the scores once they are gathered
+            local.scores = _agree(lambda: _numpy(selector._distances(local)) if len(local) else np.zeros(0))
+        else:
+            local.scores = _agree(lambda: selector._prepare(local) if len(local) else np.zeros(0))
     elif isinstance(selector, ScoreSelector):
         _check_row_wise(selector)
-        local.scores = _agree(lambda: _numpy(selector._scores(local)) if len(local) else np.zeros(0))
+        local.scores = _agree(lambda: selector._prepare(local) if len(local) else np.zeros(0))
+    columns = [local.labels.cpu().double().numpy()]
     if local.scores is not None:
         columns.append(local.scores)
-    if selector.coverage:
+    # difficulty="own" is the gathered score itself: computed after the gather
+    own_difficulty = selector.coverage and selector.difficulty == "own"
+    if selector.coverage and not own_difficulty:
         columns.append(_agree(lambda: np.asarray(selector._difficulty(local), np.float64) if len(local)
                               else np.zeros(0)))
     full = gather_rows(np.stack([np.asarray(c, np.float64).reshape(len(local)) for c in columns], 1),
-                       shard.index, n)
+                       index, n)
     data = _Data(torch.from_numpy(full[:, 0].astype(np.int64)), num_classes)
     data.counts, data.budgets = counts, budgets
     data.forgetting = None
-    if isinstance(selector, ScoreSelector):
+    if moderate:  # the same scores on every rank, from the gathered distances (in the compute dtype)
+        data.scores = _agree(_moderate_scores, selector, data, full[:, 1])
+    elif isinstance(selector, ScoreSelector):
         data.scores = full[:, 1]
     elif isinstance(selector, Uniform):
         selector._prepare(data)
-    difficulty = full[:, -1] if selector.coverage else None
+    difficulty = None
+    if own_difficulty:
+        difficulty = np.asarray(selector._difficulty(data), np.float64)
+    elif selector.coverage:
+        difficulty = full[:, -1]
     groups = _with_difficulty(selector, difficulty, lambda: selector._groups(data))
     if hasattr(selector, "_rng"):  # draws in group order: every rank runs every group
         picks = [selector._pick_batch(data, [g])[0] for g in groups]
         return [np.asarray(p, np.int64) for p, _ in picks], [w for _, w in picks], data
     per_class = selector.balance or selector.per_class_only
-    owner = assign_classes([class_cost(selector, int(nc), int(k)) for nc, k in zip(counts, budgets)],
-                           world_size())
     mine = [g for g in groups if (owner[int(data.labels[g[0][0]])] if per_class else 0) == rank()]
     results = _agree(lambda: [(np.asarray(p, np.int64), w) for b in selector._batches(data, mine)
                               for p, w in selector._pick_batch(data, b)], gather=True)
@@ -548,17 +604,26 @@ def _select_by_scores(selector, shard, n, num_classes, counts, budgets):
     return picks, weights, data
 
 
-_ROW_WISE = ("GraNd", "EL2N", "LeastConfidence", "Entropy", "Margin", "Forgetting")
+def _moderate_scores(selector, data, distances):
+    from .selectors import _numpy
+    from .validation import check_finite_result
+    d = torch.from_numpy(distances).to(selector.dtype)  # float32 distances survive float64 exactly
+    scores = selector._scores_from_distances(data, d)
+    check_finite_result(f"{selector.name} scores", scores, selector._overflow_hint)
+    return _numpy(scores)
+
+
+# Score methods (METHODS names) whose score of a sample depends on that sample alone.
+_ROW_WISE = ("grand", "el2n", "least_confidence", "entropy", "margin", "forgetting", "deepfool")
 
 
 def _check_row_wise(selector):
     """Score methods whose score of a sample depends on that sample alone can score shards."""
-    from . import selectors
-    known = tuple(getattr(selectors, name) for name in _ROW_WISE if hasattr(selectors, name))
+    known = _classes(_ROW_WISE)
     if type(selector) not in known and type(selector)._scores not in {cls._scores for cls in known}:
         raise NotImplementedError(
             f"{selector.name}: not known to score one sample at a time, so it cannot run on shards; "
-            f"add its class to lcmat.distributed._ROW_WISE if its _scores is row-wise")
+            f"add its name to lcmat.distributed._ROW_WISE if its _scores is row-wise")
 
 
 def _with_difficulty(selector, difficulty, fn):
@@ -596,27 +661,38 @@ def gather_rows(values, index, n):
 # Feature methods: features routed to the class owners
 # ------------------------------------------------------------------------------------------------
 
-_PER_CLASS = ("LCMat", "Herding", "KCenterGreedy")
+# Per-class feature methods by METHODS name (CRAIG and AdaCore are LCMat's subclasses).
+_PER_CLASS = ("lcmat", "herding", "kcenter", "gradmatch", "glister", "cdiv", "graphcut", "logdet")
+# Those that draw a random first pick per group from one generator, in group order.
+_DRAW_PER_GROUP = ("kcenter", "cdiv")
+
+
+def _owners(selector, counts, budgets):
+    return assign_classes([class_cost(selector, int(nc), int(k)) for nc, k in zip(counts, budgets)],
+                          world_size())
+
+
+def _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims):
+    """The rows of the classes this rank owns (dataset order), with their global positions."""
+    clock = time.perf_counter()
+    routed = route_to_owners(shard, owner, summaries, dims, selector.dtype)
+    phase_seconds["route"] = time.perf_counter() - clock
+    local = _Data(routed["labels"], num_classes, routed["embeddings"], routed["logits"], routed["forgetting"])
+    local.counts = counts
+    local.budgets = np.where(owner == rank(), budgets, 0)
+    return local, routed["index"]
 
 
 def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries, dims):
-    from . import selectors
-    known = tuple(getattr(selectors, name) for name in _PER_CLASS)
-    if not isinstance(selector, known):
+    if not isinstance(selector, _classes(_PER_CLASS)):
         raise NotImplementedError(f"{selector.name}: no distributed implementation (known: per-class "
                                   f"{', '.join(_PER_CLASS)} and the score methods)")
     if not (selector.balance or selector.per_class_only):
         raise NotImplementedError(f"{selector.name}: balance=False runs one greedy over the whole set, "
                                   f"which has no distributed implementation; use balance=True or one process")
-    owner = assign_classes([class_cost(selector, int(nc), int(k)) for nc, k in zip(counts, budgets)],
-                           world_size())
+    owner = _owners(selector, counts, budgets)
+    local, position = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
     clock = time.perf_counter()
-    routed = route_to_owners(shard, owner, summaries, dims, selector.dtype)
-    phase_seconds["route"], clock = time.perf_counter() - clock, time.perf_counter()
-    local = _Data(routed["labels"], num_classes, routed["embeddings"], routed["logits"], routed["forgetting"])
-    local.counts = counts
-    local.budgets = np.where(owner == rank(), budgets, 0)
-    position = routed["index"]
 
     def prepare():
         local.scores = selector._prepare(local)
@@ -624,7 +700,7 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
         return groups
     groups = _agree(prepare)
     keys = _group_keys(local, groups)
-    if isinstance(selector, selectors.KCenterGreedy):
+    if isinstance(selector, _classes(_DRAW_PER_GROUP)):
         sizes = [s for r in _exchange(None, [(key, len(g[0])) for key, g in zip(keys, groups)]) for s in r]
         results = _agree(_replay_kcenter, selector, local, groups, keys, sorted(sizes))
     else:
@@ -668,8 +744,8 @@ def _group_keys(local, groups):
 
 
 def _replay_kcenter(selector, local, groups, keys, sizes):
-    """k-Center draws its first center per group from one generator in group order: draw for
-    the other ranks' groups too, pick on ours."""
+    """k-Center (and Contextual Diversity) draws its first center per group from one generator in
+    group order, `integers(group size)`: draw for the other ranks' groups too, pick on ours."""
     mine = dict(zip(keys, groups))
     out = {}
     for key, size in sizes:

@@ -97,6 +97,10 @@ class ModerateDS(ScoreSelector):
         self.centre = check_choice("centre", centre, ("median", "mean"))
 
     def _scores(self, data):
+        return self._scores_from_distances(data, self._distances(data))
+
+    def _distances(self, data):
+        """d_i = ||h_i - centre_{y_i}||, [N]: needs the whole class of each sample."""
         h = data.embeddings
         dist = torch.zeros(len(data), dtype=h.dtype, device=h.device)
         for positions in data.class_indices:
@@ -106,11 +110,15 @@ class ModerateDS(ScoreSelector):
             rows = h[index]
             centre = median_rows(rows) if self.centre == "median" else rows.mean(0)
             dist[index] = (rows - centre).norm(dim=1)
+        return dist
+
+    def _scores_from_distances(self, data, dist):
+        """s_i = |d_i - median_group(d)| from the distances d [N] (a tensor) and the labels."""
         groups = data.class_indices if self.balance else [np.arange(len(data))]
         scores = torch.zeros_like(dist)
         for positions in groups:
             if len(positions):
-                index = torch.as_tensor(positions, device=h.device)
+                index = torch.as_tensor(positions, device=dist.device)
                 scores[index] = (dist[index] - median_rows(dist[index, None])[0]).abs()
         return scores
 
@@ -171,10 +179,22 @@ class DeepFool(ScoreSelector):
         return super().select_features(embeddings, logits, labels, num_classes, forgetting)
 
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
-        from .features import extract_features, iterate_batches
+        from . import distributed
+        from .features import extract_features
+        if distributed.active():  # each rank attacks its own share of the dataset
+            return distributed.select(self, model, dataset, batch_size, device, forgetting)
         device = device or next(model.parameters()).device
         H, Z, y = extract_features(model, dataset, batch_size=batch_size, device=device,
                                    progress=bool(self.progress))
+        self._given = self.attack_scores(model, dataset, device)
+        try:
+            return self.select_features(embeddings=H, logits=Z, labels=y, forgetting=forgetting)
+        finally:
+            self._given = None
+
+    def attack_scores(self, model, dataset, device):
+        """The score of every item of `dataset` (in its order), [N] float64."""
+        from .features import iterate_batches
         norms = np.zeros(len(dataset))
         steps = np.zeros(len(dataset))
         for positions, x, _ in iterate_batches(dataset, None, self.batch_size):
@@ -182,11 +202,7 @@ class DeepFool(ScoreSelector):
             flipped = (s <= self.max_iter).cpu().numpy()
             norms[positions] = np.where(flipped, n.cpu().numpy(), np.inf)
             steps[positions] = s.cpu().numpy()
-        self._given = norms if self.score == "norm" else steps
-        try:
-            return self.select_features(embeddings=H, logits=Z, labels=y, forgetting=forgetting)
-        finally:
-            self._given = None
+        return norms if self.score == "norm" else steps
 
     def _scores(self, data):
         return self._given

@@ -242,11 +242,37 @@ def assert_same_coreset(got, want, what):
         np.testing.assert_allclose(info["rho"], want[3]["rho"], rtol=1e-5, err_msg=f"{what}: rho")
 
 
+def validation_set(kind):
+    """Held-out (embeddings, logits, labels) for GradMatch and Glister: every rank passes them whole."""
+    embeddings, logits, labels, _ = make_problem(kind, seed=11)
+    return embeddings[::3], logits[::3], labels[::3]
+
+
+# Every method that selects from features (DeepFool needs the model: see extract_job).
+FEATURE_METHODS = [m for m, cls in METHODS.items() if not getattr(cls, "needs_model", False)]
+# Methods whose balance=False runs one greedy or neighbour search over the whole set: refused.
+REFUSED_GLOBAL = ("herding", "gradmatch", "glister", "cdiv", "cal")
+
 SELECT_CASES = (
-    [(m, {"fraction": 0.2}, "uneven", "full") for m in METHODS]
-    + [(m, {"fraction": 0.2}, "even", "shuffled") for m in METHODS]
-    + [(m, {"fraction": 0.25}, "two_classes", "empty_last") for m in ("lcmat", "fdmat", "kcenter", "el2n")]
-    + [(m, {"fraction": 0.1}, "one_class", "strided") for m in ("lcmat", "herding", "uniform", "fdmat")]
+    [(m, {"fraction": 0.2}, "uneven", "full") for m in FEATURE_METHODS]
+    + [(m, {"fraction": 0.2}, "even", "shuffled") for m in FEATURE_METHODS]
+    + [(m, {"fraction": 0.25}, "two_classes", "empty_last")
+       for m in ("lcmat", "fdmat", "kcenter", "el2n", "gradmatch", "glister", "adacore", "cdiv", "cal",
+                 "moderate", "graphcut", "logdet")]
+    + [(m, {"fraction": 0.1}, "one_class", "strided")
+       for m in ("lcmat", "herding", "uniform", "fdmat", "glister", "cdiv", "cal", "moderate", "logdet")]
+    + [(m, {"fraction": 0.2, "validation": validation_set("uneven")}, "uneven", "shuffled")
+       for m in ("gradmatch", "glister")]
+    + [(m, {"fraction": 0.1, "balance": False}, "uneven", "strided")
+       for m in ("moderate", "graphcut", "logdet", "adacore")]
+    + [("moderate", {"fraction": 0.3, "centre": "mean", "coverage": True, "difficulty": "own", "num_strata": 3},
+        "uneven", "shuffled"),
+       ("cal", {"fraction": 0.3, "variant": "deepcore", "coverage": True, "difficulty": "own", "num_strata": 3},
+        "uneven", "strided"),
+       ("cdiv", {"fraction": 0.3, "coverage": True, "num_strata": 3}, "uneven", "empty_last"),
+       ("graphcut", {"fraction": 0.2, "metric": "euclidean", "space": "embeddings", "lazy": True}, "uneven",
+        "empty_last"),
+       ("gradmatch", {"fraction": 0.2, "deepcore": True}, "uneven", "empty_last")]
     + [("el2n", {"fraction": 0.1, "balance": False}, "uneven", "shuffled"),
        ("fdmat", {"fraction": 0.1, "balance": False}, "uneven", "strided"),
        ("uniform", {"fraction": 0.1, "balance": False}, "uneven", "full"),
@@ -286,7 +312,11 @@ def _jobs(world, folder):
              ("failing_job", world - 1), ("failing_pick_job", 0),
              ("select_job", "herding", {"fraction": 0.2, "balance": False}, "even", "strided"),
              ("extract_job", "lcmat", 31, {"mode": "compat", "batch_size": 4}),
-             ("memmap_job", folder, "full"), ("memmap_job", folder, "rows")]
+             ("memmap_job", folder, "full"), ("memmap_job", folder, "rows"),
+             ("extract_job", "deepfool", 31), ("extract_job", "deepfool", 31, {"score": "steps", "coverage": True,
+                                                                             "num_strata": 2}),
+             ("extract_job", "grand", 31, {"layers": "all"})]
+    jobs += [("select_job", m, {"fraction": 0.2, "balance": False}, "uneven", "shuffled") for m in REFUSED_GLOBAL[1:]]
     return cases, jobs
 
 
@@ -317,12 +347,16 @@ def _check_group(world, cases, out):
         np.testing.assert_allclose(f[finite], f_want[rows].numpy()[finite], rtol=0, atol=1e-6)
         assert n_iter == int(it_want) and abs(err - float(err_want)) < 1e-9
 
-    for j, method in enumerate(("lcmat", "el2n")):
-        want = lcmat.get_method(method, fraction=0.3, progress=False).select(toy_model(), ToyImages(31), batch_size=4)
+    extracted = [(1, "lcmat", {}), (2, "el2n", {}), (9, "deepfool", {}),
+                 (10, "deepfool", {"score": "steps", "coverage": True, "num_strata": 2}), (11, "grand", {"layers": "all"})]
+    for j, method, options in extracted:
+        want = lcmat.get_method(method, fraction=0.3, progress=False, **options).select(toy_model(), ToyImages(31),
+                                                                                          batch_size=4)
         for r in range(world):
-            status, value = out[r][n_select + 1 + j]
+            status, value = out[r][n_select + j]
             assert status == "ok", value
-            assert_same_coreset(value, (want.indices, want.weights, want.scores, want.info), f"extract {method}")
+            assert_same_coreset(value, (want.indices, want.weights, want.scores, want.info),
+                                f"extract {method} {options}")
 
     for r in range(world):
         status, (kind, message, _) = out[r][n_select + 3]
@@ -332,9 +366,10 @@ def _check_group(world, cases, out):
         status, (kind, message, _) = out[r][n_select + 4]
         assert status == "error" and kind == "RuntimeError", (status, kind, message)
         assert message == f"rank 0 of {world}: RuntimeError: out of luck"
-        status, (kind, message, _) = out[r][n_select + 5]  # refused alike on every rank
-        assert status == "error" and kind == "NotImplementedError", (status, kind, message)
-        assert "herding: balance=False" in message
+        for j, method in zip([5] + list(range(12, 12 + len(REFUSED_GLOBAL) - 1)), REFUSED_GLOBAL):
+            status, (kind, message, _) = out[r][n_select + j]  # refused alike on every rank
+            assert status == "error" and kind == "NotImplementedError", (method, status, kind, message)
+            assert f"{method}: balance=False" in message and "use balance=True or one process" in message
 
     want = lcmat.LCMat(fraction=0.3, mode="compat", batch_size=4, progress=False).select(toy_model(), ToyImages(31))
     for r in range(world):
