@@ -258,6 +258,10 @@ def _add_experiment_parser(sub):
     exp.add_argument("--model", help="resnet18, convnet (ConvNet-3), lenet or mlp")
     exp.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",
                      help="model constructor option, e.g. width=32 for convnet (repeatable)")
+    exp.add_argument("--selection-model",
+                     help="the network pre-trained to select, when not --model (selection across architectures)")
+    exp.add_argument("--selection-model-option", action="append", default=[], metavar="NAME=VALUE",
+                     help="constructor option of --selection-model (repeatable)")
     exp.add_argument("--methods", help="comma-separated methods, 'all', or variants such as lcmat:rho=1, "
                                        "and 'full' (the whole training set, once per seed: the ceiling) "
                                        "(default: all,full)")
@@ -315,7 +319,7 @@ def _experiment_settings(args):
     if args.steps is not None:
         settings.update(steps=args.steps)
     for name in ("dataset", "model", "methods", "selection_epochs", "evaluations", "batch_size", "lr",
-                 "device", "backend", "label_noise", "imbalance", "corruption_seed"):
+                 "device", "backend", "label_noise", "imbalance", "corruption_seed", "selection_model"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.fractions is not None:
@@ -334,8 +338,13 @@ def _experiment_settings(args):
         method_options.setdefault(method, {})[key] = value
     try:
         model_options = dict(parse_model_option(text) for text in args.model_option)
+        selection_options = dict(parse_model_option(text) for text in args.selection_model_option)
     except ValueError as err:
         raise UsageError(f"lcmat experiment: --{err}")
+    if selection_options:
+        if not settings.get("selection_model"):
+            raise UsageError("lcmat experiment: --selection-model-option needs --selection-model")
+        settings["selection_model_options"] = selection_options
     settings.update(method_options=method_options, model_options=model_options, data_dir=args.data_dir,
                     out_dir=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     return settings

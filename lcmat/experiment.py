@@ -249,7 +249,8 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
                    selection_epochs=10, epochs=200, steps=None, batch_size=128, lr=0.1, device="cpu",
                    data_dir=None, resume=False, progress=True, method_options=None, evaluations=None,
                    backend=None, augment=None, model_options=None, cache_dir=None, overwrite=False,
-                   label_noise=0.0, imbalance=1.0, corruption_seed=0, log=print):
+                   label_noise=0.0, imbalance=1.0, corruption_seed=0, selection_model=None,
+                   selection_model_options=None, log=print):
     """Run the coreset-accuracy experiment and write results.csv, summary.md and accuracy.png.
 
     dataset, model: names for :func:`lcmat.data.load_dataset` and :func:`lcmat.models.get_model`
@@ -262,6 +263,8 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
     test evaluations per coreset training (None: after every epoch; the last epoch is always
     evaluated). augment: crop + flip on the coreset (default: on for CIFAR-10 only). backend: the
     selectors' kernel backend. cache_dir: selection-model checkpoints (default the package cache).
+    selection_model, selection_model_options: the network that is pre-trained and selects, when it is
+    not ``model`` (selection across architectures; default: ``model`` with ``model_options``).
     label_noise, imbalance, corruption_seed: corruption of the training split (see
     :func:`lcmat.data.load_dataset`; the test split stays clean), recorded in every row.
 
@@ -305,8 +308,17 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
     def build():
         return get_model(model, train.num_classes, in_channels, im_size, **model_options)
 
+    if selection_model is None:
+        selection_model, selection_model_options = model, model_options
+    selection_model_options = dict(selection_model_options or {})
+    selection_label = format_model_label(selection_model, selection_model_options)
+
+    def build_selection():
+        return get_model(selection_model, train.num_classes, in_channels, im_size, **selection_model_options)
+
     build()  # fail on a bad model name or size before any work
-    config = dict(dataset=dataset_name, model=model_label,
+    build_selection()
+    config = dict(dataset=dataset_name, model=model_label, selection_model=selection_label,
                   protocol=EPOCHS_PROTOCOL if steps is None else STEPS_PROTOCOL,
                   selection_epochs=int(selection_epochs), epochs=None if steps is not None else int(epochs),
                   steps=None if steps is None else int(steps), batch_size=int(batch_size), lr=float(lr),
@@ -334,7 +346,8 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
         plan.sort(key=lambda p: p[0])  # seed by seed: one selection model in memory at a time
     pending = [p for p in plan if (dataset_name, model_label, p[2].name, p[2].options_text,
                                    fraction_text(p[1]), p[0]) not in done]
-    log(f"experiment: {dataset_name} ({len(train)} train / {len(test)} test), model {model_label}, "
+    log(f"experiment: {dataset_name} ({len(train)} train / {len(test)} test), model {model_label}"
+        + (f" selected with {selection_label}" if selection_label != model_label else "") + ", "
         f"{len(specs)} methods x {len(fractions)} fractions x {len(seeds)} seeds"
         + (" + the full-set ceiling" if ceiling else "") + f" = {len(plan)} runs, "
         + (f"{steps} SGD steps per coreset (step budget)" if steps is not None else f"{epochs} epochs per coreset")
@@ -350,9 +363,9 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
             continue
         stats, features = {}, None
         if any(_needs_selection_model(spec) for _, _, spec in todo):
-            selection_model, stats = pretrained_selection_model(dataset_name, model_label, build, train, selection_epochs,
-                                                      seed, device, progress, cache_dir, cache_tag)
-            features = SelectionFeatures(selection_model, train, device, progress)
+            net, stats = pretrained_selection_model(dataset_name, selection_label, build_selection, train,
+                                                    selection_epochs, seed, device, progress, cache_dir, cache_tag)
+            features = SelectionFeatures(net, train, device, progress)
             selection_log[seed] = {k: stats.get(k) for k in ("seconds", "from_cache", "cache_path")}
             selection_log[seed]["train_acc"] = stats["epoch_acc"][-1] if stats.get("epoch_acc") else None
             log(f"seed {seed}: selection model {'loaded from cache' if stats.get('from_cache') else 'trained'}"
@@ -389,7 +402,7 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
 
     if selection_log:
         _update_selection_log(out_dir / SELECTION_MODELS_FILE, dataset_name + (f"/{cache_tag}" if cache_tag else ""),
-                              model_label, selection_epochs, selection_log)
+                              selection_label, selection_epochs, selection_log)
     rows = read_results(results_path) if results_path.is_file() else []
     if rows:
         summary_path, plot_path = write_summary(rows, out_dir)

@@ -23,12 +23,12 @@ PLOT_FILE = "accuracy.png"
 SELECTION_MODELS_FILE = "selection_models.json"
 
 RESULT_COLUMNS = ["dataset", "model", "method", "options", "fraction", "seed", "n_selected", "weighted",
-                  "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
+                  "selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
                   "imbalance", "label_noise", "corruption_seed", "final_acc", "best_acc",
                   "selection_seconds", "training_seconds"]
 KEY_COLUMNS = ("dataset", "model", "method", "options", "fraction", "seed")
 # Columns that must agree between the rows of one results.csv (a resumed run continues the same run).
-CONFIG_COLUMNS = ("protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
+CONFIG_COLUMNS = ("selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
                   "imbalance", "label_noise", "corruption_seed")
 # The training-set corruption of a row; files written before these columns existed hold clean data.
 CORRUPTION_DEFAULTS = {"imbalance": 1.0, "label_noise": 0.0, "corruption_seed": 0}
@@ -78,6 +78,8 @@ def _typed_row(header, fields):
     for column, default in CORRUPTION_DEFAULTS.items():
         value = _to_number(row.get(column), type(default))
         row[column] = default if value is None else value
+    if not row.get("selection_model"):  # older files: the trained network selected too
+        row["selection_model"] = row["model"]
     if not row.get("protocol"):  # older files: the steps column tells the step budget
         row["protocol"] = STEPS_PROTOCOL if row.get("steps") is not None else EPOCHS_PROTOCOL
     if row["protocol"] not in (EPOCHS_PROTOCOL, STEPS_PROTOCOL):
@@ -209,8 +211,8 @@ def check_same_config(rows, config, path):
 # --------------------------------------------------------------------------------------------------
 
 def setting_label(row):
-    """The dataset as trained: its name, then the training-set corruption and the step budget when
-    present. Summaries group and pairs match on it, so rows of two corruptions or two protocols are
+    """The dataset as trained: its name, then the training-set corruption, the step budget and the
+    selecting network (when it is not the trained one) when present. Summaries group and pairs match on it, so rows of two corruptions or two protocols are
     never averaged or paired together."""
     parts = [str(row["dataset"])]
     noise = row.get("label_noise") or 0.0
@@ -223,6 +225,8 @@ def setting_label(row):
         parts.append(f"corruption seed {row.get('corruption_seed') or 0}")
     if row.get("protocol") == STEPS_PROTOCOL:
         parts.append("step budget")
+    if row.get("selection_model") and row["selection_model"] != row["model"]:
+        parts.append(f"selected with {row['selection_model']}")
     return ", ".join(parts)
 
 

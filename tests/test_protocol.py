@@ -13,6 +13,12 @@ QUIET = dict(progress=False, log=lambda *a: None)
 CORRUPTION = dict(label_noise=0.2, imbalance=10.0, corruption_seed=3)
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Selection models are cached under the test's own folder (every test trains its own)."""
+    monkeypatch.setenv("LCMAT_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def spy(monkeypatch, name):
     """Record (args, kwargs) of every call of lcmat.experiment.<name>, still calling it."""
     calls, original = [], getattr(experiment, name)
@@ -148,3 +154,21 @@ def test_rows_of_other_corruptions_or_protocols_are_never_paired_or_averaged():
     assert "## digits, label noise 20 %, corruption seed 0, mlp" in text
     assert "## digits, step budget, mlp" in text
     assert "Ceiling (full" in text and "| full |" not in text
+
+
+def test_selection_model_other_than_the_trained_one(tmp_path, monkeypatch):
+    pretrainings = spy(monkeypatch, "train_selection_model")
+    trainings = spy(monkeypatch, "train_on_coreset")
+    out = tmp_path / "run"
+    assert main(["experiment", "--dataset", "digits", "--model", "mlp", "--selection-model", "convnet",
+                 "--selection-model-option", "width=8", "--methods", "uniform,el2n", "--fractions", "0.1",
+                 "--seeds", "0", "--epochs", "1", "--selection-epochs", "1", "--out", str(out), "--quiet"]) == 0
+    (args, _), = pretrainings
+    assert type(args[0]).__name__ == "ConvNet3"  # the selecting network
+    assert all(type(args[0]()).__name__ == "MLP" for args, _ in trainings)  # the trained one
+    rows = read_results(out / "results.csv")
+    assert {(r["model"], r["selection_model"]) for r in rows} == {("mlp", "convnet(width=8)")}
+    assert "## digits, selected with convnet(width=8), mlp" in (out / "summary.md").read_text()
+    with pytest.raises(ValueError, match="selection_model"):
+        run_experiment("digits", "mlp", ["uniform"], [0.1], [0], out, selection_epochs=1, epochs=1, resume=True,
+                       **QUIET)
