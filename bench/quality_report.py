@@ -14,6 +14,7 @@ import argparse
 import numpy as np
 
 from lcmat.experiment import paired_differences, parse_methods, read_results, summarize
+from lcmat.results import setting_label
 from lcmat.plots import plot_accuracy
 
 
@@ -59,7 +60,7 @@ def tables(rows, labels):
             cells.append("-" if s is None else
                          f"{s['final_mean']:.2f}" + ("" if s["final_std"] is None else f" ± {s['final_std']:.2f}"))
         acc.append(f"| {label} | " + " | ".join(cells) + " |")
-    dataset, model = rows[0]["dataset"], rows[0]["model"]
+    dataset, model = setting_label(rows[0]), rows[0]["model"]  # the pairs key on the dataset as trained
     paired = [head]
     for label in labels:
         if label == "uniform":

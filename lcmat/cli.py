@@ -250,16 +250,21 @@ def _add_experiment_parser(sub):
                     "(one row per dataset, model, method, fraction, seed), summary.md and accuracy.png "
                     "into --out.")
     exp.add_argument("--preset", choices=sorted(PRESETS),
-                     help="paper: CIFAR-10, ResNet-18, 10 selection epochs, 200 epochs, 5 seeds (GPU); "
-                          "cpu: Fashion-MNIST, LeNet, 10 selection epochs, 300 SGD steps per coreset at lr 0.05, "
-                          "3 seeds. "
-                          "Explicit options override the preset's values")
+                     help="paper: CIFAR-10, ResNet-18, 10 selection epochs, 200 epochs per coreset, 5 seeds "
+                          "(GPU); cpu: Fashion-MNIST, LeNet, 10 selection epochs, 50 epochs per coreset at "
+                          "lr 0.05, 3 seeds; cpu-steps: as cpu but the step budget (300 SGD steps per coreset "
+                          "whatever its size). Explicit options override the preset's values")
     exp.add_argument("--dataset", help="mnist, fashion-mnist, emnist-letters, cifar10 or digits")
     exp.add_argument("--model", help="resnet18, convnet (ConvNet-3), lenet or mlp")
     exp.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",
                      help="model constructor option, e.g. width=32 for convnet (repeatable)")
-    exp.add_argument("--methods", help="comma-separated methods, 'all', or variants such as lcmat:rho=1 "
-                                       "(default: all)")
+    exp.add_argument("--selection-model",
+                     help="the network pre-trained to select, when not --model (selection across architectures)")
+    exp.add_argument("--selection-model-option", action="append", default=[], metavar="NAME=VALUE",
+                     help="constructor option of --selection-model (repeatable)")
+    exp.add_argument("--methods", help="comma-separated methods, 'all', or variants such as lcmat:rho=1, "
+                                       "and 'full' (the whole training set, once per seed: the ceiling) "
+                                       "(default: all,full)")
     exp.add_argument("--option", action="append", default=[], metavar="METHOD.NAME=VALUE",
                      help="a method option, e.g. lcmat.rho=1 or fdmat.lam=20 (repeatable)")
     exp.add_argument("--fractions", help="comma-separated per-class fractions")
@@ -267,8 +272,18 @@ def _add_experiment_parser(sub):
     exp.add_argument("--out", required=True, help="output folder")
     exp.add_argument("--resume", action="store_true", help="skip rows already in OUT/results.csv")
     exp.add_argument("--overwrite", action="store_true", help="start OUT/results.csv afresh")
-    exp.add_argument("--steps", type=int, help="SGD steps per coreset (epochs = ceil(steps / batches per epoch))")
-    exp.add_argument("--epochs", type=int, help="epochs per coreset (instead of --steps)")
+    exp.add_argument("--steps", type=int,
+                     help="the step-budget protocol: SGD steps per coreset whatever its size "
+                          "(epochs = ceil(steps / batches per epoch)); not the papers' protocol")
+    exp.add_argument("--epochs", type=int,
+                     help="the papers' protocol (the default): epochs over every coreset (default 200)")
+    exp.add_argument("--label-noise", type=float,
+                     help="fraction of training labels replaced by another class, drawn uniformly (default 0; "
+                          "the test split stays clean)")
+    exp.add_argument("--imbalance", type=float,
+                     help="long-tailed training set: ratio of the largest to the smallest class, exponential "
+                          "profile (default 1: as stored)")
+    exp.add_argument("--corruption-seed", type=int, help="seed of the label noise and imbalance draws (default 0)")
     exp.add_argument("--selection-epochs", type=int, help="selection-model epochs")
     exp.add_argument("--evaluations", type=int,
                      help="test evaluations spread over each coreset training (default: every epoch)")
@@ -294,7 +309,7 @@ def _experiment_settings(args):
 
     settings = dict(selection_epochs=10, epochs=200, steps=None, seeds=(0, 1, 2),
                     fractions=(0.005, 0.01, 0.05, 0.1), batch_size=128, lr=0.1, evaluations=None,
-                    device="cuda" if torch.cuda.is_available() else "cpu", methods="all")
+                    device="cuda" if torch.cuda.is_available() else "cpu", methods="all,full")
     if args.preset:
         settings.update(PRESETS[args.preset])
     if args.epochs is not None and args.steps is not None:
@@ -304,7 +319,7 @@ def _experiment_settings(args):
     if args.steps is not None:
         settings.update(steps=args.steps)
     for name in ("dataset", "model", "methods", "selection_epochs", "evaluations", "batch_size", "lr",
-                 "device", "backend"):
+                 "device", "backend", "label_noise", "imbalance", "corruption_seed", "selection_model"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.fractions is not None:
@@ -323,8 +338,13 @@ def _experiment_settings(args):
         method_options.setdefault(method, {})[key] = value
     try:
         model_options = dict(parse_model_option(text) for text in args.model_option)
+        selection_options = dict(parse_model_option(text) for text in args.selection_model_option)
     except ValueError as err:
         raise UsageError(f"lcmat experiment: --{err}")
+    if selection_options:
+        if not settings.get("selection_model"):
+            raise UsageError("lcmat experiment: --selection-model-option needs --selection-model")
+        settings["selection_model_options"] = selection_options
     settings.update(method_options=method_options, model_options=model_options, data_dir=args.data_dir,
                     out_dir=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     return settings

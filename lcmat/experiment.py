@@ -8,17 +8,24 @@ Protocol (the LCMat and DeepCore papers'), per seed:
 2. extract its features once (embeddings, logits; the train-BatchNorm features of LCMat's compat
    mode only when a method asks for them);
 3. for every method and fraction: select, then train a fresh network (initialised from ``seed``, so
-   every method of a seed starts from the same weights) on the coreset with SGD and per-iteration
-   cosine annealing, weighted loss when the coreset has weights, crop + flip augmentation on CIFAR-10;
+   every method of a seed starts from the same weights) on the coreset for a fixed number of epochs
+   with SGD (momentum 0.9, Nesterov, weight decay 5e-4) and per-iteration cosine annealing, weighted
+   loss when the coreset has weights, crop + flip augmentation on CIFAR-10; the pseudo-method
+   ``full`` trains the same way on the whole training set, once per seed: the ceiling;
 4. append one row per (dataset, model, method, fraction, seed) to ``results.csv`` as soon as it is
    done, so that ``resume=True`` can continue an interrupted run.
 
 Then ``summary.md`` (mean +- std over seeds, and the paired difference to Uniform: for each seed,
 method minus uniform trained on the same seed's selection model) and ``accuracy.png``.
 
-``steps``: train every coreset for a fixed number of SGD steps rather than a fixed number of epochs,
-``epochs = ceil(steps / ceil(k / batch_size))``. A fixed epoch count gives a 0.5 % coreset 200 times
-fewer updates than a 100 % one; on a CPU budget the small coresets would not be trained at all.
+The step-budget protocol (``steps``): train every coreset for a fixed number of SGD steps rather than
+a fixed number of epochs, ``epochs = ceil(steps / ceil(k / batch_size))``. It is not the papers'
+protocol (theirs gives a 10 % coreset ten times the updates of a 1 % one) and can rank methods
+differently; every row records its ``protocol`` and rows of the two are never averaged or paired.
+
+Corrupted training sets: ``label_noise``, ``imbalance`` and ``corruption_seed`` go to the training
+split's loader (the test split stays clean), are recorded in every row, key the selection-model cache
+and must match on ``resume``.
 """
 
 from __future__ import annotations
@@ -38,8 +45,8 @@ from .data import load_dataset
 from .features import extract_features, extract_features_train_bn
 from .models import get_model
 from .methods import MethodSpec, get_method, parse_methods, parse_model_option, parse_option  # noqa: F401
-from .results import (BASELINE, CONFIG_COLUMNS, KEY_COLUMNS, PLOT_FILE, RESULT_COLUMNS,  # noqa: F401
-                      RESULTS_FILE, SUMMARY_FILE, append_row, check_same_config, format_seconds,
+from .results import (BASELINE, CONFIG_COLUMNS, EPOCHS_PROTOCOL, FULL, KEY_COLUMNS,  # noqa: F401
+                      PLOT_FILE, RESULT_COLUMNS, RESULTS_FILE, STEPS_PROTOCOL, SUMMARY_FILE, append_row, check_same_config, format_seconds,
                       fraction_header, fraction_text, paired_differences, read_results, repair_results,
                       row_key, summarize, summary_markdown, write_summary)
 from .train import cached_selection_model, train_on_coreset, train_selection_model
@@ -67,18 +74,25 @@ SELECTION_BATCH = 128
 FEATURE_BATCH = 256
 
 PRESETS = {
-    # The papers' protocol, for a GPU: ResNet-18 on CIFAR-10, 200 epochs, evaluated every epoch.
+    # The papers' protocol, for a GPU: ResNet-18 on CIFAR-10, selection model 10 epochs on the full set,
+    # 200 epochs over every coreset (SGD lr 0.1, momentum 0.9, Nesterov, weight decay 5e-4, cosine,
+    # crop + flip), evaluated every epoch.
     "paper": dict(dataset="cifar10", model="resnet18", selection_epochs=10, epochs=200, steps=None,
                   seeds=(0, 1, 2, 3, 4), fractions=(0.001, 0.005, 0.01, 0.05, 0.1), batch_size=128,
                   lr=0.1, evaluations=None, device="cuda"),
-    # Sized for 2 CPU cores in about an hour with every method on Fashion-MNIST (single-thread
-    # estimate; see docs/experiments.md and bench/results/quality.md for the measured wall time):
-    # LeNet, 10 selection epochs, 300 SGD steps per coreset whatever its size, 4 test evaluations per
+    # The papers' protocol sized for 2 CPU cores: the same fixed epoch count for every fraction, the
+    # largest that keeps the largest fraction's run (10 %) within a few minutes of LeNet on
+    # Fashion-MNIST (measured epoch time: docs/BENCHMARKS, docs/experiments.md). 4 test evaluations per
     # coreset. Coreset lr 0.05: LeNet has no normalisation, and at 0.1 (with momentum 0.9, Nesterov)
-    # some coreset trainings collapse (uniform 5 %, seed 0: 46 % against 82 % at 0.05).
-    "cpu": dict(dataset="fashion-mnist", model="lenet", selection_epochs=10, epochs=None, steps=300,
+    # some coreset trainings collapse.
+    "cpu": dict(dataset="fashion-mnist", model="lenet", selection_epochs=10, epochs=50, steps=None,
                 seeds=(0, 1, 2), fractions=(0.005, 0.01, 0.05, 0.1), batch_size=128, lr=0.05,
                 evaluations=4, device="cpu"),
+    # The step-budget protocol (not the papers'): 300 SGD steps per coreset whatever its size, so the
+    # small coresets get as many updates as the large ones. Otherwise as "cpu".
+    "cpu-steps": dict(dataset="fashion-mnist", model="lenet", selection_epochs=10, epochs=None, steps=300,
+                      seeds=(0, 1, 2), fractions=(0.005, 0.01, 0.05, 0.1), batch_size=128, lr=0.05,
+                      evaluations=4, device="cpu"),
 }
 
 
@@ -139,6 +153,35 @@ def _check_fractions(fractions, counts):
     return sorted(checked)
 
 
+def corruption_tag(corruption):
+    """'' for a clean training set, else e.g. 'noise0.2-imb10-cs0' (the selection-model cache keys on it:
+    a model trained on corrupted labels is never reused for clean ones, nor the reverse)."""
+    imbalance, noise = float(corruption["imbalance"]), float(corruption["label_noise"])
+    if imbalance == 1.0 and noise == 0.0:
+        return ""
+    return f"noise{noise:g}-imb{imbalance:g}-cs{int(corruption['corruption_seed'])}"
+
+
+def _split_full(methods):
+    """(the methods without the pseudo-method 'full', whether 'full' was listed)."""
+    entries = methods.split(",") if isinstance(methods, str) else list(methods)
+    entries = [str(m).strip() for m in entries if str(m).strip()]
+    kept = [m for m in entries if m.lower() != FULL]
+    if len(entries) - len(kept) > 1:
+        raise ValueError(f"methods: listed more than once: {FULL}")
+    return kept, len(kept) < len(entries)
+
+
+class _FullSet:
+    """The whole training set as an unweighted coreset (the ceiling row)."""
+
+    def __init__(self, indices):
+        self.indices, self.weights = indices, None
+
+    def __len__(self):
+        return len(self.indices)
+
+
 def format_model_label(model, model_options):
     if not model_options:
         return str(model)
@@ -175,6 +218,8 @@ class SelectionFeatures:
 def _needs_selection_model(spec):
     """Every method but plain Uniform reads the selection model's features or forgetting counts
     (Uniform with coverage=True stratifies by their difficulty)."""
+    if spec.name == FULL:
+        return False
     return spec.name != "uniform" or bool(spec.options.get("coverage"))
 
 
@@ -204,18 +249,24 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
                    selection_epochs=10, epochs=200, steps=None, batch_size=128, lr=0.1, device="cpu",
                    data_dir=None, resume=False, progress=True, method_options=None, evaluations=None,
                    backend=None, augment=None, model_options=None, cache_dir=None, overwrite=False,
-                   log=print):
+                   label_noise=0.0, imbalance=1.0, corruption_seed=0, selection_model=None,
+                   selection_model_options=None, log=print):
     """Run the coreset-accuracy experiment and write results.csv, summary.md and accuracy.png.
 
     dataset, model: names for :func:`lcmat.data.load_dataset` and :func:`lcmat.models.get_model`
     (model_options: extra constructor arguments, e.g. ``{"width": 32}``). methods: names, ``"all"``
-    or ``"name:key=value"`` variants (see :func:`parse_methods`); method_options: ``{method: {key:
+    or ``"name:key=value"`` variants (see :func:`parse_methods`), plus the pseudo-method ``"full"`` (the
+    whole training set, once per seed, recorded at fraction 1: the ceiling); method_options: ``{method: {key:
     value}}``. fractions: per-class fractions in (0, 1]. seeds: one selection model per seed.
     selection_epochs: selection-model epochs (cached). epochs / steps: coreset training length; steps
     (when given) overrides epochs with ``ceil(steps / ceil(k / batch_size))``. evaluations: number of
     test evaluations per coreset training (None: after every epoch; the last epoch is always
     evaluated). augment: crop + flip on the coreset (default: on for CIFAR-10 only). backend: the
     selectors' kernel backend. cache_dir: selection-model checkpoints (default the package cache).
+    selection_model, selection_model_options: the network that is pre-trained and selects, when it is
+    not ``model`` (selection across architectures; default: ``model`` with ``model_options``).
+    label_noise, imbalance, corruption_seed: corruption of the training split (see
+    :func:`lcmat.data.load_dataset`; the test split stays clean), recorded in every row.
 
     resume: skip the (dataset, model, method, options, fraction, seed) rows already in
     ``out_dir/results.csv`` (the run's settings must match them). Without resume an existing
@@ -224,7 +275,10 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
     Returns the list of all rows in results.csv (dicts, see :func:`read_results`).
     """
     out_dir = Path(out_dir)
-    specs = parse_methods(methods, method_options)
+    methods, ceiling = _split_full(methods)
+    specs = parse_methods(methods, method_options) if methods else []
+    if not specs and not ceiling:
+        raise ValueError("methods: no method given")
     seeds = _check_seeds(seeds)
     if steps is None and epochs is None:
         raise ValueError("epochs: give epochs or steps")
@@ -238,7 +292,9 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
     device = _check_device(device)
     model_options = dict(model_options or {})
 
-    train = load_dataset(dataset, "train", data_dir)
+    train = load_dataset(dataset, "train", data_dir, imbalance=imbalance, label_noise=label_noise,
+                         corruption_seed=corruption_seed)
+    corruption = dict(train.corruption)
     test = load_dataset(dataset, "test", data_dir)
     dataset_name = train.name
     labels = train.targets
@@ -252,10 +308,23 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
     def build():
         return get_model(model, train.num_classes, in_channels, im_size, **model_options)
 
+    if selection_model is None:
+        selection_model, selection_model_options = model, model_options
+    selection_model_options = dict(selection_model_options or {})
+    selection_label = format_model_label(selection_model, selection_model_options)
+
+    def build_selection():
+        return get_model(selection_model, train.num_classes, in_channels, im_size, **selection_model_options)
+
     build()  # fail on a bad model name or size before any work
-    config = dict(dataset=dataset_name, model=model_label, selection_epochs=int(selection_epochs),
-                  epochs=None if steps is not None else int(epochs),
-                  steps=None if steps is None else int(steps), batch_size=int(batch_size), lr=float(lr))
+    build_selection()
+    config = dict(dataset=dataset_name, model=model_label, selection_model=selection_label,
+                  protocol=EPOCHS_PROTOCOL if steps is None else STEPS_PROTOCOL,
+                  selection_epochs=int(selection_epochs), epochs=None if steps is not None else int(epochs),
+                  steps=None if steps is None else int(steps), batch_size=int(batch_size), lr=float(lr),
+                  imbalance=float(corruption["imbalance"]), label_noise=float(corruption["label_noise"]),
+                  corruption_seed=int(corruption["corruption_seed"]))
+    cache_tag = corruption_tag(corruption)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / RESULTS_FILE
@@ -272,10 +341,17 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
                              f"continue it, overwrite=True (--overwrite) to start afresh, or another out_dir")
 
     plan = [(seed, fraction, spec) for seed in seeds for fraction in fractions for spec in specs]
+    if ceiling:
+        plan += [(seed, 1.0, MethodSpec(FULL)) for seed in seeds]
+        plan.sort(key=lambda p: p[0])  # seed by seed: one selection model in memory at a time
     pending = [p for p in plan if (dataset_name, model_label, p[2].name, p[2].options_text,
                                    fraction_text(p[1]), p[0]) not in done]
-    log(f"experiment: {dataset_name} ({len(train)} train / {len(test)} test), model {model_label}, "
-        f"{len(specs)} methods x {len(fractions)} fractions x {len(seeds)} seeds = {len(plan)} runs"
+    log(f"experiment: {dataset_name} ({len(train)} train / {len(test)} test), model {model_label}"
+        + (f" selected with {selection_label}" if selection_label != model_label else "") + ", "
+        f"{len(specs)} methods x {len(fractions)} fractions x {len(seeds)} seeds"
+        + (" + the full-set ceiling" if ceiling else "") + f" = {len(plan)} runs, "
+        + (f"{steps} SGD steps per coreset (step budget)" if steps is not None else f"{epochs} epochs per coreset")
+        + (f", training set corrupted ({cache_tag})" if cache_tag else "")
         + (f", {len(plan) - len(pending)} already done" if len(pending) < len(plan) else "")
         + f"; device {device}")
 
@@ -287,15 +363,18 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
             continue
         stats, features = {}, None
         if any(_needs_selection_model(spec) for _, _, spec in todo):
-            selection_model, stats = pretrained_selection_model(dataset_name, model_label, build, train, selection_epochs,
-                                                      seed, device, progress, cache_dir)
-            features = SelectionFeatures(selection_model, train, device, progress)
+            net, stats = pretrained_selection_model(dataset_name, selection_label, build_selection, train,
+                                                    selection_epochs, seed, device, progress, cache_dir, cache_tag)
+            features = SelectionFeatures(net, train, device, progress)
             selection_log[seed] = {k: stats.get(k) for k in ("seconds", "from_cache", "cache_path")}
             selection_log[seed]["train_acc"] = stats["epoch_acc"][-1] if stats.get("epoch_acc") else None
             log(f"seed {seed}: selection model {'loaded from cache' if stats.get('from_cache') else 'trained'}"
                 f" ({selection_epochs} epochs, last-epoch train accuracy {selection_log[seed]['train_acc']:.1f} %)")
         for _, fraction, spec in todo:
-            coreset, selection_seconds = select_coreset(spec, fraction, seed, labels, features, stats, backend)
+            if spec.name == FULL:
+                coreset, selection_seconds = _FullSet(np.arange(len(train))), 0.0
+            else:
+                coreset, selection_seconds = select_coreset(spec, fraction, seed, labels, features, stats, backend)
             k = len(coreset)
             run_epochs = epochs_for_steps(steps, k, batch_size) if steps is not None else int(epochs)
             result = train_on_coreset(build, train, coreset.indices, coreset.weights, epochs=run_epochs, lr=lr,
@@ -322,8 +401,8 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
     bar.close()
 
     if selection_log:
-        _update_selection_log(out_dir / SELECTION_MODELS_FILE, dataset_name, model_label, selection_epochs,
-                              selection_log)
+        _update_selection_log(out_dir / SELECTION_MODELS_FILE, dataset_name + (f"/{cache_tag}" if cache_tag else ""),
+                              selection_label, selection_epochs, selection_log)
     rows = read_results(results_path) if results_path.is_file() else []
     if rows:
         summary_path, plot_path = write_summary(rows, out_dir)
@@ -332,7 +411,7 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
 
 
 def pretrained_selection_model(dataset_name, model_label, build, train, selection_epochs, seed, device, progress,
-                     cache_dir):
+                     cache_dir, tag=""):
     def train_fn(net):
         return train_selection_model(net, train, epochs=selection_epochs, lr=SELECTION_LR,
                                      batch_size=SELECTION_BATCH, seed=seed, device=device,
@@ -343,7 +422,7 @@ def pretrained_selection_model(dataset_name, model_label, build, train, selectio
         return build()
 
     net, stats = cached_selection_model(dataset_name, model_label, selection_epochs, seed, build_seeded, train_fn,
-                                        cache_dir=cache_dir)
+                                        cache_dir=cache_dir, tag=tag)
     return net.to(device).eval(), stats
 
 

@@ -23,13 +23,24 @@ PLOT_FILE = "accuracy.png"
 SELECTION_MODELS_FILE = "selection_models.json"
 
 RESULT_COLUMNS = ["dataset", "model", "method", "options", "fraction", "seed", "n_selected", "weighted",
-                  "selection_epochs", "epochs", "steps", "batch_size", "lr", "final_acc", "best_acc",
+                  "selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
+                  "imbalance", "label_noise", "corruption_seed", "final_acc", "best_acc",
                   "selection_seconds", "training_seconds"]
 KEY_COLUMNS = ("dataset", "model", "method", "options", "fraction", "seed")
 # Columns that must agree between the rows of one results.csv (a resumed run continues the same run).
-CONFIG_COLUMNS = ("selection_epochs", "epochs", "steps", "batch_size", "lr")
+CONFIG_COLUMNS = ("selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
+                  "imbalance", "label_noise", "corruption_seed")
+# The training-set corruption of a row; files written before these columns existed hold clean data.
+CORRUPTION_DEFAULTS = {"imbalance": 1.0, "label_noise": 0.0, "corruption_seed": 0}
+
+# Coreset training protocols: a fixed number of epochs over the coreset (the papers'), or a fixed
+# number of SGD steps whatever the coreset size (the step budget).
+EPOCHS_PROTOCOL = "epochs"
+STEPS_PROTOCOL = "steps"
 
 BASELINE = "uniform"
+# The ceiling pseudo-method: a network trained on the whole training set (fraction 1).
+FULL = "full"
 
 
 def fraction_text(fraction):
@@ -64,6 +75,15 @@ def _typed_row(header, fields):
     for column in ("n_selected", "selection_epochs", "epochs", "steps", "batch_size"):
         row[column] = _to_number(row.get(column), int)
     row["lr"] = _to_number(row.get("lr"), float)
+    for column, default in CORRUPTION_DEFAULTS.items():
+        value = _to_number(row.get(column), type(default))
+        row[column] = default if value is None else value
+    if not row.get("selection_model"):  # older files: the trained network selected too
+        row["selection_model"] = row["model"]
+    if not row.get("protocol"):  # older files: the steps column tells the step budget
+        row["protocol"] = STEPS_PROTOCOL if row.get("steps") is not None else EPOCHS_PROTOCOL
+    if row["protocol"] not in (EPOCHS_PROTOCOL, STEPS_PROTOCOL):
+        raise ValueError(f"unknown protocol {row['protocol']!r}")
     if not (0 < row["fraction"] <= 1) or row["seed"] < 0:
         raise ValueError("fraction or seed out of range")
     for column in ("final_acc", "best_acc"):
@@ -115,15 +135,23 @@ def read_results(path):
 
 def repair_results(path):
     """Rewrite results.csv without its torn or invalid rows (write a temporary file, fsync,
-    rename over), so that rows appended next start on a line of their own. Returns the rows."""
+    rename over), so that rows appended next start on a line of their own. A file written before
+    some of today's columns existed is rewritten with today's columns (protocol and corruption
+    filled in as :func:`read_results` reads them), so that appended rows match its header.
+    Returns the rows."""
     path = Path(path)
     header, good, skipped = _scan(path)
-    if not skipped:
+    upgrade = header is not None and list(header) != RESULT_COLUMNS
+    if not skipped and not upgrade:
         return [row for _, row in good]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        f.write(_csv_line(RESULT_COLUMNS if header is None else header))
-        f.writelines(line for line, _ in good)
+        if upgrade:
+            f.write(_csv_line(RESULT_COLUMNS))
+            f.writelines(_row_line(row) for _, row in good)
+        else:
+            f.write(_csv_line(RESULT_COLUMNS if header is None else header))
+            f.writelines(line for line, _ in good)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -136,12 +164,16 @@ def _csv_line(values):
     return buffer.getvalue()
 
 
+def _row_line(row):
+    return _csv_line(["" if row.get(k) is None else row.get(k) for k in RESULT_COLUMNS])
+
+
 def append_row(path, row):
     """Append one row as one complete line in a single write (the header first when the file
     is new), then flush and fsync: a crash leaves the whole row or a torn tail that readers skip."""
     path = Path(path)
     new = not path.is_file() or path.stat().st_size == 0
-    text = _csv_line(["" if row.get(k) is None else row.get(k) for k in RESULT_COLUMNS])
+    text = _row_line(row)
     if new:
         text = _csv_line(RESULT_COLUMNS) + text
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -155,7 +187,14 @@ def append_row(path, row):
 
 
 def check_same_config(rows, config, path):
+    """Refuse to continue ``path`` with another protocol (in any row) or, for the same dataset and
+    model, other training settings or another training-set corruption."""
     for row in rows:
+        if row.get("protocol") != config["protocol"]:
+            raise ValueError(
+                f"resume: {str(path)!r} holds rows trained under the {row.get('protocol')} protocol but this run "
+                f"uses the {config['protocol']} protocol; rows of two protocols are never mixed in one "
+                f"results.csv: choose another --out")
         if (row["dataset"], row["model"]) != (config["dataset"], config["model"]):
             continue
         # With a step budget the epochs vary with the coreset size, so only steps are compared.
@@ -171,6 +210,26 @@ def check_same_config(rows, config, path):
 # Summaries
 # --------------------------------------------------------------------------------------------------
 
+def setting_label(row):
+    """The dataset as trained: its name, then the training-set corruption, the step budget and the
+    selecting network (when it is not the trained one) when present. Summaries group and pairs match on it, so rows of two corruptions or two protocols are
+    never averaged or paired together."""
+    parts = [str(row["dataset"])]
+    noise = row.get("label_noise") or 0.0
+    imbalance = row.get("imbalance") or 1.0
+    if noise:
+        parts.append(f"label noise {100 * noise:g} %")
+    if imbalance != 1.0:
+        parts.append(f"imbalance {imbalance:g}")
+    if noise or imbalance != 1.0:
+        parts.append(f"corruption seed {row.get('corruption_seed') or 0}")
+    if row.get("protocol") == STEPS_PROTOCOL:
+        parts.append("step budget")
+    if row.get("selection_model") and row["selection_model"] != row["model"]:
+        parts.append(f"selected with {row['selection_model']}")
+    return ", ".join(parts)
+
+
 def row_label(row):
     return row["method"] if not row["options"] else f"{row['method']}({row['options']})"
 
@@ -184,15 +243,15 @@ def _mean_std(values):
 
 
 def summarize(rows):
-    """Mean and sample std over seeds per (dataset, model, method label, fraction).
+    """Mean and sample std over seeds per (dataset as trained, model, method label, fraction).
 
-    Returns a list of dicts: dataset, model, label, method, options, fraction, n (seeds), final_mean,
+    Returns a list of dicts: dataset (the :func:`setting_label`), model, label, method, options, fraction, n (seeds), final_mean,
     final_std, best_mean, best_std (std None for one seed), n_selected (mean), selection_seconds,
     training_seconds (means); in first-seen order of the labels, fractions ascending.
     """
     groups = {}
     for row in rows:
-        key = (row["dataset"], row["model"], row_label(row), float(row["fraction"]))
+        key = (setting_label(row), row["model"], row_label(row), float(row["fraction"]))
         groups.setdefault(key, []).append(row)
     out = []
     for (dataset, model, label, fraction), members in groups.items():
@@ -212,28 +271,29 @@ def summarize(rows):
 
 
 def paired_differences(rows, metric="final_acc", baseline=BASELINE):
-    """Per-seed differences (method - baseline) for the same dataset, model, fraction and seed.
+    """Per-seed differences (method - baseline) for the same dataset (as trained: same corruption and
+    protocol, see :func:`setting_label`), model, fraction and seed.
 
     The baseline row of a seed is the one with method == baseline and no options; it was trained on
     coresets drawn from the same seed's selection model, from the same initial weights. Seeds without
-    a baseline row (or without the method) are left out. Returns ``{(dataset, model, label, fraction):
-    {seed: difference}}`` for every label other than the baseline itself.
+    a baseline row (or without the method) are left out. Returns ``{(setting label, model, label,
+    fraction): {seed: difference}}`` for every label other than the baseline itself.
     """
     if metric not in ("final_acc", "best_acc"):
         raise ValueError(f"metric: expected 'final_acc' or 'best_acc', got {metric!r}")
     base = {}
     for row in rows:
         if row["method"] == baseline and not row["options"] and row[metric] is not None:
-            base[(row["dataset"], row["model"], float(row["fraction"]), int(row["seed"]))] = row[metric]
+            base[(setting_label(row), row["model"], float(row["fraction"]), int(row["seed"]))] = row[metric]
     out = {}
     for row in rows:
         label = row_label(row)
         if label == baseline or row[metric] is None:
             continue
-        ref = base.get((row["dataset"], row["model"], float(row["fraction"]), int(row["seed"])))
+        ref = base.get((setting_label(row), row["model"], float(row["fraction"]), int(row["seed"])))
         if ref is None:
             continue
-        key = (row["dataset"], row["model"], label, float(row["fraction"]))
+        key = (setting_label(row), row["model"], label, float(row["fraction"]))
         out.setdefault(key, {})[int(row["seed"])] = row[metric] - ref
     return out
 
@@ -267,10 +327,10 @@ def _config_line(rows):
     epochs = values("epochs")
     epochs_text = (f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}") if epochs else "?"
     if values("steps"):
-        parts.append(f"coreset training: {'/'.join(map(str, values('steps')))} SGD steps per coreset "
-                     f"({epochs_text} epochs)")
+        parts.append(f"coreset training (step budget): {'/'.join(map(str, values('steps')))} SGD steps per "
+                     f"coreset ({epochs_text} epochs)")
     else:
-        parts.append(f"coreset training: {epochs_text} epochs")
+        parts.append(f"coreset training: {epochs_text} epochs over every coreset")
     if values("lr"):
         parts[-1] += f", lr {'/'.join(f'{v:g}' for v in values('lr'))}"
     if values("batch_size"):
@@ -291,11 +351,20 @@ def summary_markdown(rows, baseline=BASELINE):
              "'Best' is the best of the evaluated epochs on the test set (optimistic; the papers report it).", ""]
     for dataset, model in dict.fromkeys((s["dataset"], s["model"]) for s in stats):
         group = [s for s in stats if (s["dataset"], s["model"]) == (dataset, model)]
-        group_rows = [r for r in rows if (r["dataset"], r["model"]) == (dataset, model)]
+        group_rows = [r for r in rows if (setting_label(r), r["model"]) == (dataset, model)]
+        ceiling = [s for s in group if s["label"] == FULL]
+        group = [s for s in group if s["label"] != FULL]
         labels = list(dict.fromkeys(s["label"] for s in group))
         fractions = sorted({s["fraction"] for s in group})
         by = {(s["label"], s["fraction"]): s for s in group}
         lines += [f"## {dataset}, {model}", "", _config_line(group_rows), ""]
+        if ceiling:
+            c = ceiling[0]
+            lines += [f"Ceiling ({FULL}: the whole training set, {c['n_selected']:.0f} samples, same protocol): "
+                      f"final {_fmt(c['final_mean'], c['final_std'])} %, best {_fmt(c['best_mean'], c['best_std'])} % "
+                      f"({c['n']} seed(s)).", ""]
+        if not group:
+            continue
 
         n_seeds = len({int(r["seed"]) for r in group_rows})
 

@@ -77,9 +77,9 @@ def test_cli_experiment_end_to_end(tmp_path, digits_counts, capsys):
         assert raw[0]["weighted"] in ("True", "False")
 
     summary = (out / "summary.md").read_text()
-    assert "## digits, mlp" in summary and "| 5 % | 10 % |" in summary
+    assert "## digits, step budget, mlp" in summary and "| 5 % | 10 % |" in summary
     assert "Paired difference to uniform, final accuracy" in summary
-    diffs = paired_differences(rows, "final_acc")[("digits", "mlp", "lcmat(rho=1.0)", 0.1)]
+    diffs = paired_differences(rows, "final_acc")[("digits, step budget", "mlp", "lcmat(rho=1.0)", 0.1)]
     by = {(r["method"], r["seed"]): r["final_acc"] for r in rows if r["fraction"] == 0.1}
     assert diffs == pytest.approx({s: by[("lcmat", s)] - by[("uniform", s)] for s in (0, 1)})
     mean, std = np.mean(list(diffs.values())), np.std(list(diffs.values()), ddof=1)
@@ -225,12 +225,14 @@ def test_paired_difference_arithmetic(tmp_path):
     rows = read_results(path)
 
     final = paired_differences(rows, "final_acc")
+    assert {key[0] for key in final} == {"fmnist, step budget"}  # the rows' protocol names their group
+    final = {("fmnist",) + key[1:]: value for key, value in final.items()}
     assert final[("fmnist", "lenet", "lcmat", 0.01)] == {0: 3.0, 1: -1.0, 2: 6.0}
     assert final[("fmnist", "lenet", "lcmat(rho=1.0)", 0.01)] == {0: -1.0}
     assert final[("fmnist", "lenet", "fdmat", 0.1)] == {0: -1.5}
     assert final[("fmnist", "mlp", "lcmat", 0.01)] == {1: 1.0}
     assert not any(key[2] == "uniform" for key in final)
-    best = paired_differences(rows, "best_acc")
+    best = {("fmnist",) + key[1:]: value for key, value in paired_differences(rows, "best_acc").items()}
     assert best[("fmnist", "lenet", "lcmat", 0.01)] == {0: 2.0, 1: 2.0, 2: 5.0}
     with pytest.raises(ValueError, match="metric"):
         paired_differences(rows, "acc")
@@ -250,7 +252,7 @@ def test_paired_difference_arithmetic(tmp_path):
     # Cells with fewer seeds than the section (4 here) show their count.
     assert "| uniform | 52.00 ± 2.00 (3) | 70.00 (1) |" in text
     assert "| lcmat | 65.75 ± 22.50 | - |" in text
-    assert "## fmnist, lenet" in text and "## fmnist, mlp" in text
+    assert "## fmnist, step budget, lenet" in text and "## fmnist, step budget, mlp" in text
 
 
 def test_plot_is_written_for_hand_made_rows(tmp_path):
