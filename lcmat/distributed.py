@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .validation import as_tensor, check_finite
+from .validation import as_float64_array, as_tensor, check_every_class_present, check_finite
 
 ROUTE_BYTES = 2 ** 23  # feature bytes a rank sends per routing round
 SINKHORN_ROWS = 2 ** 16  # cost rows per chunk in the sharded Sinkhorn (bounds its temporaries)
@@ -398,10 +398,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
     if shard.logits is not None and len(shard.logits) == 0:
         shard.logits = shard.logits.new_zeros(0, dims[1])
     counts = _all_reduce(torch.bincount(shard.labels.cpu(), minlength=num_classes)).numpy()
-    empty = np.flatnonzero(counts == 0).tolist()
-    if empty:
-        raise ValueError(f"labels: class(es) {empty[:10]} have no samples; relabel the classes "
-                         f"to 0..C-1 or pass the subset that contains them")
+    check_every_class_present(counts)
     budgets = selector._budgets(_Counts(counts))
     phase_seconds["inputs"] = time.perf_counter() - start
     if isinstance(selector, (ScoreSelector, Uniform)):
@@ -510,14 +507,14 @@ def _extract(model, dataset, positions, batch_size, device, progress):
 # ------------------------------------------------------------------------------------------------
 
 def _select_by_scores(selector, shard, n, num_classes, counts, budgets):
-    from .selectors import FDMat, ScoreSelector, Uniform, _numpy
+    from .selectors import FDMat, ScoreSelector, Uniform
     local = _Data(shard.labels, num_classes, shard.embeddings, shard.logits, shard.forgetting)
     columns = [shard.labels.cpu().double().numpy()]
     if isinstance(selector, FDMat):
-        local.scores = _numpy(fdmat_scores(selector, local, counts))
+        local.scores = as_float64_array(fdmat_scores(selector, local, counts))
     elif isinstance(selector, ScoreSelector):
         _check_row_wise(selector)
-        local.scores = _agree(lambda: _numpy(selector._scores(local)) if len(local) else np.zeros(0))
+        local.scores = _agree(lambda: as_float64_array(selector._scores(local)) if len(local) else np.zeros(0))
     if local.scores is not None:
         columns.append(local.scores)
     if selector.coverage:
