@@ -12,7 +12,7 @@
 #
 #   build.log          the extension, CPU and CUDA, built in place (nvcc for sm_90 only)    200 s
 #   summary.txt        imports, build discovery, and collection of every GPU test module     60 s
-#   tests_cuda.log     the compiled backend's tests (CPU and CUDA)                           90 s
+#   tests_cuda.log     the compiled backend's tests (CPU and CUDA), distributed on CUDA     150 s
 #   tests_triton.log   the Triton tests, compiled for the GPU                               150 s
 #   bench_*.md/.log    the GPU benchmarks, while time is left                          90/100/60/45 s
 #
@@ -81,11 +81,12 @@ check() {
   fi
 }
 
-CUDA_TESTS=(tests/test_csrc.py tests/test_ot_api.py)
+CUDA_TESTS=(tests/test_csrc.py tests/test_ot_api.py tests/test_gradient_moments_gpu.py::test_cuda_matches_reference
+  tests/test_gradient_moments_gpu.py::test_bad_labels_raise tests/test_distributed.py::test_cuda_tensors)
 TRITON_TESTS=(tests/test_triton_last_layer.py tests/test_triton_lcmat_distance.py
   tests/test_triton_facility_location.py tests/test_triton_sinkhorn.py tests/test_triton_fdmat.py
   tests/test_triton_linear_grad_norms.py tests/test_triton_int64_offsets.py tests/test_triton_gpu_typing.py
-  tests/test_triton_config.py)
+  tests/test_triton_config.py tests/test_gradient_moments_gpu.py::test_triton_matches_reference)
 # name|limit|script and arguments (backends named: one that is missing fails its step, it does
 # not drop out of the table)
 BENCHES=(
@@ -169,7 +170,7 @@ fi
 
 XDIST=()
 $PY -c "import xdist" 2>/dev/null && XDIST=(-n "${TEST_WORKERS:-8}")
-step tests_cuda.log 90 $PY -m pytest -q -p no:cacheprovider -rfE "${CUDA_TESTS[@]}"
+step tests_cuda.log 150 $PY -m pytest -q -p no:cacheprovider -rfE "${CUDA_TESTS[@]}"
 step tests_triton.log 150 env LCMAT_TRITON_FIXED_CONFIG=1 HYPOTHESIS_PROFILE=gpu \
   $PY -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" "${TRITON_TESTS[@]}"
 for b in "${BENCHES[@]}"; do

@@ -1,7 +1,8 @@
 // The gradient_moments family: op schemas (a fragment of the lcmat library) and their CPU
 // implementations. Per-class mean and variance of last-layer per-sample gradients
 // (lcmat/reference/gradient_moments.py) and the backward pass with respect to the embeddings and
-// the logits; lcmat/csrc.py pairs the two in a torch.autograd.Function.
+// the logits; lcmat/csrc.py pairs the two in a torch.autograd.Function. CUDA implementations under
+// WITH_CUDA; arguments are checked once for both backends in ops_common.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -22,21 +23,8 @@ namespace {
 
 using at::Tensor;
 
-struct Checked {
-  Tensor h, logits, labels;
-  int64_t n, C, D;
-};
-
-Checked checked_inputs(const Tensor& embeddings, const Tensor& logits_in, const Tensor& labels_in) {
-  check_float(logits_in, "logits");
-  check_dim(logits_in, 2, "logits");
-  const int64_t n = logits_in.size(0), C = logits_in.size(1);
-  Tensor h = checked_rows(embeddings, n, logits_in.scalar_type(), "embeddings");
-  return {h, logits_in.contiguous(), checked_labels(labels_in, n), n, C, h.size(1)};
-}
-
-// e = softmax(z) - onehot(y), with the labels range-checked.
-Tensor error_factors(const Checked& in) {
+// e = softmax(z) - onehot(y), with the labels range-checked (the kernel reports the first bad row).
+Tensor error_factors(const GradientMomentsArgs& in) {
   Tensor e = at::empty_like(in.logits), q = at::empty_like(in.logits);
   AT_DISPATCH_FLOATING_TYPES(in.logits.scalar_type(), "gradient_moments_factors", [&] {
     const int64_t bad = cpu::last_layer_factors(in.logits.data_ptr<scalar_t>(), in.labels.data_ptr<int64_t>(), in.n,
@@ -48,7 +36,7 @@ Tensor error_factors(const Checked& in) {
 
 std::tuple<Tensor, Tensor> gradient_moments_cpu(const Tensor& embeddings, const Tensor& logits,
                                                 const Tensor& labels) {
-  const Checked in = checked_inputs(embeddings, logits, labels);
+  const GradientMomentsArgs in = gradient_moments_args(embeddings, logits, labels);
   const Tensor e = error_factors(in);
   const int64_t P = in.C * (in.D + 1);
   Tensor mean = at::empty({in.C, P}, in.logits.options()), var = at::empty({in.C, P}, in.logits.options());
@@ -62,13 +50,8 @@ std::tuple<Tensor, Tensor> gradient_moments_cpu(const Tensor& embeddings, const 
 std::tuple<Tensor, Tensor> gradient_moments_backward_cpu(const Tensor& grad_mean, const Tensor& grad_var,
                                                          const Tensor& embeddings, const Tensor& logits,
                                                          const Tensor& labels, const Tensor& mean) {
-  const Checked in = checked_inputs(embeddings, logits, labels);
-  const int64_t P = in.C * (in.D + 1);
-  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_mean, "grad_mean"},
-                                {grad_var, "grad_var"}, {mean, "mean"}}) {
-    TORCH_CHECK(t.dim() == 2 && t.size(0) == in.C && t.size(1) == P, name, ": must have shape [", in.C, ", ", P,
-                "], got ", t.sizes());
-  }
+  const GradientMomentsArgs in =
+      gradient_moments_backward_args(grad_mean, grad_var, embeddings, logits, labels, mean);
   const Tensor e = error_factors(in);
   const auto dt = in.logits.scalar_type();
   const Tensor B = grad_var.to(dt).contiguous();
@@ -90,25 +73,17 @@ struct CudaInputs {
   int64_t n, C, D;
 };
 
-CudaInputs prepared_cuda(const Tensor& embeddings, const Tensor& logits_in, const Tensor& labels_in) {
-  check_float(logits_in, "logits");
-  check_dim(logits_in, 2, "logits");
-  const int64_t n = logits_in.size(0), C = logits_in.size(1);
-  Tensor h = checked_rows(embeddings, n, logits_in.scalar_type(), "embeddings");
-  Tensor labels = checked_labels(labels_in, n);
-  if (n > 0) {
-    const bool bad = ((labels < 0) | (labels >= C)).any().item<bool>();
-    TORCH_CHECK(!bad, "labels: must lie in [0, ", C, "), got values in [", labels.min().item<int64_t>(), ", ",
-                labels.max().item<int64_t>(), "]");
-  }
-  Tensor p = at::softmax(logits_in.contiguous(), 1);
-  Tensor e = (p - at::one_hot(labels, C).to(p.scalar_type())).contiguous();
-  return {h, e, p, labels, n, C, h.size(1)};
+// The checked arguments with the labels range-checked and e = softmax(z) - onehot(y) formed.
+CudaInputs prepared_cuda(const GradientMomentsArgs& args) {
+  check_labels_in_range(args.labels, args.C);
+  Tensor p = at::softmax(args.logits, 1);
+  Tensor e = (p - at::one_hot(args.labels, args.C).to(p.scalar_type())).contiguous();
+  return {args.h, e, p, args.labels, args.n, args.C, args.D};
 }
 
 std::tuple<Tensor, Tensor> gradient_moments_cuda(const Tensor& embeddings, const Tensor& logits, const Tensor& labels) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  const CudaInputs in = prepared_cuda(embeddings, logits, labels);
+  const CudaInputs in = prepared_cuda(gradient_moments_args(embeddings, logits, labels));
   const Tensor order = at::argsort(in.labels, /*stable=*/true).contiguous();
   Tensor start = at::zeros({in.C + 1}, in.labels.options());
   if (in.n > 0) start.narrow(0, 1, in.C).copy_(at::bincount(in.labels, {}, in.C).cumsum(0));
@@ -127,13 +102,8 @@ std::tuple<Tensor, Tensor> gradient_moments_backward_cuda(const Tensor& grad_mea
                                                           const Tensor& embeddings, const Tensor& logits,
                                                           const Tensor& labels, const Tensor& mean) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  const CudaInputs in = prepared_cuda(embeddings, logits, labels);
-  const int64_t P = in.C * (in.D + 1);
-  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{grad_mean, "grad_mean"},
-                                {grad_var, "grad_var"}, {mean, "mean"}}) {
-    TORCH_CHECK(t.dim() == 2 && t.size(0) == in.C && t.size(1) == P, name, ": must have shape [", in.C, ", ", P,
-                "], got ", t.sizes());
-  }
+  const CudaInputs in =
+      prepared_cuda(gradient_moments_backward_args(grad_mean, grad_var, embeddings, logits, labels, mean));
   const auto dt = in.e.scalar_type();
   const Tensor B = grad_var.to(dt).contiguous();
   const Tensor A = (grad_mean.to(dt) - 2 * mean.to(dt) * B).contiguous();

@@ -5,19 +5,17 @@
 //   materialised  ||A_i^T G_i||_F^2        T d_in d_out multiply-adds, a d_in x d_out temporary
 //   ghost norm    <A_i A_i^T, G_i G_i^T>_F  T^2 (d_in + d_out), two T x T temporaries
 // and for T = 1 the rank-one form ||a_i||^2 ||g_i||^2. Nothing of size N x d_in x d_out is formed.
+// Schema and CPU implementation; arguments are checked in ops_common.h.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
+
+#include "cpu/cpu_kernels.h"
+#include "ops_common.h"
 
 namespace lcmat {
-namespace cpu {
-template <typename T>
-void row_dots(const T* x, const T* y, int64_t n, int64_t K, bool parallel, T* out);
-template <typename T>
-void rank_one_sq_norms(const T* a, const T* g, int64_t n, int64_t d_in, int64_t d_out, bool parallel, T* out);
-}  // namespace cpu
-
 namespace {
 
 using at::Tensor;
@@ -29,14 +27,8 @@ constexpr int64_t kParallelWork = 1 << 15;
 bool use_ghost(int64_t T, int64_t d_in, int64_t d_out) { return T * (d_in + d_out) <= d_in * d_out; }
 
 Tensor linear_grad_norms_cpu(const Tensor& A_in, const Tensor& G_in) {
-  TORCH_CHECK(A_in.dim() == 3 && G_in.dim() == 3, "activations, grad_outputs: expected [N, T, d] tensors, got shapes ",
-              A_in.sizes(), " and ", G_in.sizes());
-  TORCH_CHECK(A_in.size(0) == G_in.size(0) && A_in.size(1) == G_in.size(1),
-              "activations, grad_outputs: expected the same N and T, got shapes ", A_in.sizes(), " and ", G_in.sizes());
-  TORCH_CHECK(A_in.scalar_type() == at::kFloat || A_in.scalar_type() == at::kDouble,
-              "activations: must be float32 or float64, got ", A_in.scalar_type());
-  const Tensor A = A_in.contiguous();
-  const Tensor G = G_in.to(A.scalar_type()).contiguous();
+  const auto args = linear_grad_norms_args(A_in, G_in);
+  const Tensor &A = std::get<0>(args), &G = std::get<1>(args);
   const int64_t N = A.size(0), T = A.size(1), d_in = A.size(2), d_out = G.size(2);
   Tensor out = at::zeros({N}, A.options());
   if (N == 0 || T == 0 || d_in == 0 || d_out == 0) return out;

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace lcmat {
@@ -338,6 +339,28 @@ inline RaggedSinkhornArgs sinkhorn_log_ragged_args(const at::Tensor& a_in, const
   return args;
 }
 
+// sinkhorn_plan(f, g, M, reg): f [*, n] and g [*, m] (M's shape [*, n, m] without its last or its
+// second-last axis), both in M's dtype.
+struct PlanArgs {
+  at::Tensor f, g, M;
+};
+inline PlanArgs sinkhorn_plan_args(const at::Tensor& f, const at::Tensor& g, const at::Tensor& M_in, double reg) {
+  check_same_device({"M", M_in}, {{"f", f}, {"g", g}});
+  check_float(M_in, "M");
+  TORCH_CHECK(M_in.dim() == 2 || M_in.dim() == 3, "M: must be [n, m] or [B, n, m], got shape ", M_in.sizes());
+  TORCH_CHECK(reg > 0 && std::isfinite(reg), "reg: must be a positive number, got ", reg);
+  const auto rows = M_in.sizes().slice(0, M_in.dim() - 1);
+  std::vector<int64_t> cols(M_in.sizes().begin(), M_in.sizes().end() - 2);
+  cols.push_back(M_in.size(-1));
+  TORCH_CHECK(f.sizes() == rows, "f: must have shape ", rows, " (M's without its last axis), got ", f.sizes());
+  TORCH_CHECK(g.sizes() == at::IntArrayRef(cols), "g: must have shape ", at::IntArrayRef(cols),
+              " (M's without its second-last axis), got ", g.sizes());
+  TORCH_CHECK(at::isFloatingType(f.scalar_type()) && at::isFloatingType(g.scalar_type()),
+              "f, g: must be floating point, got ", f.scalar_type(), " and ", g.scalar_type());
+  const at::Tensor M = M_in.contiguous();
+  return {f.to(M.scalar_type()).contiguous(), g.to(M.scalar_type()).contiguous(), M};
+}
+
 // fdmat_transform(features, ...)
 inline at::Tensor fdmat_transform_args(const at::Tensor& features) {
   check_float(features, "features");
@@ -369,6 +392,70 @@ inline ScoresArgs fdmat_scores_args(const at::Tensor& M_in, const at::Tensor& f,
   const at::Tensor M = M_in.contiguous();
   return {M, checked_vector_batch(f, 1, M.size(0), M.scalar_type(), false, "f"),
           checked_vector_batch(g, 1, M.size(1), M.scalar_type(), false, "g")};
+}
+
+// linear_grad_norms(activations, grad_outputs): A [N, T, d_in] and G [N, T, d_out] in A's dtype.
+inline std::tuple<at::Tensor, at::Tensor> linear_grad_norms_args(const at::Tensor& A_in, const at::Tensor& G_in) {
+  check_same_device({"activations", A_in}, {{"grad_outputs", G_in}});
+  TORCH_CHECK(A_in.dim() == 3 && G_in.dim() == 3, "activations, grad_outputs: expected [N, T, d] tensors, got shapes ",
+              A_in.sizes(), " and ", G_in.sizes());
+  TORCH_CHECK(A_in.size(0) == G_in.size(0) && A_in.size(1) == G_in.size(1),
+              "activations, grad_outputs: expected the same N and T, got shapes ", A_in.sizes(), " and ", G_in.sizes());
+  check_float(A_in, "activations");
+  const at::Tensor A = A_in.contiguous();
+  return {A, G_in.to(A.scalar_type()).contiguous()};
+}
+
+// graph_cut_greedy(sim, k, lam, ...) and log_determinant_greedy(sim, k, reg, ...): a square
+// similarity and a budget within it.
+inline at::Tensor similarity_greedy_args(const at::Tensor& sim, int64_t k) {
+  check_float(sim, "sim");
+  check_dim(sim, 2, "sim");
+  TORCH_CHECK(sim.size(0) == sim.size(1), "sim: must be square, got shape ", sim.sizes());
+  TORCH_CHECK(k >= 0 && k <= sim.size(0), "k: must lie in [0, ", sim.size(0), "], got ", k);
+  return sim.contiguous();
+}
+inline at::Tensor graph_cut_greedy_args(const at::Tensor& sim, int64_t k, double lam) {
+  const at::Tensor out = similarity_greedy_args(sim, k);
+  TORCH_CHECK(lam >= 0, "lam: must be >= 0, got ", lam);
+  return out;
+}
+inline at::Tensor log_determinant_greedy_args(const at::Tensor& sim, int64_t k, double reg) {
+  const at::Tensor out = similarity_greedy_args(sim, k);
+  TORCH_CHECK(reg > 0, "reg: must be > 0, got ", reg);
+  return out;
+}
+
+// gradient_moments(embeddings, logits, labels): the embeddings in the logits' dtype, labels as
+// int64 on the logits' device (their range is checked by each backend: the CPU kernel reports the
+// bad row).
+struct GradientMomentsArgs {
+  at::Tensor h, logits, labels;
+  int64_t n, C, D;
+};
+inline GradientMomentsArgs gradient_moments_args(const at::Tensor& embeddings, const at::Tensor& logits_in,
+                                                 const at::Tensor& labels_in) {
+  check_same_device({"logits", logits_in}, {{"embeddings", embeddings}});
+  check_float(logits_in, "logits");
+  check_dim(logits_in, 2, "logits");
+  const int64_t n = logits_in.size(0), C = logits_in.size(1);
+  const at::Tensor h = checked_rows(embeddings, n, logits_in.scalar_type(), "embeddings");
+  return {h, logits_in.contiguous(), checked_labels(labels_in, n).to(logits_in.device()), n, C, h.size(1)};
+}
+
+// gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, mean): the forward's
+// arguments, and the two gradients and the mean each [C, C (D + 1)].
+inline GradientMomentsArgs gradient_moments_backward_args(const at::Tensor& grad_mean, const at::Tensor& grad_var,
+                                                          const at::Tensor& embeddings, const at::Tensor& logits,
+                                                          const at::Tensor& labels, const at::Tensor& mean) {
+  const GradientMomentsArgs args = gradient_moments_args(embeddings, logits, labels);
+  const int64_t P = args.C * (args.D + 1);
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{grad_mean, "grad_mean"},
+                                {grad_var, "grad_var"}, {mean, "mean"}}) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == args.C && t.size(1) == P, name, ": must have shape [", args.C, ", ", P,
+                "], got ", t.sizes());
+  }
+  return args;
 }
 
 }  // namespace lcmat

@@ -1,7 +1,7 @@
-// The sinkhorn ops (log-domain Sinkhorn on dense, batched and ragged problems): schemas, CPU
-// implementations (solver in csrc/cpu/sinkhorn.cpp) and, in CUDA builds, CUDA implementations
-// (solver in csrc/cuda/sinkhorn.cu). Arguments are checked once for both backends in
-// ops_common.h.
+// The sinkhorn ops (log-domain Sinkhorn on dense, batched and ragged problems, and the plan from
+// its potentials): schemas, CPU implementations (solver and plan in csrc/cpu/sinkhorn.cpp) and, in
+// CUDA builds, CUDA implementations (solver in csrc/cuda/sinkhorn.cu). Arguments are checked once
+// for both backends in ops_common.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -135,6 +135,22 @@ SinkhornOut sinkhorn_log_ragged_cpu(const Tensor& a_in, const Tensor& b_in, at::
   return {f, g, n_iter, err};
 }
 
+// P = exp((f_i + g_j - M_ij) / reg) from Sinkhorn potentials, one fused pass over the cost (the
+// reference, lcmat/reference/sinkhorn.py, makes four elementwise passes).
+Tensor sinkhorn_plan_cpu(const Tensor& f_in, const Tensor& g_in, const Tensor& M_in, double reg) {
+  const PlanArgs args = sinkhorn_plan_args(f_in, g_in, M_in, reg);
+  const Tensor &f = args.f, &g = args.g, &M = args.M;
+  Tensor P = at::empty_like(M);
+  const int64_t batch = M.dim() == 3 ? M.size(0) : 1, n = M.size(-2), m = M.size(-1);
+  constexpr int64_t kParallelWork = 1 << 16;  // below this, threads cost more than they give
+  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "sinkhorn_plan", [&] {
+    cpu::sinkhorn_plan<scalar_t>(f.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), M.data_ptr<scalar_t>(),
+                                 batch, n, m, static_cast<scalar_t>(reg), M.numel() >= kParallelWork,
+                                 P.data_ptr<scalar_t>());
+  });
+  return P;
+}
+
 // ---- CUDA -------------------------------------------------------------------------------------
 
 #ifdef WITH_CUDA
@@ -222,11 +238,13 @@ TORCH_LIBRARY_FRAGMENT(lcmat, m) {
         " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("sinkhorn_log_ragged(Tensor a, Tensor b, int[] row_offsets, int[] col_offsets, float reg, Tensor? cost,"
         " Tensor? x, Tensor? y, int max_iter, float tol, int check_every) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("sinkhorn_plan(Tensor f, Tensor g, Tensor M, float reg) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lcmat, CPU, m) {
   m.impl("sinkhorn_log", &sinkhorn_log_cpu);
   m.impl("sinkhorn_log_ragged", &sinkhorn_log_ragged_cpu);
+  m.impl("sinkhorn_plan", &sinkhorn_plan_cpu);
 }
 
 #ifdef WITH_CUDA

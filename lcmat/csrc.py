@@ -15,7 +15,7 @@ import torch
 
 from . import reference
 from .reference.submodular import check_similarity
-from .reference.linear_grad_norms import as_sequences as _as_sequences, collect_linear_grad_norms as _collect_linear_grad_norms
+from .reference.linear_grad_norms import as_sequences, collect_linear_grad_norms
 
 try:
     from . import _C  # noqa: F401  (registers torch.ops.lcmat.*)
@@ -353,7 +353,7 @@ def linear_grad_norms(activations, grad_outputs):
     the cheaper exact form, ghost norm <A A^T, G G^T> when T (d_in + d_out) <= d_in d_out, else
     the materialised A^T G chunk by chunk. The CUDA build has no kernel of its own: CUDA tensors
     take the reference (the triton backend has the GPU kernels)."""
-    A, G = _as_sequences(activations, grad_outputs)
+    A, G = as_sequences(activations, grad_outputs)
     if A.is_cuda:
         return reference.linear_grad_norms(A, G)
     dt = _compute_dtype(A)
@@ -361,4 +361,4 @@ def linear_grad_norms(activations, grad_outputs):
 
 
 def per_sample_grad_norms(model, inputs, targets, loss_fn):
-    return _collect_linear_grad_norms(model, inputs, targets, loss_fn, linear_grad_norms)
+    return collect_linear_grad_norms(model, inputs, targets, loss_fn, linear_grad_norms)

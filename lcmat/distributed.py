@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .validation import as_tensor, check_finite
+from .validation import as_float64_array, as_tensor, check_every_class_present, check_finite
 
 ROUTE_BYTES = 2 ** 23  # feature bytes a rank sends per routing round
 SINKHORN_ROWS = 2 ** 16  # cost rows per chunk in the sharded Sinkhorn (bounds its temporaries)
@@ -420,10 +420,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
     if shard.logits is not None and len(shard.logits) == 0:
         shard.logits = shard.logits.new_zeros(0, dims[1])
     counts = _all_reduce(torch.bincount(shard.labels.cpu(), minlength=num_classes)).numpy()
-    empty = np.flatnonzero(counts == 0).tolist()
-    if empty:
-        raise ValueError(f"labels: class(es) {empty[:10]} have no samples; relabel the classes "
-                         f"to 0..C-1 or pass the subset that contains them")
+    check_every_class_present(counts)
     budgets = selector._budgets(_Counts(counts))
     phase_seconds["inputs"] = time.perf_counter() - start
     if isinstance(selector, (ScoreSelector, Uniform)):
@@ -548,20 +545,20 @@ _CLASS_SCORES = ("cal", "moderate")
 
 def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summaries, dims):
     from .diversity import ModerateDS
-    from .selectors import FDMat, ScoreSelector, Uniform, _numpy
+    from .selectors import FDMat, ScoreSelector, Uniform
     owner = _owners(selector, counts, budgets)
     local = _Data(shard.labels, num_classes, shard.embeddings, shard.logits, shard.forgetting)
     index = shard.index
     moderate = isinstance(selector, ModerateDS)
     if isinstance(selector, FDMat):
-        local.scores = _numpy(fdmat_scores(selector, local, counts))
+        local.scores = as_float64_array(fdmat_scores(selector, local, counts))
     elif isinstance(selector, _classes(_CLASS_SCORES)):
         if not (selector.balance or moderate):
             raise NotImplementedError(f"{selector.name}: balance=False searches neighbours over the whole set, "
                                       f"which has no distributed implementation; use balance=True or one process")
         local, index = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
         if moderate:  # the distances to the class centres; the scores once they are gathered
-            local.scores = _agree(lambda: _numpy(selector._distances(local)) if len(local) else np.zeros(0))
+            local.scores = _agree(lambda: as_float64_array(selector._distances(local)) if len(local) else np.zeros(0))
         else:
             local.scores = _agree(lambda: selector._prepare(local) if len(local) else np.zeros(0))
     elif isinstance(selector, ScoreSelector):
@@ -605,12 +602,11 @@ def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summarie
 
 
 def _moderate_scores(selector, data, distances):
-    from .selectors import _numpy
     from .validation import check_finite_result
     d = torch.from_numpy(distances).to(selector.dtype)  # float32 distances survive float64 exactly
     scores = selector._scores_from_distances(data, d)
     check_finite_result(f"{selector.name} scores", scores, selector._overflow_hint)
-    return _numpy(scores)
+    return as_float64_array(scores)
 
 
 # Score methods (METHODS names) whose score of a sample depends on that sample alone.

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from . import ops
-from .selectors import Features, LCMat, Selector, _numpy
-from .validation import check_bool, check_positive
+from .selectors import Features, LCMat, Selector
+from .validation import as_float64_array, check_bool, check_positive
 
 
 def _validation_arrays(validation):
@@ -141,7 +141,7 @@ class GradMatch(_ValidationSelector):
         picks, w = ops.omp_last_layer(h, e, b, k, self.lam, self.deepcore, backend=self.backend)
         if not bool(torch.isfinite(w).all()):
             raise RuntimeError("gradmatch: the weights are not finite (the gradients overflow)")
-        return positions[picks.cpu().numpy()], _numpy(w)
+        return positions[picks.cpu().numpy()], as_float64_array(w)
 
 
 class Glister(_ValidationSelector):

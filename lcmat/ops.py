@@ -13,9 +13,9 @@ then reference. Only dispatch lives here: algorithms composed of kernels are
 lcmat.algorithms.
 
 On CUDA tensors the compiled CUDA kernels come first because their float64 paths compute in
-float64 throughout (the reference's arithmetic), and no GPU run has yet measured the Triton
-kernels against them; triton still serves what the cuda backend lacks, and any kernel can be
-asked for by name (backend="triton") or through LCMAT_BACKEND.
+float64 throughout (the reference's arithmetic); triton serves what the cuda backend lacks, and
+any kernel can be asked for by name (backend="triton") or through LCMAT_BACKEND (the GPU
+comparison of the two belongs in BENCHMARKS.md, section 3).
 """
 import importlib
 import os

@@ -22,8 +22,8 @@ from . import algorithms, ops, reference
 from .coreset import Coreset, class_budgets, global_budget, split_budget
 from .coverage import coverage_groups, coverage_strata
 from .ot import ConvergenceWarning, converged
-from .validation import (as_features, as_labels, as_tensor, check_block_memory, check_bool, check_choice,
-                         check_compute_dtype, check_finite_result, check_fraction, check_positive,
+from .validation import (as_features, as_float64_array, as_labels, as_tensor, check_block_memory, check_bool,
+                         check_choice, check_compute_dtype, check_finite_result, check_fraction, check_positive,
                          power_of_two_scale)
 
 
@@ -49,7 +49,7 @@ class Features:
 
 
 def _per_sample(name, x, n):
-    x = _numpy(x)
+    x = as_float64_array(x)
     if x.shape != (n,) or not np.isfinite(x).all():
         raise ValueError(f"{name}: expected {n} finite values, got shape {x.shape}")
     return x
@@ -65,10 +65,6 @@ def overflows(bound, dtype):
 def squared_norm_bound(x):
     """max_i ||x_i||^2 in float64 (Inf when even float64 overflows)."""
     return float(x.double().square().sum(1).max()) if x.numel() else 0.0
-
-
-def _numpy(x):
-    return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
 
 
 class Selector:
@@ -176,7 +172,7 @@ class Selector:
         """Per-sample difficulty for coverage, higher = harder."""
         if self.difficulty == "el2n":
             e, _ = ops.last_layer_factors(data.logits, data.labels, backend=self.backend)
-            return _numpy(e.norm(dim=1))
+            return as_float64_array(e.norm(dim=1))
         if self.difficulty == "forgetting":
             if data.forgetting is None:
                 raise ValueError("forgetting: difficulty='forgetting' needs the forgetting= counts")
@@ -230,7 +226,7 @@ class ScoreSelector(Selector):
             check_finite_result(f"{self.name} scores", scores.nan_to_num(posinf=0.0), self._overflow_hint)
         else:
             check_finite_result(f"{self.name} scores", scores, self._overflow_hint)
-        return _numpy(scores)
+        return as_float64_array(scores)
 
     _overflow_hint = "rescale the inputs (e.g. divide the embeddings by their largest entry)"
 
@@ -292,7 +288,7 @@ class GraNd(ScoreSelector):
         model.eval()  # samples must not interact (BatchNorm in train mode would)
         try:
             for positions, x, y in iterate_batches(dataset, None, batch_size):
-                norms[positions] = _numpy(ops.per_sample_grad_norms(
+                norms[positions] = as_float64_array(ops.per_sample_grad_norms(
                     model, x.to(device), y.to(device), loss_fn, backend=self.backend))
         finally:
             model.train(was_training)

@@ -37,6 +37,11 @@ def as_tensor(name, x, ndim, dtype=None, device=None):
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
+def as_float64_array(x):
+    """x (a tensor on any device, or anything numpy takes) as a float64 numpy array."""
+    return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+
+
 def check_compute_dtype(dtype):
     """The dtype selectors compute in: float32 or float64. Half precision is refused: a squared
     norm of embeddings around 30 already overflows float16, and bfloat16 keeps 3 significant
@@ -175,12 +180,16 @@ def as_labels(labels, num_classes=None, device=None):
                          f"some classes have no samples; remap the labels to 0..C-1 first, e.g. "
                          f"np.unique(labels, return_inverse=True)[1]")
     num_classes = classes
-    counts = torch.bincount(y, minlength=num_classes)
-    empty = (counts == 0).nonzero().flatten().tolist()
+    check_every_class_present(torch.bincount(y, minlength=num_classes).cpu().numpy())
+    return y, num_classes
+
+
+def check_every_class_present(counts):
+    """counts [C], the samples per class: ValueError naming the labels when a class has none."""
+    empty = np.flatnonzero(np.asarray(counts) == 0).tolist()
     if empty:
         raise ValueError(f"labels: class(es) {empty[:10]} have no samples; relabel the classes "
                          f"to 0..C-1 or pass the subset that contains them")
-    return y, num_classes
 
 
 def _is_number(value, integer=False):

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lcmat.reference.linear_grad_norms import _as_sequences, collect_linear_grad_norms
+from lcmat.reference.linear_grad_norms import as_sequences, collect_linear_grad_norms
 
 from ._config import autotune_configs, bucket, check_device, compute_dtype, float_dtype
 
@@ -132,7 +132,7 @@ def linear_grad_norms_with(activations, grad_outputs, ghost):
     chosen by shapes (None)."""
     float_dtype(activations, "activations")
     float_dtype(grad_outputs, "grad_outputs")
-    A, G = _as_sequences(activations, grad_outputs)
+    A, G = as_sequences(activations, grad_outputs)
     check_device("activations, grad_outputs", A, G)
     n, T, d_in = A.shape
     d_out = G.shape[2]

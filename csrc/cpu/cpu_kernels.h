@@ -182,6 +182,16 @@ void fdmat_scores(const T* M, const T* f, const T* g, int64_t N, int64_t C, doub
 // Number of OpenMP threads this process would use (1 without OpenMP).
 int max_threads();
 
+// ---- linear_grad_norms.cpp ----------------------------------------------------------------
+
+// out_i = sum_k x_ik y_ik over n rows of length K.
+template <typename T>
+void row_dots(const T* x, const T* y, int64_t n, int64_t K, bool parallel, T* out);
+
+// out_i = ||a_i||^2 ||g_i||^2 for a [n, d_in], g [n, d_out]: the squared norm of a rank-one gradient.
+template <typename T>
+void rank_one_sq_norms(const T* a, const T* g, int64_t n, int64_t d_in, int64_t d_out, bool parallel, T* out);
+
 // ---- submodular.cpp ------------------------------------------------------------------------
 
 // Greedy graph cut on the n x n similarity `sim` (lazy: Minoux's lazy greedy, the same picks):

@@ -11,11 +11,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_positive
+
 
 def check_factor(factor):
-    if isinstance(factor, bool) or int(factor) != factor or factor < 1:
-        raise ValueError(f"factor: expected a positive integer, got {factor!r}")
-    return int(factor)
+    return int(check_positive("factor", factor, integer=True))
 
 
 def decode(images, labels, factor):

@@ -27,26 +27,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..models import get_model
+from ..validation import check_positive
 from .augment import DSA as DSAAugment
 from .decode import check_factor, decode, encode_mix
 from .losses import check_metric, dm_loss, lcmat_c_loss, network_gradient_matching_loss
 from .synthetic import CondensedSet
 
 __all__ = ["Condenser", "LCMatC", "DC", "DSA", "DM", "RandomReal", "CONDENSERS", "get_condenser"]
-
-
-def _positive_int(value, argument, allow_zero=False):
-    lo = 0 if allow_zero else 1
-    if isinstance(value, bool) or int(value) != value or value < lo:
-        raise ValueError(f"{argument}: expected an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
-def _positive_float(value, argument):
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{argument}: expected a finite positive number, got {value!r}")
-    return value
 
 
 def _seed(seed, *parts):
@@ -141,21 +128,21 @@ class Condenser:
                  net_data="synthetic", batch_real=128, batch_net=128, lr_img=0.1, momentum_img=0.5,
                  lr_net=0.01, momentum_net=0.9, weight_decay_net=5e-4, width=128, dsa=True,
                  dsa_strategy=None, init="real", seed=0, device="cpu", progress=True, checkpoint_every=10):
-        self.images_per_class = _positive_int(images_per_class, "images_per_class")
-        self.iterations = _positive_int(iterations, "iterations", allow_zero=True)
+        self.images_per_class = int(check_positive("images_per_class", images_per_class, integer=True))
+        self.iterations = int(check_positive("iterations", iterations, integer=True, allow_zero=True))
         self.factor = check_factor(factor)
-        self.outer_loop = _positive_int(outer_loop, "outer_loop")
-        self.net_steps = _positive_int(net_steps, "net_steps", allow_zero=True)
+        self.outer_loop = int(check_positive("outer_loop", outer_loop, integer=True))
+        self.net_steps = int(check_positive("net_steps", net_steps, integer=True, allow_zero=True))
         if net_data not in ("synthetic", "real"):
             raise ValueError(f"net_data: expected 'synthetic' or 'real', got {net_data!r}")
         self.net_data = net_data
-        self.batch_real = _positive_int(batch_real, "batch_real")
-        self.batch_net = _positive_int(batch_net, "batch_net")
-        self.lr_img = _positive_float(lr_img, "lr_img")
+        self.batch_real = int(check_positive("batch_real", batch_real, integer=True))
+        self.batch_net = int(check_positive("batch_net", batch_net, integer=True))
+        self.lr_img = float(check_positive("lr_img", lr_img))
         self.momentum_img = float(momentum_img)
-        self.lr_net = _positive_float(lr_net, "lr_net")
+        self.lr_net = float(check_positive("lr_net", lr_net))
         self.momentum_net, self.weight_decay_net = float(momentum_net), float(weight_decay_net)
-        self.width = _positive_int(width, "width")
+        self.width = int(check_positive("width", width, integer=True))
         self.dsa = bool(dsa)
         self.dsa_strategy = dsa_strategy
         if init not in ("real", "noise"):
@@ -164,7 +151,7 @@ class Condenser:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.progress = bool(progress)
-        self.checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
+        self.checkpoint_every = int(check_positive("checkpoint_every", checkpoint_every, integer=True))
 
     # -- configuration ------------------------------------------------------------------------
     def config(self):
@@ -391,7 +378,7 @@ class RandomReal:
     name = "random"
 
     def __init__(self, images_per_class, seed=0, **_ignored):
-        self.images_per_class = _positive_int(images_per_class, "images_per_class")
+        self.images_per_class = int(check_positive("images_per_class", images_per_class, integer=True))
         self.seed = int(seed)
         self.factor = 1
 

@@ -38,9 +38,6 @@ def as_sequences(activations, grad_outputs):
     return activations, grad_outputs
 
 
-_as_sequences = as_sequences  # the name triton_kernels/linear_grad_norms.py imports
-
-
 def per_sample_grad_norms(model, inputs, targets, loss_fn):
     """||grad_theta loss_i||_2 per sample, [N], over the weights and biases of every nn.Linear in
     `model` whose parameters require grad.

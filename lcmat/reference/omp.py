@@ -24,6 +24,23 @@ def gradient_columns(embeddings, e, picks):
     return (e @ e[picks].T) * (1.0 + embeddings @ embeddings[picks].T)
 
 
+def _pursuit_state(embeddings, b, k):
+    """(Gram columns of the picks [n, k], the rows still available [n]) before the first pick."""
+    n = embeddings.shape[0]
+    if not 0 <= k <= n:
+        raise ValueError(f"k: must lie in [0, {n}], got {k}")
+    return b.new_zeros(n, k), torch.ones(n, dtype=torch.bool, device=b.device)
+
+
+def _pick_next(embeddings, e, corr, available, columns, step):
+    """j = argmax over the available rows of the correlation g_i . r (lowest index on ties); marks
+    j taken and stores its Gram column as column `step`."""
+    j = int(torch.argmax(corr.masked_fill(~available, -torch.inf)))
+    available[j] = False
+    columns[:, step] = gradient_columns(embeddings, e, [j])[:, 0]
+    return j
+
+
 def gradient_target_dot(embeddings, e, target_embeddings, target_e, scale=1.0):
     """b_i = g_i . t with t = scale * sum_v g_v over the target rows, [n].
 
@@ -102,18 +119,12 @@ def omp_last_layer(embeddings, e, b, k, lam=0.0):
     weights after the last pick). Zero correlations or a zero residual do not stop it early: every
     step picks, so exactly k rows come back (a pick may keep weight 0).
     """
-    n = embeddings.shape[0]
-    if not 0 <= k <= n:
-        raise ValueError(f"k: must lie in [0, {n}], got {k}")
     picks, w = [], b.new_zeros(0)
-    columns = b.new_zeros(n, k)
-    available = torch.ones(n, dtype=torch.bool, device=b.device)
+    columns, available = _pursuit_state(embeddings, b, k)
     corr = b.clone()
     for step in range(k):
-        j = int(torch.argmax(corr.masked_fill(~available, -torch.inf)))
+        j = _pick_next(embeddings, e, corr, available, columns, step)
         picks.append(j)
-        available[j] = False
-        columns[:, step] = gradient_columns(embeddings, e, [j])[:, 0]
         chosen = torch.tensor(picks, device=b.device)
         A = columns[chosen, :step + 1] + lam * torch.eye(step + 1, dtype=b.dtype, device=b.device)
         w = nnls_quadratic(A, b[chosen], torch.cat([w, w.new_zeros(1)]), settled=True)
@@ -130,18 +141,12 @@ def omp_last_layer_deepcore(embeddings, e, b, k, lam=1.0):
     min_{w >= 0} || (G_SS + lam I) w - b_S ||_2 (DeepCore's scipy nnls on the normal
     equations), and a single pick gets weight 1. Returns (picks [k], weights [k]).
     """
-    n = embeddings.shape[0]
-    if not 0 <= k <= n:
-        raise ValueError(f"k: must lie in [0, {n}], got {k}")
     picks, w = [], b.new_zeros(0)
-    columns = b.new_zeros(n, k)
-    available = torch.ones(n, dtype=torch.bool, device=b.device)
+    columns, available = _pursuit_state(embeddings, b, k)
     corr = b.clone()
     for step in range(k):
-        j = int(torch.argmax(corr.masked_fill(~available, -torch.inf)))
+        j = _pick_next(embeddings, e, corr, available, columns, step)
         picks.append(j)
-        available[j] = False
-        columns[:, step] = gradient_columns(embeddings, e, [j])[:, 0]
         chosen = torch.tensor(picks, device=b.device)
         if step == 0:
             norm = columns[j, 0]
