@@ -214,26 +214,20 @@ def log_determinant_greedy(sim, k, reg=1.0, lazy=False):
             raise
         raise ValueError(str(err).split("\n")[0]) from None
     return _back(out, sim.dtype)
+
+
 # ---- gradient_moments -------------------------------------------------------------------------
 
-class _GradientMoments(torch.autograd.Function):
-    """The forward op and the backward op (csrc/gradient_moments.cpp) as one differentiable
-    function of the embeddings and the logits (first order: the backward is not differentiable)."""
+def _gradient_moments_forward(embeddings, logits, labels):
+    return _ops().gradient_moments(embeddings, logits, labels)
 
-    @staticmethod
-    def forward(ctx, embeddings, logits, labels):
-        mean, var = _ops().gradient_moments(embeddings, logits, labels)
-        ctx.save_for_backward(embeddings, logits, labels, mean)
-        return mean, var
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_mean, grad_var):
-        embeddings, logits, labels, mean = ctx.saved_tensors
-        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
-        grad_h, grad_z = _ops().gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, mean)
-        return grad_h.to(embeddings.dtype), grad_z, None
+def _gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, mean):
+    return _ops().gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, mean)
+
+
+# The forward and backward ops (csrc/gradient_moments.cpp) as one differentiable function.
+_GradientMoments = reference.differentiable_moments(_gradient_moments_forward, _gradient_moments_backward)
 
 
 def gradient_moments(embeddings, logits, labels):

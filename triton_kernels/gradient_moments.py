@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lcmat.reference.gradient_moments import differentiable_moments
+
 from ._config import INTERPRET, check_device, check_dims, check_labels, float_dtype
 from .last_layer import last_layer_factors
 
@@ -150,21 +152,7 @@ def gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, m
     return grad_h1[:, 1:].to(embeddings.dtype), grad_z.to(logits.dtype)
 
 
-class _GradientMoments(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, embeddings, logits, labels):
-        mean, var = gradient_moments_forward(embeddings, logits, labels)
-        ctx.save_for_backward(embeddings, logits, labels, mean)
-        return mean, var
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_mean, grad_var):
-        embeddings, logits, labels, mean = ctx.saved_tensors
-        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
-        grad_h, grad_z = gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, mean)
-        return grad_h, grad_z, None
+_GradientMoments = differentiable_moments(gradient_moments_forward, gradient_moments_backward)
 
 
 def gradient_moments(embeddings, logits, labels):

@@ -19,7 +19,7 @@ from .omp import (gradient_columns, gradient_target_dot, nnls_quadratic, omp_las
                   omp_last_layer_deepcore)
 from .sinkhorn import (check_offsets, marginal_error, smallest_reg, sinkhorn_log, sinkhorn_log_ragged, sinkhorn_plan,
                        squared_euclidean_cost)
-from .gradient_moments import gradient_moments, gradient_moments_backward
+from .gradient_moments import differentiable_moments, gradient_moments, gradient_moments_backward
 from .knn import knn_indices, neighbour_kl
 from .pairwise_kl import kcenter_symmetric_kl, symmetric_kl
 from .submodular import (graph_cut_greedy, graph_cut_value, log_determinant_deepcore_greedy,

@@ -96,3 +96,27 @@ def gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, m
     grad_e = (grad_e + a + 2.0 * e * b) * inv
     grad_z = p * (grad_e - (grad_e * p).sum(1, keepdim=True))
     return grad_h.to(embeddings.dtype), grad_z
+
+
+def differentiable_moments(forward, backward):
+    """A torch.autograd.Function pairing a backend's forward op (embeddings, logits, labels) ->
+    (mean, var) with its closed-form backward op (grad_mean, grad_var, embeddings, logits, labels,
+    mean) -> (grad_embeddings, grad_logits). First order: the backward is not differentiable."""
+
+    class Moments(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, embeddings, logits, labels):
+            mean, var = forward(embeddings, logits, labels)
+            ctx.save_for_backward(embeddings, logits, labels, mean)
+            return mean, var
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad_mean, grad_var):
+            embeddings, logits, labels, mean = ctx.saved_tensors
+            grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+            grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+            grad_h, grad_z = backward(grad_mean, grad_var, embeddings, logits, labels, mean)
+            return grad_h.to(embeddings.dtype), grad_z, None
+
+    return Moments
