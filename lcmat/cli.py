@@ -284,6 +284,11 @@ def _add_experiment_parser(sub):
                      help="long-tailed training set: ratio of the largest to the smallest class, exponential "
                           "profile (default 1: as stored)")
     exp.add_argument("--corruption-seed", type=int, help="seed of the label noise and imbalance draws (default 0)")
+    exp.add_argument("--pool", type=int,
+                     help="train and select on N training images per class, drawn once from --pool-seed "
+                          "(the same pool for every method and seed; drawn before --imbalance/--label-noise, "
+                          "which then act on it; default: the whole training split)")
+    exp.add_argument("--pool-seed", type=int, help="seed of the --pool draw (default 0)")
     exp.add_argument("--selection-epochs", type=int, help="selection-model epochs")
     exp.add_argument("--evaluations", type=int,
                      help="test evaluations spread over each coreset training (default: every epoch)")
@@ -319,9 +324,12 @@ def _experiment_settings(args):
     if args.steps is not None:
         settings.update(steps=args.steps)
     for name in ("dataset", "model", "methods", "selection_epochs", "evaluations", "batch_size", "lr",
-                 "device", "backend", "label_noise", "imbalance", "corruption_seed", "selection_model"):
+                 "device", "backend", "label_noise", "imbalance", "corruption_seed", "selection_model", "pool",
+                 "pool_seed"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
+    if args.pool_seed is not None and args.pool is None:
+        raise UsageError("lcmat experiment: --pool-seed needs --pool")
     if args.fractions is not None:
         settings["fractions"] = _float_list(args.fractions, "--fractions")
     if args.seeds is not None:

@@ -318,7 +318,7 @@ def _check_split(split):
 # --------------------------------------------------------------------------------------------------
 
 def load_dataset(name, split="train", data_dir=None, transform=None, cache=True, imbalance=1.0,
-                 label_noise=0.0, corruption_seed=0):
+                 label_noise=0.0, corruption_seed=0, pool=None, pool_seed=0):
     """Load an offline dataset as an :class:`ArrayDataset`.
 
     name: "mnist", "fashion-mnist", "emnist-letters", "cifar10" or "digits" (sklearn's 8x8 digits,
@@ -333,10 +333,16 @@ def load_dataset(name, split="train", data_dir=None, transform=None, cache=True,
     uniformly (symmetric noise), applied after the imbalance. Both are drawn from
     ``corruption_seed``; the dataset records them in ``.corruption`` and keeps the true labels in
     ``.clean_targets``.
+
+    pool: keep only this many training images per class, drawn uniformly without replacement from
+    ``pool_seed`` (its own generator, independent of ``corruption_seed``), before any corruption: the
+    imbalance and the label noise then act on the pool. Every class must hold at least ``pool`` images.
+    The dataset records them in ``.pool`` (``{"pool": None, "pool_seed": None}`` for the whole set).
     """
     key = _canonical_name(name)
     _check_split(split)
     imbalance, label_noise = _check_corruption(split, imbalance, label_noise, corruption_seed)
+    pool, pool_seed = _check_pool(split, pool, pool_seed)
     if key == "digits":
         data, targets = _load_digits_arrays(split)
     elif key in _IDX_FILES:
@@ -344,6 +350,9 @@ def load_dataset(name, split="train", data_dir=None, transform=None, cache=True,
     else:
         data, targets = _load_cifar10_arrays(split, _resolve_data_dir(data_dir, key), cache)
     mean, std = NORMALIZATION[key]
+    if pool is not None:
+        keep = per_class_pool_indices(targets, pool, np.random.default_rng(pool_seed))
+        data, targets = data[keep], np.asarray(targets)[keep]
     clean = targets
     if imbalance != 1.0 or label_noise != 0.0:
         rng = np.random.default_rng(corruption_seed)
@@ -353,7 +362,34 @@ def load_dataset(name, split="train", data_dir=None, transform=None, cache=True,
     dataset = ArrayDataset(data, targets, CLASS_NAMES[key], mean, std, transform=transform, name=key)
     dataset.clean_targets = np.asarray(clean, dtype=np.int64)
     dataset.corruption = {"imbalance": imbalance, "label_noise": label_noise, "corruption_seed": corruption_seed}
+    dataset.pool = {"pool": pool, "pool_seed": pool_seed}
     return dataset
+
+
+def _check_pool(split, pool, seed):
+    """(pool, pool_seed) checked: (None, None) for the whole set, else positive integers."""
+    if pool is None:
+        return None, None
+    if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 1:
+        raise ValueError(f"pool: expected a positive number of images per class, got {pool!r}")
+    if split != "train":
+        raise ValueError(f"split: pool applies to the training split only, got {split!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"pool_seed: expected a non-negative integer, got {seed!r}")
+    return int(pool), int(seed)
+
+
+def per_class_pool_indices(targets, pool, rng):
+    """Sorted indices of ``pool`` samples per class, drawn uniformly without replacement (class by class
+    in label order, so the draw depends only on the labels and the generator)."""
+    targets = np.asarray(targets)
+    classes, counts = np.unique(targets, return_counts=True)
+    smallest = int(counts.argmin())
+    if pool > counts[smallest]:
+        raise ValueError(f"pool: {pool} images per class, but class {int(classes[smallest])} has only "
+                         f"{int(counts[smallest])}; use pool <= {int(counts.min())}")
+    keep = [rng.choice(np.flatnonzero(targets == c), size=pool, replace=False) for c in classes]
+    return np.sort(np.concatenate(keep))
 
 
 def _check_corruption(split, imbalance, label_noise, seed):

@@ -26,6 +26,13 @@ differently; every row records its ``protocol`` and rows of the two are never av
 Corrupted training sets: ``label_noise``, ``imbalance`` and ``corruption_seed`` go to the training
 split's loader (the test split stays clean), are recorded in every row, key the selection-model cache
 and must match on ``resume``.
+
+A per-class pool (``pool``, ``pool_seed``): the training set is a seeded draw of ``pool`` images per
+class, made once per experiment from ``pool_seed`` (independent of the method seeds and of
+``corruption_seed``, so every method and seed selects from the same pool and trains on it); the
+selection model is pre-trained on the pool, and ``full`` trains on the whole pool. The pool is drawn
+first and then corrupted (imbalance and label noise act on the pool). Recorded, cached and checked on
+``resume`` like the corruption.
 """
 
 from __future__ import annotations
@@ -154,12 +161,16 @@ def _check_fractions(fractions, counts):
 
 
 def corruption_tag(corruption):
-    """'' for a clean training set, else e.g. 'noise0.2-imb10-cs0' (the selection-model cache keys on it:
-    a model trained on corrupted labels is never reused for clean ones, nor the reverse)."""
+    """'' for the whole clean training set, else e.g. 'noise0.2-imb10-cs0', 'pool1000-ps0' or
+    'pool1000-ps0-noise0.2-imb1-cs0' (the selection-model cache keys on it: a model trained on corrupted
+    labels or on a pool is never reused for another training set)."""
+    parts = []
+    if corruption.get("pool") is not None:
+        parts.append(f"pool{int(corruption['pool'])}-ps{int(corruption['pool_seed'])}")
     imbalance, noise = float(corruption["imbalance"]), float(corruption["label_noise"])
-    if imbalance == 1.0 and noise == 0.0:
-        return ""
-    return f"noise{noise:g}-imb{imbalance:g}-cs{int(corruption['corruption_seed'])}"
+    if imbalance != 1.0 or noise != 0.0:
+        parts.append(f"noise{noise:g}-imb{imbalance:g}-cs{int(corruption['corruption_seed'])}")
+    return "-".join(parts)
 
 
 def _split_full(methods):
@@ -250,7 +261,7 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
                    data_dir=None, resume=False, progress=True, method_options=None, evaluations=None,
                    backend=None, augment=None, model_options=None, cache_dir=None, overwrite=False,
                    label_noise=0.0, imbalance=1.0, corruption_seed=0, selection_model=None,
-                   selection_model_options=None, log=print):
+                   selection_model_options=None, pool=None, pool_seed=0, log=print):
     """Run the coreset-accuracy experiment and write results.csv, summary.md and accuracy.png.
 
     dataset, model: names for :func:`lcmat.data.load_dataset` and :func:`lcmat.models.get_model`
@@ -267,6 +278,8 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
     not ``model`` (selection across architectures; default: ``model`` with ``model_options``).
     label_noise, imbalance, corruption_seed: corruption of the training split (see
     :func:`lcmat.data.load_dataset`; the test split stays clean), recorded in every row.
+    pool, pool_seed: train and select on ``pool`` images per class of the training split drawn from
+    ``pool_seed`` (before the corruption; None: the whole split), recorded in every row.
 
     resume: skip the (dataset, model, method, options, fraction, seed) rows already in
     ``out_dir/results.csv`` (the run's settings must match them). Without resume an existing
@@ -293,8 +306,8 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
     model_options = dict(model_options or {})
 
     train = load_dataset(dataset, "train", data_dir, imbalance=imbalance, label_noise=label_noise,
-                         corruption_seed=corruption_seed)
-    corruption = dict(train.corruption)
+                         corruption_seed=corruption_seed, pool=pool, pool_seed=pool_seed)
+    corruption = dict(train.corruption, **train.pool)
     test = load_dataset(dataset, "test", data_dir)
     dataset_name = train.name
     labels = train.targets
@@ -323,7 +336,8 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
                   selection_epochs=int(selection_epochs), epochs=None if steps is not None else int(epochs),
                   steps=None if steps is None else int(steps), batch_size=int(batch_size), lr=float(lr),
                   imbalance=float(corruption["imbalance"]), label_noise=float(corruption["label_noise"]),
-                  corruption_seed=int(corruption["corruption_seed"]))
+                  corruption_seed=int(corruption["corruption_seed"]), pool=corruption["pool"],
+                  pool_seed=corruption["pool_seed"])
     cache_tag = corruption_tag(corruption)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,7 +365,7 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
         f"{len(specs)} methods x {len(fractions)} fractions x {len(seeds)} seeds"
         + (" + the full-set ceiling" if ceiling else "") + f" = {len(plan)} runs, "
         + (f"{steps} SGD steps per coreset (step budget)" if steps is not None else f"{epochs} epochs per coreset")
-        + (f", training set corrupted ({cache_tag})" if cache_tag else "")
+        + (f", training set {cache_tag}" if cache_tag else "")
         + (f", {len(plan) - len(pending)} already done" if len(pending) < len(plan) else "")
         + f"; device {device}")
 

@@ -9,9 +9,11 @@ without such lines (to a temporary file, then renamed over it) before new rows a
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import math
 import os
+import platform
 import warnings
 from pathlib import Path
 
@@ -24,14 +26,20 @@ SELECTION_MODELS_FILE = "selection_models.json"
 
 RESULT_COLUMNS = ["dataset", "model", "method", "options", "fraction", "seed", "n_selected", "weighted",
                   "selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
-                  "imbalance", "label_noise", "corruption_seed", "final_acc", "best_acc",
-                  "selection_seconds", "training_seconds"]
+                  "imbalance", "label_noise", "corruption_seed", "pool", "pool_seed", "final_acc", "best_acc",
+                  "selection_seconds", "training_seconds", "host", "date"]
 KEY_COLUMNS = ("dataset", "model", "method", "options", "fraction", "seed")
 # Columns that must agree between the rows of one results.csv (a resumed run continues the same run).
 CONFIG_COLUMNS = ("selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
-                  "imbalance", "label_noise", "corruption_seed")
+                  "imbalance", "label_noise", "corruption_seed", "pool", "pool_seed")
 # The training-set corruption of a row; files written before these columns existed hold clean data.
 CORRUPTION_DEFAULTS = {"imbalance": 1.0, "label_noise": 0.0, "corruption_seed": 0}
+# The per-class pool the training set was drawn from (empty: the whole training split, as in files
+# written before these columns existed).
+POOL_COLUMNS = ("pool", "pool_seed")
+# Where and when a row was written (stamped by append_row). Rows of two hosts are never paired; a row
+# without a host (files written before the column existed) is an unknown host.
+PROVENANCE_COLUMNS = ("host", "date")
 
 # Coreset training protocols: a fixed number of epochs over the coreset (the papers'), or a fixed
 # number of SGD steps whatever the coreset size (the step budget).
@@ -72,12 +80,16 @@ def _typed_row(header, fields):
     row["seed"] = int(row["seed"])
     for column in ("final_acc", "best_acc", "selection_seconds", "training_seconds"):
         row[column] = _to_number(row.get(column), float)
-    for column in ("n_selected", "selection_epochs", "epochs", "steps", "batch_size"):
+    for column in ("n_selected", "selection_epochs", "epochs", "steps", "batch_size") + POOL_COLUMNS:
         row[column] = _to_number(row.get(column), int)
     row["lr"] = _to_number(row.get("lr"), float)
     for column, default in CORRUPTION_DEFAULTS.items():
         value = _to_number(row.get(column), type(default))
         row[column] = default if value is None else value
+    if row["pool"] is None:
+        row["pool_seed"] = None
+    for column in PROVENANCE_COLUMNS:
+        row[column] = row.get(column) or ""
     if not row.get("selection_model"):  # older files: the trained network selected too
         row["selection_model"] = row["model"]
     if not row.get("protocol"):  # older files: the steps column tells the step budget
@@ -168,10 +180,21 @@ def _row_line(row):
     return _csv_line(["" if row.get(k) is None else row.get(k) for k in RESULT_COLUMNS])
 
 
+def current_host():
+    """This machine's network name (the ``host`` of the rows it writes)."""
+    return platform.node() or "unknown"
+
+
 def append_row(path, row):
     """Append one row as one complete line in a single write (the header first when the file
-    is new), then flush and fsync: a crash leaves the whole row or a torn tail that readers skip."""
+    is new), then flush and fsync: a crash leaves the whole row or a torn tail that readers skip.
+    A row without ``host`` / ``date`` is stamped with this machine's name and the UTC time."""
     path = Path(path)
+    row = dict(row)
+    if not row.get("host"):
+        row["host"] = current_host()
+    if not row.get("date"):
+        row["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     new = not path.is_file() or path.stat().st_size == 0
     text = _row_line(row)
     if new:
@@ -211,10 +234,12 @@ def check_same_config(rows, config, path):
 # --------------------------------------------------------------------------------------------------
 
 def setting_label(row):
-    """The dataset as trained: its name, then the training-set corruption, the step budget and the
-    selecting network (when it is not the trained one) when present. Summaries group and pairs match on it, so rows of two corruptions or two protocols are
-    never averaged or paired together."""
+    """The dataset as trained: its name, then the per-class pool, the training-set corruption, the step
+    budget and the selecting network (when it is not the trained one) when present. Summaries group and
+    pairs match on it, so rows of two pools, corruptions or protocols are never averaged or paired together."""
     parts = [str(row["dataset"])]
+    if row.get("pool") is not None:
+        parts.append(f"pool {row['pool']}/class (pool seed {row.get('pool_seed') or 0})")
     noise = row.get("label_noise") or 0.0
     imbalance = row.get("imbalance") or 1.0
     if noise:
@@ -271,31 +296,49 @@ def summarize(rows):
 
 
 def paired_differences(rows, metric="final_acc", baseline=BASELINE):
-    """Per-seed differences (method - baseline) for the same dataset (as trained: same corruption and
-    protocol, see :func:`setting_label`), model, fraction and seed.
+    """Per-seed differences (method - baseline) for the same dataset (as trained: same pool, corruption
+    and protocol, see :func:`setting_label`), model, fraction, seed and host.
 
     The baseline row of a seed is the one with method == baseline and no options; it was trained on
     coresets drawn from the same seed's selection model, from the same initial weights. Seeds without
-    a baseline row (or without the method) are left out. Returns ``{(setting label, model, label,
-    fraction): {seed: difference}}`` for every label other than the baseline itself.
+    a baseline row (or without the method) are left out, and so are pairs written on two different
+    hosts (see :func:`baseline_for`). Returns ``{(setting label, model, label, fraction): {seed:
+    difference}}`` for every label other than the baseline itself.
     """
     if metric not in ("final_acc", "best_acc"):
         raise ValueError(f"metric: expected 'final_acc' or 'best_acc', got {metric!r}")
     base = {}
     for row in rows:
         if row["method"] == baseline and not row["options"] and row[metric] is not None:
-            base[(setting_label(row), row["model"], float(row["fraction"]), int(row["seed"]))] = row[metric]
+            key = (setting_label(row), row["model"], float(row["fraction"]), int(row["seed"]))
+            base.setdefault(key, {})[row.get("host") or ""] = row[metric]
     out = {}
     for row in rows:
         label = row_label(row)
         if label == baseline or row[metric] is None:
             continue
-        ref = base.get((setting_label(row), row["model"], float(row["fraction"]), int(row["seed"])))
+        ref = baseline_for(base.get((setting_label(row), row["model"], float(row["fraction"]), int(row["seed"]))),
+                           row.get("host") or "")
         if ref is None:
             continue
         key = (setting_label(row), row["model"], label, float(row["fraction"]))
         out.setdefault(key, {})[int(row["seed"])] = row[metric] - ref
     return out
+
+
+def baseline_for(by_host, host):
+    """The baseline value that may be paired with a row written on ``host``: the one of the same host;
+    failing that, when exactly one baseline row exists and one of the two hosts is unknown (''), that
+    one. Two known, different hosts are never paired. by_host: {host: value} or None."""
+    if not by_host:
+        return None
+    if host in by_host:
+        return by_host[host]
+    if len(by_host) == 1:
+        (other, value), = by_host.items()
+        if not host or not other:
+            return value
+    return None
 
 
 def _fmt(mean, std, signed=False):
@@ -360,9 +403,12 @@ def summary_markdown(rows, baseline=BASELINE):
         lines += [f"## {dataset}, {model}", "", _config_line(group_rows), ""]
         if ceiling:
             c = ceiling[0]
+            method_seeds = len({int(r["seed"]) for r in group_rows if r["method"] != FULL})
+            fewer = (f"; the methods have {method_seeds} seed(s): the ceiling is a reference line, not a paired "
+                     f"comparison" if 0 < c["n"] < method_seeds else "")
             lines += [f"Ceiling ({FULL}: the whole training set, {c['n_selected']:.0f} samples, same protocol): "
                       f"final {_fmt(c['final_mean'], c['final_std'])} %, best {_fmt(c['best_mean'], c['best_std'])} % "
-                      f"({c['n']} seed(s)).", ""]
+                      f"({c['n']} seed(s){fewer}).", ""]
         if not group:
             continue
 

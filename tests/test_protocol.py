@@ -46,7 +46,7 @@ def test_corruption_reaches_the_training_loader_and_every_row(tmp_path, monkeypa
     rows = run_experiment("digits", "mlp", ["uniform", "el2n", "full"], [0.1], [0], tmp_path, selection_epochs=1,
                           epochs=1, **CORRUPTION, **QUIET)
     by_split = {args[1]: kwargs for args, kwargs in loads}
-    assert by_split["train"] == dict(CORRUPTION)
+    assert by_split["train"] == dict(CORRUPTION, pool=None, pool_seed=0)
     assert not {k: v for k, v in by_split["test"].items() if k in CORRUPTION}  # the test split stays clean
     corrupted = load_dataset("digits", "train", **CORRUPTION)
     for args, _ in trainings:  # every coreset is trained on the corrupted labels
