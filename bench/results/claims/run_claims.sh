@@ -1,25 +1,48 @@
 #!/usr/bin/env bash
-# The four claims of issue 18 under the papers' protocol (docs/experiments.md, "The protocol").
-# Every run is `lcmat experiment --resume`: start this script again after any interruption and it
-# continues where it stopped. Each run has its own folder (one protocol, one corruption, one pair of
-# networks per results.csv). Start it in the background:
-#   nohup bench/results/claims/run_claims.sh > bench/results/claims/run_claims.log 2>&1 &
-# Run one claim only: CLAIMS="3" bench/results/claims/run_claims.sh
+# The four claims of issue 18 under the papers' protocol (docs/experiments.md, "The claims of issue 18"),
+# in stages, most wanted first. Every run is `lcmat experiment --resume` into its own folder under
+# $OUT: start a stage again after any interruption and it continues where it stopped. Two stages may
+# run at once (they never share a folder; each run uses THREADS threads at nice NICE):
+#   STAGES=1a nohup bench/results/claims/run_claims.sh > bench/results/claims/run-1a.log 2>&1 &
+#   STAGES="2 3" nohup bench/results/claims/run_claims.sh > bench/results/claims/run-23.log 2>&1 &
+# Then `python bench/claims_report.py` writes bench/results/claims/REPORT.md from whatever has finished.
+#
+# Stages (CPU time of one process on one otherwise idle core, estimated from BENCHMARKS.md 4.4 and the
+# selection times of BENCHMARKS.md 1; +-50 %, and slower while other jobs share the cores; 3 seeds):
+#   1a  claim 1, full CIFAR-10, 0.1 / 0.5 / 1 %, every method but the ceiling      ~4-5 h
+#         (3 selection models ~35 min, selection ~1.8 h, training ~50 min, test evaluations ~1 h)
+#   1b  claim 1, full CIFAR-10, 5 / 10 %                                            ~10-11 h
+#         (training ~8 h, selection ~2 h, evaluations ~40 min; the selection models of 1a are reused)
+#   1c  claim 1, the ceiling (whole CIFAR-10) on CEILING_SEEDS (default 0)         ~1 h per seed
+#   1g  claim 1, ResNet-18 with --preset paper, only where CUDA is available
+#   2   claim 2, across architectures, pools of 1,000 images per class            ~5 h
+#         (fm lenet->mlp ~0.5 h, fm mlp->lenet ~1.5 h, c10 w32->w16 ~1.2 h, c10 w16->w32 ~1.6 h)
+#   3   claim 3, label noise and long tails, pools of 1,000 images per class      ~12-13 h
+#         (each noisy run ~2.2 h, each long-tailed run ~1 h; 8 runs)
+#   4   claim 4, coverage at 5-20 %, pools of 1,000 images per class (FM, C10,
+#       then the held-out MNIST)                                                   ~7 h (~2.3 h each)
+# Runs on pools include their own ceiling (the whole pool: as cheap as a 10-20 % coreset of the full set).
 set -u
 cd "$(dirname "$0")/../../.."
 
 PY=${PY:-python}
 OUT=${OUT:-bench/results/claims/runs}
 THREADS=${THREADS:-1}
+NICE=${NICE:-10}
 SEEDS=${SEEDS:-0,1,2}                  # 3 at least; 0,1,2,3,4 where the budget allows
+CEILING_SEEDS=${CEILING_SEEDS:-0}      # the full-CIFAR-10 ceiling of claim 1 (about an hour per seed)
 EPOCHS=${EPOCHS:-50}                   # the cpu preset's epoch count, the same for every fraction
 C10_WIDTH=${C10_WIDTH:-32}             # ConvNet-3 width on the CPU
-CLAIMS=${CLAIMS:-"1 2 3 4"}
+POOL=${POOL:-1000}                     # images per class of claims 2-4 (drawn with pool seed POOL_SEED)
+POOL_SEED=${POOL_SEED:-0}
+STAGES=${STAGES:-"1a 1b 1c 1g 2 3 4"}
 export LCMAT_DATA_DIR=${LCMAT_DATA_DIR:-/work/shared/data}
 mkdir -p "$OUT"
 
-# The methods of LCMat's Table 1 that lcmat has, FDMat, and the full-set ceiling.
-TABLE1=uniform,cdiv,herding,kcenter,least_confidence,margin,entropy,forgetting,grand,cal,deepfool,craig,gradmatch,glister,adacore,graphcut,lcmat,fdmat,full
+# The methods of LCMat's Table 1 that lcmat has, and FDMat.
+TABLE1=uniform,cdiv,herding,kcenter,least_confidence,margin,entropy,forgetting,grand,cal,deepfool,craig,gradmatch,glister,adacore,graphcut,lcmat,fdmat
+# Claim 2: the selectors of the architecture transfer, and the ceiling.
+ARCH=uniform,lcmat,fdmat,craig,kcenter,forgetting,full
 # Claim 3: FDMat, LCMat-S, Uniform, the coverage variants and the best baselines of the clean runs.
 ROBUST=uniform,uniform:coverage=True,fdmat,fdmat:coverage=True,lcmat,lcmat:coverage=True,kcenter,forgetting,moderate,full
 # Claim 4: coverage's settings (prune_hard, num_strata), chosen on Fashion-MNIST and CIFAR-10 only.
@@ -27,56 +50,69 @@ COVERAGE=uniform,uniform:coverage=True,uniform:coverage=True:prune_hard=0:num_st
 
 has_cuda() { "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; }
 
-run() {  # run NAME OPTIONS...: one resumable experiment into $OUT/NAME
+run() {  # run NAME [--seeds S] OPTIONS...: one resumable experiment into $OUT/NAME
     local name=$1; shift
+    local seeds=$SEEDS
+    if [ "${1:-}" = --seeds ]; then seeds=$2; shift 2; fi
     echo "== $(date -u +%FT%TZ) $name"
-    "$PY" -m lcmat experiment --resume --quiet --threads "$THREADS" --seeds "$SEEDS" --out "$OUT/$name" "$@" \
-        || echo "== $name FAILED (rc $?)"
+    nice -n "$NICE" "$PY" -m lcmat experiment --resume --quiet --threads "$THREADS" --seeds "$seeds" \
+        --out "$OUT/$name" "$@" || echo "== $name FAILED (rc $?)"
 }
 
 fm=(--dataset fashion-mnist --model lenet --selection-epochs 10 --epochs "$EPOCHS" --lr 0.05 --evaluations 4 --device cpu)
-c10=(--dataset cifar10 --model convnet --model-option "width=$C10_WIDTH" --selection-epochs 10 --epochs "$EPOCHS"
-     --lr 0.05 --evaluations 4 --device cpu)
+mnist=(--dataset mnist --model lenet --selection-epochs 10 --epochs "$EPOCHS" --lr 0.05 --evaluations 4 --device cpu)
+c10net=(--dataset cifar10 --model convnet --selection-epochs 10 --epochs "$EPOCHS" --lr 0.05 --evaluations 4 --device cpu)
+c10=("${c10net[@]}" --model-option "width=$C10_WIDTH")
+pool=(--pool "$POOL" --pool-seed "$POOL_SEED")
 
-for claim in $CLAIMS; do
-  case $claim in
-  1)  # LCMat Table 1: CIFAR-10 at 0.1, 0.5, 1, 5, 10 %.
-      run table1-c10-convnet "${c10[@]}" --methods "$TABLE1" --fractions 0.001,0.005,0.01,0.05,0.1
-      if has_cuda; then
-          run table1-c10-resnet18 --preset paper --methods "$TABLE1"
+for stage in $STAGES; do
+  case $stage in
+  1a) # LCMat Table 1, the small fractions (where the paper reports LCMat-S's gains).
+      run table1-c10-convnet "${c10[@]}" --methods "$TABLE1" --fractions 0.001,0.005,0.01 ;;
+  1b) run table1-c10-convnet-large "${c10[@]}" --methods "$TABLE1" --fractions 0.05,0.1 ;;
+  1c) # The ceiling: the whole CIFAR-10 under the same protocol (fraction 1, no selection model).
+      run table1-c10-convnet-ceiling --seeds "$CEILING_SEEDS" "${c10[@]}" --methods full ;;
+  1g) if has_cuda; then
+          run table1-c10-resnet18 --seeds 0,1,2,3,4 --preset paper --methods "$TABLE1,full"
+      else
+          echo "== stage 1g skipped: no CUDA device"
       fi ;;
   2)  # LCMat across architectures: select with one network, train another.
       for pair in "lenet mlp" "mlp lenet"; do
           set -- $pair
-          run arch-fm-$1-to-$2 "${fm[@]}" --selection-model "$1" --model "$2" \
-              --methods uniform,lcmat,fdmat,craig,kcenter,forgetting,full --fractions 0.01,0.05,0.1
+          run arch-fm-pool$POOL-$1-to-$2 "${fm[@]}" "${pool[@]}" --selection-model "$1" --model "$2" \
+              --methods "$ARCH" --fractions 0.01,0.05,0.1
       done
-      for pair in "16 32" "32 16"; do
+      for pair in "32 16" "16 32"; do
           set -- $pair
-          run arch-c10-w$1-to-w$2 "${c10[@]}" --selection-model convnet --selection-model-option "width=$1" \
-              --model-option "width=$2" --methods uniform,lcmat,fdmat,craig,kcenter,forgetting,full \
+          run arch-c10-pool$POOL-w$1-to-w$2 "${c10net[@]}" "${pool[@]}" --selection-model convnet \
+              --selection-model-option "width=$1" --model-option "width=$2" --methods "$ARCH" \
               --fractions 0.01,0.05,0.1
       done ;;
-  3)  # FDMat's robustness: symmetric label noise 20/40 %, long tail 10/100, at 1, 5, 10 %.
+  3)  # FDMat's robustness: symmetric label noise 20/40 %, long tail 10/100, at 1, 5, 10 %; the pool is
+      # drawn first, then corrupted.
       for data in fm c10; do
           if [ "$data" = fm ]; then opts=("${fm[@]}"); else opts=("${c10[@]}"); fi
           for noise in 0.2 0.4; do
-              run robust-$data-noise$noise "${opts[@]}" --label-noise "$noise" --methods "$ROBUST" --fractions 0.01,0.05,0.1
+              run robust-$data-pool$POOL-noise$noise "${opts[@]}" "${pool[@]}" --label-noise "$noise" \
+                  --methods "$ROBUST" --fractions 0.01,0.05,0.1
           done
           for ratio in 10 100; do
+              # Class c keeps POOL * ratio^(-c/9) images: 100 at ratio 10 (1 % gives it one), 10 at
+              # ratio 100, where round(f * 10) >= 1 needs f > 5 %: 6, 10, 20 % there.
               fractions=0.01,0.05,0.1
-              # CIFAR-10 at ratio 100: the rarest class keeps 50 images, and 1 % of 50 rounds to none.
-              if [ "$data" = c10 ] && [ "$ratio" = 100 ]; then fractions=0.02,0.05,0.1; fi
-              run robust-$data-imb$ratio "${opts[@]}" --imbalance "$ratio" --methods "$ROBUST" --fractions "$fractions"
+              if [ "$ratio" = 100 ]; then fractions=0.06,0.1,0.2; fi
+              run robust-$data-pool$POOL-imb$ratio "${opts[@]}" "${pool[@]}" --imbalance "$ratio" \
+                  --methods "$ROBUST" --fractions "$fractions"
           done
       done ;;
   4)  # The coverage finding at 5-20 %, on the two tuning datasets, then the held-out one (MNIST).
-      run coverage-fm "${fm[@]}" --methods "$COVERAGE" --fractions 0.05,0.1,0.2
-      run coverage-c10 "${c10[@]}" --methods "$COVERAGE" --fractions 0.05,0.1,0.2
+      run coverage-fm-pool$POOL "${fm[@]}" "${pool[@]}" --methods "$COVERAGE" --fractions 0.05,0.1,0.2
+      run coverage-c10-pool$POOL "${c10[@]}" "${pool[@]}" --methods "$COVERAGE" --fractions 0.05,0.1,0.2
       # Held out: no setting is chosen on it; only the settings the two runs above recommend count.
-      run coverage-mnist-heldout --dataset mnist --model lenet --selection-epochs 10 --epochs "$EPOCHS" --lr 0.05 \
-          --evaluations 4 --device cpu --methods "$COVERAGE" --fractions 0.05,0.1,0.2 ;;
-  *)  echo "unknown claim $claim" ;;
+      run coverage-mnist-pool$POOL-heldout "${mnist[@]}" "${pool[@]}" --methods "$COVERAGE" \
+          --fractions 0.05,0.1,0.2 ;;
+  *)  echo "unknown stage $stage (stages: 1a 1b 1c 1g 2 3 4)" ;;
   esac
 done
 echo "== $(date -u +%FT%TZ) done"
