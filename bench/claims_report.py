@@ -170,7 +170,7 @@ class Setting:
             parts.append(f"written {self.dates[0]}" + (f" to {self.dates[1]}" if self.dates[1] != self.dates[0] else ""))
         epochs = sorted({r["epochs"] for r in self.rows if r.get("epochs") is not None})
         if epochs:
-            parts.append(f"{'/'.join(map(str, epochs))} epochs per coreset")
+            parts.append(f"epochs per coreset: {'/'.join(map(str, epochs))}")
         return "; ".join(parts)
 
     def table(self, metric, prefix):
@@ -188,14 +188,14 @@ class Setting:
 
     def ceiling_line(self):
         if self.ceiling is None:
-            return "Ceiling (`full`, the whole training set): not run yet."
+            return "Ceiling (`full`, every training sample of this setting): not run yet."
         c = self.ceiling
         few = (f"; the methods have {len(self.seeds)} seed(s), so the ceiling is a reference, not a paired "
                f"comparison" if c["n"] < len(self.seeds) else "")
         final = f"{c['final_mean']:.2f}" + ("" if c["final_std"] is None else f" ± {c['final_std']:.2f}")
         best = f"{c['best_mean']:.2f}" + ("" if c["best_std"] is None else f" ± {c['best_std']:.2f}")
-        return (f"Ceiling (`full`, the whole training set, {c['n_selected']:.0f} samples, same protocol): final "
-                f"{final} %, best {best} % over {c['n']} seed(s){few}.")
+        return (f"Ceiling (`full`, every training sample of this setting, {c['n_selected']:.0f} samples, same "
+                f"protocol): final {final} %, best {best} % over {c['n']} seed(s){few}.")
 
 
 def settings_of(rows):

@@ -76,7 +76,7 @@ def test_report_tables_on_partial_results(report, runs, tmp_path):
     # Best accuracy is its own table.
     assert f"| lcmat | **{d.mean() + 1:+.2f} ± {d.std(ddof=1):.2f} (3/3)** | +2.00 ± 2.00 (2/3) |" in text
     # The ceiling from its own folder, on fewer seeds than the methods, says so.
-    assert "Ceiling (`full`, the whole training set, 50000 samples, same protocol): final 80.00 %, best 81.00 % " \
+    assert "Ceiling (`full`, every training sample of this setting, 50000 samples, same protocol): final 80.00 %, best 81.00 % " \
            "over 1 seed(s); the methods have 3 seed(s)" in text
     # The paper beside ours, and the ranking.
     assert "| uniform | 20.42 | 21.00 (3) | 36.47 | 35.00 (3) |" in text
@@ -88,7 +88,7 @@ def test_report_tables_on_partial_results(report, runs, tmp_path):
     assert "## Claim 2. LCMat across architectures: select with one network, train another\n\nNo runs yet." in text
     assert "### fashion-mnist, pool 1000/class (pool seed 0), label noise 20 %, corruption seed 0, lenet" in text
     assert "- fdmat: 5 % loses to Uniform (-10.00 ± 0.00, 0/3 seeds won)." in text
-    assert "Ceiling (`full`, the whole training set, 50 samples, same protocol): final 85.00 % over" not in text
+    assert "Ceiling (`full`, every training sample of this setting, 50 samples, same protocol): final 85.00 % over" not in text
     assert "final 85.00 ± 0.00 %, best 85.00 ± 0.00 % over 3 seed(s)." in text
     assert "(the held-out dataset: no setting was chosen on it)" in text
     assert "- uniform(coverage=True): 10 % within the seed spread of Uniform (+0.00 ± 0.71, 1/2 seeds won)." in text

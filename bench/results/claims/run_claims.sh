@@ -17,8 +17,8 @@
 #   1g  claim 1, ResNet-18 with --preset paper, only where CUDA is available
 #   2   claim 2, across architectures, pools of 1,000 images per class            ~5 h
 #         (fm lenet->mlp ~0.5 h, fm mlp->lenet ~1.5 h, c10 w32->w16 ~1.2 h, c10 w16->w32 ~1.6 h)
-#   3   claim 3, label noise and long tails, pools of 1,000 images per class      ~12-13 h
-#         (each noisy run ~2.2 h, each long-tailed run ~1 h; 8 runs)
+#   3   claim 3, label noise and long tails, pools of 1,000 images per class      ~13-14 h
+#         (each noisy run ~2.3 h, each long-tailed run ~1 h; 8 runs)
 #   4   claim 4, coverage at 5-20 %, pools of 1,000 images per class (FM, C10,
 #       then the held-out MNIST)                                                   ~7 h (~2.3 h each)
 # Runs on pools include their own ceiling (the whole pool: as cheap as a 10-20 % coreset of the full set).
