@@ -181,7 +181,7 @@ def test_overflowing_features_end_in_one_line(tmp_path, capsys):
 
 SETTINGS = dict(dataset="digits", model="mlp", methods=["uniform"], fractions=[0.1, 0.2], seeds=[0],
                 selection_epochs=1, epochs=None, steps=2, evaluations=1, progress=False, log=lambda *a: None)
-TIMING = ("selection_seconds", "training_seconds")
+TIMING = ("selection_seconds", "training_seconds", "date")  # and when the row was written
 
 
 def table(rows):
@@ -223,7 +223,10 @@ def test_a_torn_results_file_is_repaired_by_resume(finished, tmp_path):
 def test_an_invalid_row_is_skipped_with_a_warning_and_rerun(finished, tmp_path):
     whole_path, whole_table = finished
     lines = whole_path.read_text().splitlines(keepends=True)
-    broken = lines[1].replace(lines[1].split(",")[-4], "not-a-number", 1)  # final_acc
+    from lcmat.results import RESULT_COLUMNS
+    fields = lines[1].rstrip("\n").split(",")
+    fields[RESULT_COLUMNS.index("final_acc")] = "not-a-number"
+    broken = ",".join(fields) + "\n"
     out = tmp_path / "invalid"
     out.mkdir()
     (out / RESULTS_FILE).write_text(lines[0] + broken + "".join(lines[2:]))
@@ -250,8 +253,8 @@ def test_rows_are_whole_lines(tmp_path):
     path = tmp_path / RESULTS_FILE
     row = dict(dataset="digits", model="mlp", method="lcmat", options="a=1, b=2", fraction=0.1, seed=0,
                n_selected=10, weighted=True, selection_model="mlp", protocol="steps", selection_epochs=1, epochs=None, steps=2,
-               batch_size=128, lr=0.1, imbalance=1.0, label_noise=0.0, corruption_seed=0,
-               final_acc=50.0, best_acc=51.0, selection_seconds=0.1, training_seconds=0.2)
+               batch_size=128, lr=0.1, imbalance=1.0, label_noise=0.0, corruption_seed=0, pool=None, pool_seed=None,
+               final_acc=50.0, best_acc=51.0, selection_seconds=0.1, training_seconds=0.2, host="h", date="d")
     assert set(row) == set(RESULT_COLUMNS)
     append_row(path, row)
     append_row(path, row)
