@@ -7,20 +7,21 @@
 #   STAGES="2 3" nohup bench/results/claims/run_claims.sh > bench/results/claims/run-23.log 2>&1 &
 # Then `python bench/claims_report.py` writes bench/results/claims/REPORT.md from whatever has finished.
 #
-# Stages (CPU time of one process on one otherwise idle core, estimated from BENCHMARKS.md 4.4 and the
-# selection times of BENCHMARKS.md 1; +-50 %, and slower while other jobs share the cores; 3 seeds):
-#   1a  claim 1, full CIFAR-10, 0.1 / 0.5 / 1 %, every method but the ceiling      ~4-5 h
-#         (3 selection models ~35 min, selection ~1.8 h, training ~50 min, test evaluations ~1 h)
-#   1b  claim 1, full CIFAR-10, 5 / 10 %                                            ~10-11 h
-#         (training ~8 h, selection ~2 h, evaluations ~40 min; the selection models of 1a are reused)
-#   1c  claim 1, the ceiling (whole CIFAR-10) on CEILING_SEEDS (default 0)         ~1 h per seed
+# Stages, CPU time of one process on one otherwise idle core (BENCHMARKS.md 4.4: measured CPU time
+# per image and per test evaluation, selection from section 1; +-50 %; about 3x longer in wall time
+# while the shared 2-core machine runs other jobs), 3 seeds:
+#   1a  claim 1, full CIFAR-10, 0.1 / 0.5 / 1 %, every method but the ceiling      ~2.5 h
+#         (test evaluations ~1 h, selection ~36 min, training ~32 min, 3 selection models ~20 min)
+#   1b  claim 1, full CIFAR-10, 5 / 10 %                                            ~6.5-7 h
+#         (training ~5 h, selection ~1 h, evaluations ~40 min; the selection models of 1a are reused)
+#   1c  claim 1, the ceiling (whole CIFAR-10) on CEILING_SEEDS (default 0)         ~40 min per seed
 #   1g  claim 1, ResNet-18 with --preset paper, only where CUDA is available
-#   2   claim 2, across architectures, pools of 1,000 images per class            ~5 h
-#         (fm lenet->mlp ~0.5 h, fm mlp->lenet ~1.5 h, c10 w32->w16 ~1.2 h, c10 w16->w32 ~1.6 h)
-#   3   claim 3, label noise and long tails, pools of 1,000 images per class      ~13-14 h
-#         (each noisy run ~2.3 h, each long-tailed run ~1 h; 8 runs)
-#   4   claim 4, coverage at 5-20 %, pools of 1,000 images per class (FM, C10,
-#       then the held-out MNIST)                                                   ~7 h (~2.3 h each)
+#   2   claim 2, across architectures, pools of 1,000 images per class            ~2 h
+#         (fm lenet->mlp ~5 min, fm mlp->lenet ~11 min, c10 w32->w16 ~30 min, c10 w16->w32 ~70 min)
+#   3   claim 3, label noise and long tails, pools of 1,000 images per class      ~6 h
+#         (c10 noisy runs ~1.6 h each, c10 long-tailed ~1 h each, fm runs 8-15 min each)
+#   4   claim 4, coverage at 5-20 %, pools of 1,000 images per class (FM ~15 min,
+#       C10 ~1.6 h, then the held-out MNIST ~15 min)                               ~2.1 h
 # Runs on pools include their own ceiling (the whole pool: as cheap as a 10-20 % coreset of the full set).
 set -u
 cd "$(dirname "$0")/../../.."
@@ -30,7 +31,7 @@ OUT=${OUT:-bench/results/claims/runs}
 THREADS=${THREADS:-1}
 NICE=${NICE:-10}
 SEEDS=${SEEDS:-0,1,2}                  # 3 at least; 0,1,2,3,4 where the budget allows
-CEILING_SEEDS=${CEILING_SEEDS:-0}      # the full-CIFAR-10 ceiling of claim 1 (about an hour per seed)
+CEILING_SEEDS=${CEILING_SEEDS:-0}      # the full-CIFAR-10 ceiling of claim 1 (~40 min CPU per seed)
 EPOCHS=${EPOCHS:-50}                   # the cpu preset's epoch count, the same for every fraction
 C10_WIDTH=${C10_WIDTH:-32}             # ConvNet-3 width on the CPU
 POOL=${POOL:-1000}                     # images per class of claims 2-4 (drawn with pool seed POOL_SEED)
