@@ -81,12 +81,13 @@ def discover(runs_dir):
 
 
 def merged_rows(folders):
-    """The rows of several folders as one list; a run present twice (same key and host) is kept once."""
+    """The rows of several folders as one list. A run present in two folders (same setting, model,
+    method, fraction and seed, e.g. a ceiling run both with the methods and in its own stage) counts
+    once: the first folder's row, in folder-name order."""
     rows, seen = [], set()
     for _, folder_rows in folders:
         for row in folder_rows:
-            key = (setting_label(row), row["model"], row_label(row), float(row["fraction"]), int(row["seed"]),
-                   row.get("host") or "")
+            key = (setting_label(row), row["model"], row_label(row), float(row["fraction"]), int(row["seed"]))
             if key not in seen:
                 seen.add(key)
                 rows.append(row)

@@ -51,6 +51,8 @@ def runs(tmp_path):
     rows.append(row("herding", 0.001, 0, 99.0, host="h2"))  # another host: never paired with h1's Uniform
     write(runs / "table1-c10-convnet", rows)
     write(runs / "table1-c10-convnet-ceiling", [row("full", 1.0, 0, 80.0, best=81.0, n_selected=50000)])
+    # The same ceiling run again in a later folder (e.g. an older plan that listed it): counted once.
+    write(runs / "table1-c10-convnet-zz-older", [row("full", 1.0, 0, 70.0, n_selected=50000, host="")])
     noisy = dict(dataset="fashion-mnist", model="lenet", selection_model="lenet", pool=1000, pool_seed=0,
                  label_noise=0.2)
     write(runs / "robust-fm-pool1000-noise0.2",
