@@ -1,19 +1,29 @@
 """Whole-network per-sample gradient norms over every nn.Linear (`ops.per_sample_grad_norms`,
-GraNd with layers="all") against Opacus (GradSampleModule) and torch.func (vmap of grad), and the
-per-layer kernel `ops.linear_grad_norms` alone.
+GraNd with layers="all") against Opacus (GradSampleModule), torch.func (vmap of grad) and BackPACK
+(BatchL2Grad), and the per-layer kernel `ops.linear_grad_norms` alone.
 
 Networks, at (N, T, d_in, width), C = 10 classes:
 - mlp: T = 1 (an MLP on flattened images): tiny (64, 1, 32, 32); cifar10 (1,024, 1, 3,072, 512).
 - seq-wide: a sequence model (Linear-ReLU-Linear-ReLU per position, mean over positions, a linear
   head) with wide layers: tiny (16, 8, 32, 32); cifar10 (128, 64, 256, 512). Ghost norms are
   cheaper here: T (d_in + d_out) < d_in d_out.
+- seq-mid: between the two: tiny (16, 16, 16, 32); cifar10 (128, 128, 128, 256). The first
+  layer materialises, the second sits on the boundary T (d_in + d_out) = d_in d_out.
 - seq-long: the same with long sequences and narrow layers: tiny (16, 32, 16, 16); cifar10
   (64, 1,024, 64, 128). Materialising is cheaper: T (d_in + d_out) > d_in d_out.
 The "cifar10" size holds these realistic shapes (there is no ImageNet size for this family).
 Every timed call is one forward and one backward pass plus the norms; the peers materialise the
-per-sample gradients, in batches of about 64 MB of them.
+per-sample gradients, in batches of about 64 MB of them (BackPACK's BatchL2Grad forms them for
+sequences and takes the rank-one form at T = 1).
+
+LCMAT_BENCH_BEFORE=1 adds the impl "cpu-param-backward": the cpu kernels behind the earlier
+backward pass, autograd.grad with respect to the parameters (which also forms the batch weight
+gradients), so that the gain of taking the gradients at the layer outputs is measured in the
+same run.
 """
+import copy
 import functools
+import os
 
 import pytest
 import torch
@@ -25,6 +35,7 @@ from lcmat import ops
 MODELS = {
     "mlp": {"tiny": (64, 1, 32, 32), "cifar10": (1024, 1, 3072, 512)},
     "seq-wide": {"tiny": (16, 8, 32, 32), "cifar10": (128, 64, 256, 512)},
+    "seq-mid": {"tiny": (16, 16, 16, 32), "cifar10": (128, 128, 128, 256)},
     "seq-long": {"tiny": (16, 32, 16, 16), "cifar10": (64, 1024, 64, 128)},
 }
 SIZES = ["tiny", "cifar10"]
@@ -101,18 +112,67 @@ def opacus_norms(model, x, y):
     return torch.cat(out)
 
 
-PEERS = {"torch.func": func_norms, "opacus": opacus_norms}
+@functools.lru_cache(maxsize=1)
+def backpack_model(model):
+    """A copy of `model` extended by BackPACK (extend() adds hooks and buffers), made once."""
+    return peer("backpack").extend(copy.deepcopy(model))
+
+
+def backpack_norms(model, x, y):
+    bp = peer("backpack")
+    from backpack import extensions
+    extended = backpack_model(model)
+    lossf = bp.extend(nn.CrossEntropyLoss(reduction="sum"))
+    out = []
+    for s, e in batches(model, len(x)):
+        extended.zero_grad(set_to_none=True)
+        with bp.backpack(extensions.BatchL2Grad()):
+            lossf(extended(x[s:e]), y[s:e]).backward()
+        out.append(sum(p.batch_l2 for p in extended.parameters()).sqrt())
+    return torch.cat(out)
+
+
+def param_backward_norms(model, x, y):
+    """The earlier path: the output gradients caught by tensor hooks during autograd.grad with
+    respect to the parameters (which forms the batch weight gradients too), the cpu kernels."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    calls = {layer: [] for layer in layers}
+
+    def hook(layer, args, output):
+        record = [args[0].detach(), None]
+        calls[layer].append(record)
+        output.register_hook(lambda g: record.__setitem__(1, g.detach()))
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        losses = LOSS(model(x), y)
+        torch.autograd.grad(losses.sum(), [p for p in model.parameters()])
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(x)
+    total = torch.zeros(n)
+    for layer in layers:
+        A = torch.cat([a.reshape(n, -1, a.shape[-1]) for a, _ in calls[layer]], dim=1)
+        G = torch.cat([g.reshape(n, -1, g.shape[-1]) for _, g in calls[layer]], dim=1)
+        total += ops.linear_grad_norms(A, G, backend="cpu") + G.sum(1).square().sum(1)
+    return total.sqrt()
+
+
+PEERS = {"torch.func": func_norms, "opacus": opacus_norms, "backpack": backpack_norms}
+BEFORE = ["cpu-param-backward"] if os.environ.get("LCMAT_BENCH_BEFORE") == "1" and DEVICE.type == "cpu" else []
 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("model_name", list(MODELS))
-@pytest.mark.parametrize("impl", backends() + list(PEERS))
+@pytest.mark.parametrize("impl", backends() + BEFORE + list(PEERS))
 def test_per_sample_grad_norms(benchmark, impl, model_name, size):
     model, x, y = problem(model_name, size)
     expected = lcmat_norms(model, x, y, "reference")
     if impl in PEERS:
-        peer("opacus" if impl == "opacus" else "torch")
+        peer("torch" if impl == "torch.func" else impl)
         fn = functools.partial(PEERS[impl], model, x, y)
+    elif impl == "cpu-param-backward":
+        fn = functools.partial(param_backward_norms, model, x, y)
     else:
         fn = functools.partial(lcmat_norms, model, x, y, impl)
     assert_close(fn(), expected, rtol=1e-3, atol=1e-6, what=f"{impl} per-sample gradient norms")
