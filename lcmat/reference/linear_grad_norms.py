@@ -63,12 +63,13 @@ def collect_linear_grad_norms(model, inputs, targets, loss_fn, weight_sq_norms):
     gradient at the layer's own output."""
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)
               and any(p.requires_grad for p in m.parameters(recurse=False))]
-    calls = []  # per call: (layer, A, A's version, the output's gradient edge, the output's version)
+    calls = []  # per call: (layer, A, A's version, the output's gradient edge, watched tensor, its version)
 
     def forward_hook(layer, args, output):
         if output.requires_grad:
-            calls.append((layer, args[0].detach(), args[0]._version, output_edge(output),
-                          output._version))
+            target = whole_base(output)
+            edge, watched = output_edge(target)
+            calls.append((layer, args[0].detach(), args[0]._version, edge, watched, target._version))
 
     handles = [layer.register_forward_hook(forward_hook) for layer in layers]
     try:
@@ -87,15 +88,15 @@ def collect_linear_grad_norms(model, inputs, targets, loss_fn, weight_sq_norms):
         return total
     grads = torch.autograd.grad(losses.sum(), [call[3] for call in calls], allow_unused=True)
     per_layer = {layer: [] for layer in layers}
-    for (layer, a, version, edge, edge_version), g in zip(calls, grads):
+    for (layer, a, version, _, watched, watched_version), g in zip(calls, grads):
         if a._version != version:
             raise ValueError(f"model: the input of {layer} was modified in place after the layer "
                              f"read it; its per-sample gradients would be wrong")
-        if isinstance(edge, torch.Tensor) and edge._version != edge_version:
+        if watched is not None and watched._version != watched_version:
             raise ValueError(f"model: the output of {layer} was modified in place (an in-place "
-                             f"activation?); this torch has no gradient edges (torch.autograd.graph."
-                             f"get_gradient_edge) to take its gradient before that: use "
-                             f"inplace=False or a newer torch")
+                             f"activation?) where its gradient cannot be taken before that (a "
+                             f"partial view, or a torch without torch.autograd.graph."
+                             f"get_gradient_edge): use inplace=False")
         if g is not None:  # None: this call's output does not reach the loss
             per_layer[layer].append((a.reshape(n, -1, a.shape[-1]), g.reshape(n, -1, g.shape[-1])))
     for layer, used in per_layer.items():
@@ -112,11 +113,27 @@ def collect_linear_grad_norms(model, inputs, targets, loss_fn, weight_sq_norms):
     return total.sqrt()
 
 
-def output_edge(output):
-    """What autograd.grad is asked for at a layer's output: its gradient edge, which an in-place
-    op on the output later does not move. (torch before 2.2 has no gradient edges: there the
-    output itself, and an in-place op on it is refused after the backward pass.)"""
-    get_edge = getattr(torch.autograd.graph, "get_gradient_edge", None)
-    if get_edge is not None:
-        return get_edge(output)
+def whole_base(output):
+    """The tensor whose gradient G is taken for a layer's output: the output, or the tensor it is
+    a reshaped view of (nn.Linear on [N, T, d] inputs returns a view of a [N T, d_out] product),
+    whose gradient holds the same numbers in the same order."""
+    base = output._base
+    if base is not None and base.numel() == output.numel() and base.is_contiguous() \
+            and output.is_contiguous():
+        return base
     return output
+
+
+def output_edge(target):
+    """(what autograd.grad is asked for, a tensor to watch for in-place changes or None).
+
+    The gradient edge of `target`, taken before anything else runs: an in-place op on a tensor
+    that is not a view (ReLU(inplace=True)) records its own node on top of that edge, so the
+    gradient at the edge is the layer's output gradient from before the op. An in-place op on a
+    view replaces the view's history (its edge leaves the graph), and torch before 2.2 has no
+    gradient edges (the tensor is asked for, whose gradient an in-place op moves past it): in
+    those cases the tensor is watched, and a change refused."""
+    get_edge = getattr(torch.autograd.graph, "get_gradient_edge", None)
+    if get_edge is None:
+        return target, target
+    return get_edge(target), (target if target._base is not None else None)
