@@ -30,6 +30,7 @@ one implementation then another see different loads, turns see the same.
 """
 import copy
 import functools
+import importlib.util
 import os
 import statistics
 import time
@@ -235,7 +236,7 @@ def alternating(model_names, rounds, size="cifar10"):
     torch.set_num_threads(THREADS)
     impls = {b: functools.partial(lcmat_norms, backend=b) for b in backends() if b != "reference"}
     impls.update({"cpu-param-backward": param_backward_norms} if DEVICE.type == "cpu" else {})
-    impls.update(PEERS)
+    impls.update({k: fn for k, fn in PEERS.items() if installed(k)})
     table = {}
     for name in model_names:
         model, x, y = problem(name, size)
@@ -254,6 +255,17 @@ def alternating(model_names, rounds, size="cifar10"):
                 times[impl].append(time.perf_counter() - start)
         table[name] = {impl: 1e3 * statistics.median(t) for impl, t in times.items()}
     return table
+
+
+def installed(impl):
+    return importlib.util.find_spec("torch" if impl == "torch.func" else impl) is not None
+
+
+def test_alternating_runner():
+    """The script's timing in turns, once at the tiny size, so that it cannot rot."""
+    table = alternating(["seq-long"], rounds=1, size="tiny")
+    assert {"cpu", "cpu-param-backward"} <= set(table["seq-long"]) or "cpu" not in backends()
+    assert all(t > 0 for t in table["seq-long"].values())
 
 
 def main():
