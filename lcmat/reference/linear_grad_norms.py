@@ -130,9 +130,10 @@ def output_edge(target):
     The gradient edge of `target`, taken before anything else runs: an in-place op on a tensor
     that is not a view (ReLU(inplace=True)) records its own node on top of that edge, so the
     gradient at the edge is the layer's output gradient from before the op. An in-place op on a
-    view replaces the view's history (its edge leaves the graph), and torch before 2.2 has no
-    gradient edges (the tensor is asked for, whose gradient an in-place op moves past it): in
-    those cases the tensor is watched, and a change refused."""
+    view replaces the view's history (its edge leaves the graph), and a torch without
+    `torch.autograd.graph.get_gradient_edge` has no edges to ask for (the tensor is asked for,
+    whose gradient an in-place op moves past it): in those cases the tensor is watched, and a
+    change refused."""
     get_edge = getattr(torch.autograd.graph, "get_gradient_edge", None)
     if get_edge is None:
         return target, target
