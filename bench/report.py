@@ -7,13 +7,18 @@ One table per operation and shape: each implementation's median time, its achiev
 GB/s (from the work the benchmark recorded), its speed-up over the reference backend (reference
 median / its median) and over the fastest outside library in the same table (that library's
 median / its median; above 1 means faster than the best peer). lcmat's backends are
-"reference", "cpu", "cuda", "triton"; every other implementation is a peer.
+"reference", "cpu", "cuda", "triton", and a variant of one named "<backend>-<variant>" (an
+ablation, e.g. cpu-param-backward); every other implementation is a peer.
 """
 import argparse
 import json
 from collections import OrderedDict
 
 LCMAT = ("reference", "cpu", "cuda", "triton")
+
+
+def is_peer(impl):
+    return impl not in LCMAT and impl.split("-")[0] not in LCMAT
 
 
 def load(paths):
@@ -46,7 +51,7 @@ def tables(rows):
     out = []
     for (op, shape), group in groups.items():
         ref = next((r["median"] for r in group if r["impl"] == "reference"), None)
-        peers = [r["median"] for r in group if r["impl"] not in LCMAT]
+        peers = [r["median"] for r in group if is_peer(r["impl"])]
         best_peer = min(peers) if peers else None
         out.append(f"**{op}**, {shape}\n")
         out.append("| implementation | median (ms) | GFLOP/s | GB/s | vs reference | vs best peer |")
@@ -69,7 +74,7 @@ def summary(rows, backend="cpu"):
            "|---|---|---:|---:|---|---:|---:|"]
     for (op, shape), medians in groups.items():
         ours, ref = medians.get(backend), medians.get("reference")
-        peers = {k: v for k, v in medians.items() if k not in LCMAT}
+        peers = {k: v for k, v in medians.items() if is_peer(k)}
         best = min(peers, key=peers.get) if peers else None
         cell = (lambda t: f"{t * 1e3:.3f}" if t else "-")
         out.append(f"| {op} | {shape} | {cell(ours)} | {cell(ref)} | "

@@ -180,18 +180,35 @@ def linear_grad_norms(activations, grad_outputs, backend=None):
 
 
 def per_sample_grad_norms(model, inputs, targets, loss_fn, backend=None):
-    """Per-sample gradient norms over every nn.Linear of `model` (loss_fn with reduction='none'):
-    one forward and one backward pass of the summed loss, then `linear_grad_norms` per layer.
+    """Per-sample gradient norms ||grad_theta loss_i||, [N], where theta is every weight and bias
+    of an nn.Linear of `model` that requires grad (loss_fn with reduction='none').
 
-    Where it wins against per-sample-gradient libraries (Opacus, torch.func), which build the
-    N x d_in x d_out gradients: T = 1 layers (MLPs: the rank-one form) and wide layers on
-    short-to-medium sequences (the ghost norm). Where it does not: long sequences on narrow
-    layers (T (d_in + d_out) > d_in d_out), where every exact method, this one included, forms
-    the per-sample gradients, so the cost is theirs (minus their memory), and the backward pass,
-    an ordinary autograd.grad with respect to the parameters, also forms the batch weight
-    gradients the norms do not need (BENCHMARKS.md has the comparison); and small networks,
-    where the forward and backward passes dominate. Only nn.Linear parameters count (no
-    convolutions, no normalisation layers); samples must not interact (eval-mode BatchNorm)."""
+    One forward pass, and one backward pass of the summed loss that asks autograd only for the
+    gradients G at the layers' outputs, so no parameter gradient is formed (docs/design.md,
+    Whole-network per-sample gradient norms); then `linear_grad_norms` per layer from its inputs
+    A and G, in the cheapest exact form: rank one at T = 1, the ghost norm where
+    T (d_in + d_out) <= d_in d_out, else the per-sample gradients a chunk of samples at a time.
+    A layer called several times counts the sum of its calls; in-place activations after a layer
+    are fine (G is taken before them); a frozen weight or bias is left out.
+
+    Against the per-sample-gradient libraries (Opacus, BackPACK's BatchL2Grad, torch.func), which
+    form the N x d_in x d_out gradients and, in their backward pass, the batch weight gradients
+    too, it wins where the norms cost less than those: T = 1 layers (MLPs, rank one: the
+    gradients are never formed), wide layers on short and medium sequences (the ghost norm), and
+    long sequences on narrow layers, where every exact method forms the per-sample gradients
+    (T d_in d_out each) and this one saves the batch weight gradients of the same cost. The margin
+    is small there and on small networks, where the forward and backward passes and their
+    elementwise work dominate (BENCHMARKS.md, Whole-network per-sample gradient norms).
+
+    Memory beyond what autograd keeps anyway (every layer's input): each layer's output gradients
+    for the batch (N T d_out) and the kernels' temporaries (at most 16 MB a chunk); never
+    N x d_in x d_out. The batch size bounds it (GraNd: `select(..., batch_size=...)`).
+
+    Samples must not interact: with BatchNorm in train mode the result is the norm of each
+    sample's part of the summed loss's gradient, not of its own loss's; use eval mode (GraNd
+    does). Only nn.Linear modules called as modules count: convolutions, normalisation layers
+    and weights used through F.linear (e.g. nn.MultiheadAttention's projections) do not. An
+    in-place change of a layer's input after the layer read it raises a ValueError."""
     return _call("per_sample_grad_norms", backend, model, inputs, targets, loss_fn)
 
 
