@@ -167,16 +167,6 @@ class _Data:
         return len(self.labels)
 
 
-class _Counts:
-    """What `Selector._budgets` reads: the global class counts and N."""
-
-    def __init__(self, counts):
-        self.counts = counts
-
-    def __len__(self):
-        return int(self.counts.sum())
-
-
 def _local_labels(labels):
     y = as_tensor("labels", labels, 1)
     if y.dtype == torch.bool:
@@ -421,7 +411,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
         shard.logits = shard.logits.new_zeros(0, dims[1])
     counts = _all_reduce(torch.bincount(shard.labels.cpu(), minlength=num_classes)).numpy()
     check_every_class_present(counts)
-    budgets = selector._budgets(_Counts(counts))
+    budgets = selector.budgets(counts)
     phase_seconds["inputs"] = time.perf_counter() - start
     if isinstance(selector, (ScoreSelector, Uniform)):
         picks, weights, data = _select_by_scores(selector, shard, n, num_classes, counts, budgets, summaries, dims)
@@ -429,7 +419,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
         picks, weights, data = _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries, dims)
     wall = float(_all_reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64),
                              dist.ReduceOp.MAX))
-    return selector._coreset(data, picks, weights, wall)
+    return selector.make_coreset(data, picks, weights, wall)
 
 
 def _single_process(selector, embeddings, logits, labels, num_classes, forgetting, indices):
@@ -468,19 +458,19 @@ def select(selector, model, dataset, batch_size=256, device=None, forgetting=Non
     progress = selector.progress is not False and is_lead()
     embeddings, logits, labels = _agree(_extract, model, dataset, positions, batch_size, device, progress)
     local_forgetting = None if forgetting is None else np.asarray(forgetting)[lo:hi]
-    norms = getattr(selector, "_network_norms", None)
+    norms = getattr(selector, "network_norms", None)
     if norms is not None and len(norms) == n:  # GraNd layers="all" measured every item: keep ours
-        selector._network_norms = norms[lo:hi]
+        selector.network_norms = norms[lo:hi]
     if not getattr(selector, "needs_model", False):
         return select_features(selector, embeddings=embeddings, logits=logits, labels=labels,
                                forgetting=local_forgetting, indices=positions)
     # DeepFool: the attack on this rank's items; its scores are those of its rows (row-wise)
-    selector._given = _agree(selector.attack_scores, model, ShardDataset(dataset, positions), device)
+    selector.given_scores = _agree(selector.attack_scores, model, ShardDataset(dataset, positions), device)
     try:
         return select_features(selector, embeddings=embeddings, logits=logits, labels=labels,
                                forgetting=local_forgetting, indices=positions)
     finally:
-        selector._given = None
+        selector.given_scores = None
 
 
 def _select_compat(selector, model, dataset, device, forgetting):
@@ -488,7 +478,7 @@ def _select_compat(selector, model, dataset, device, forgetting):
     from .features import extract_features_train_bn
     labels = dataset_targets(dataset)
     counts = np.bincount(labels)
-    budgets = selector._budgets(_Counts(counts))
+    budgets = selector.budgets(counts)
     owner = assign_classes([class_cost(selector, int(nc), int(k)) for nc, k in zip(counts, budgets)],
                            world_size())
     positions = np.flatnonzero(owner[labels] == rank())
@@ -558,19 +548,19 @@ def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summarie
                                       f"which has no distributed implementation; use balance=True or one process")
         local, index = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
         if moderate:  # the distances to the class centres; the scores once they are gathered
-            local.scores = _agree(lambda: as_float64_array(selector._distances(local)) if len(local) else np.zeros(0))
+            local.scores = _agree(lambda: as_float64_array(selector.distances(local)) if len(local) else np.zeros(0))
         else:
-            local.scores = _agree(lambda: selector._prepare(local) if len(local) else np.zeros(0))
+            local.scores = _agree(lambda: selector.prepare(local) if len(local) else np.zeros(0))
     elif isinstance(selector, ScoreSelector):
         _check_row_wise(selector)
-        local.scores = _agree(lambda: selector._prepare(local) if len(local) else np.zeros(0))
+        local.scores = _agree(lambda: selector.prepare(local) if len(local) else np.zeros(0))
     columns = [local.labels.cpu().double().numpy()]
     if local.scores is not None:
         columns.append(local.scores)
     # difficulty="own" is the gathered score itself: computed after the gather
     own_difficulty = selector.coverage and selector.difficulty == "own"
     if selector.coverage and not own_difficulty:
-        columns.append(_agree(lambda: np.asarray(selector._difficulty(local), np.float64) if len(local)
+        columns.append(_agree(lambda: np.asarray(selector.difficulty_scores(local), np.float64) if len(local)
                               else np.zeros(0)))
     full = gather_rows(np.stack([np.asarray(c, np.float64).reshape(len(local)) for c in columns], 1),
                        index, n)
@@ -582,20 +572,19 @@ def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summarie
     elif isinstance(selector, ScoreSelector):
         data.scores = full[:, 1]
     elif isinstance(selector, Uniform):
-        selector._prepare(data)
+        selector.prepare(data)
     difficulty = None
     if own_difficulty:
-        difficulty = np.asarray(selector._difficulty(data), np.float64)
+        difficulty = np.asarray(selector.difficulty_scores(data), np.float64)
     elif selector.coverage:
         difficulty = full[:, -1]
-    groups = _with_difficulty(selector, difficulty, lambda: selector._groups(data))
-    if hasattr(selector, "_rng"):  # draws in group order: every rank runs every group
-        picks = [selector._pick_batch(data, [g])[0] for g in groups]
+    groups = selector.groups(data, difficulty)
+    if hasattr(selector, "rng"):  # draws in group order: every rank runs every group
+        picks = [selector.pick_batch(data, [g])[0] for g in groups]
         return [np.asarray(p, np.int64) for p, _ in picks], [w for _, w in picks], data
     per_class = selector.balance or selector.per_class_only
     mine = [g for g in groups if (owner[int(data.labels[g[0][0]])] if per_class else 0) == rank()]
-    results = _agree(lambda: [(np.asarray(p, np.int64), w) for b in selector._batches(data, mine)
-                              for p, w in selector._pick_batch(data, b)], gather=True)
+    results = _agree(lambda: selector.pick_groups(data, mine, show=False), gather=True)
     picks = [p for r in results for p, _ in r]
     weights = [w for r in results for _, w in r]
     return picks, weights, data
@@ -604,8 +593,8 @@ def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summarie
 def _moderate_scores(selector, data, distances):
     from .validation import check_finite_result
     d = torch.from_numpy(distances).to(selector.dtype)  # float32 distances survive float64 exactly
-    scores = selector._scores_from_distances(data, d)
-    check_finite_result(f"{selector.name} scores", scores, selector._overflow_hint)
+    scores = selector.scores_from_distances(data, d)
+    check_finite_result(f"{selector.name} scores", scores, selector.overflow_hint)
     return as_float64_array(scores)
 
 
@@ -616,21 +605,10 @@ _ROW_WISE = ("grand", "el2n", "least_confidence", "entropy", "margin", "forgetti
 def _check_row_wise(selector):
     """Score methods whose score of a sample depends on that sample alone can score shards."""
     known = _classes(_ROW_WISE)
-    if type(selector) not in known and type(selector)._scores not in {cls._scores for cls in known}:
+    if type(selector) not in known and type(selector).scores not in {cls.scores for cls in known}:
         raise NotImplementedError(
             f"{selector.name}: not known to score one sample at a time, so it cannot run on shards; "
-            f"add its name to lcmat.distributed._ROW_WISE if its _scores is row-wise")
-
-
-def _with_difficulty(selector, difficulty, fn):
-    """fn() with selector._difficulty returning the gathered difficulty (coverage=True)."""
-    if difficulty is None:
-        return fn()
-    selector._difficulty = lambda data: difficulty
-    try:
-        return fn()
-    finally:
-        del selector._difficulty
+            f"add its name to lcmat.distributed._ROW_WISE if its scores is row-wise")
 
 
 def gather_rows(values, index, n):
@@ -691,8 +669,8 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
     clock = time.perf_counter()
 
     def prepare():
-        local.scores = selector._prepare(local)
-        groups = [g for g in selector._groups(local) if len(g[0])]
+        local.scores = selector.prepare(local)
+        groups = [g for g in selector.groups(local) if len(g[0])]
         return groups
     groups = _agree(prepare)
     keys = _group_keys(local, groups)
@@ -700,14 +678,15 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
         sizes = [s for r in _exchange(None, [(key, len(g[0])) for key, g in zip(keys, groups)]) for s in r]
         results = _agree(_replay_kcenter, selector, local, groups, keys, sorted(sizes))
     else:
-        results = _agree(_pick_groups, selector, local, groups)
+        results = _agree(lambda: selector.pick_groups(local, groups, desc=f"{selector.name} (rank 0 of "
+                                                     f"{world_size()})", show=is_lead()))
     phase_seconds["pick"], clock = time.perf_counter() - clock, time.perf_counter()
-    rho = getattr(selector, "_rho_used", None)
+    rho = getattr(selector, "rho_used", None)
     mine = [(key, position[np.asarray(p, np.int64)], w, local.labels[torch.as_tensor(np.asarray(p, np.int64))]
              .cpu().numpy(), rho[i] if rho else None) for i, (key, (p, w)) in enumerate(zip(keys, results))]
     everything = sorted((item for r in _exchange(None, mine) for item in r), key=lambda item: item[0])
     if rho is not None:
-        selector._rho_used = [item[4] for item in everything if item[4] is not None]
+        selector.rho_used = [item[4] for item in everything if item[4] is not None]
     labels = np.zeros(n, dtype=np.int64)
     for _, p, _, y, _ in everything:
         labels[p] = y
@@ -715,18 +694,6 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
     data.scores = None
     phase_seconds["gather"] = time.perf_counter() - clock
     return [item[1] for item in everything], [item[2] for item in everything], data
-
-
-def _pick_groups(selector, local, groups):
-    """The method's own batches and picks over this rank's groups; a progress bar on rank 0."""
-    from tqdm.auto import tqdm
-    out = []
-    with tqdm(total=len(groups), desc=f"{selector.name} (rank 0 of {world_size()})", unit="group", leave=False,
-              disable=not is_lead() or (None if selector.progress is None else not selector.progress)) as bar:
-        for batch in selector._batches(local, groups):
-            out += selector._pick_batch(local, batch)
-            bar.update(len(batch))
-    return out
 
 
 def _group_keys(local, groups):
@@ -746,9 +713,9 @@ def _replay_kcenter(selector, local, groups, keys, sizes):
     out = {}
     for key, size in sizes:
         if key in mine:
-            out[key] = selector._pick_batch(local, [mine[key]])[0]
+            out[key] = selector.pick_batch(local, [mine[key]])[0]
         else:
-            selector._rng.integers(size)
+            selector.rng.integers(size)
     return [out[key] for key in keys]
 
 

@@ -65,7 +65,7 @@ class _ValidationSelector(Selector):
         finally:
             self.validation = given
 
-    def _prepare(self, data):
+    def prepare(self, data):
         self._val = None
         if self.validation is None:
             return None
@@ -130,7 +130,7 @@ class GradMatch(_ValidationSelector):
         self.validation = _check_validation_option(validation)
         self.deepcore = check_bool("deepcore", deepcore)
 
-    def _pick(self, data, positions, k):
+    def pick(self, data, positions, k):
         (h, z, y), (hv, zv, yv) = self._group_rows(data, positions)
         h, hv = h.double(), hv.double()
         e, _ = ops.last_layer_factors(z.double(), y, backend=self.backend)
@@ -168,7 +168,7 @@ class Glister(_ValidationSelector):
         self.eta = check_positive("eta", eta, allow_zero=True)
         self.validation = _check_validation_option(validation)
 
-    def _pick(self, data, positions, k):
+    def pick(self, data, positions, k):
         (h, z, y), (hv, zv, yv) = self._group_rows(data, positions)
         e, _ = ops.last_layer_factors(z, y, backend=self.backend)
         picks, gains = ops.glister_greedy(h, e, hv, zv, yv, k, self.eta, backend=self.backend)

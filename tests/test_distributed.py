@@ -221,7 +221,7 @@ def failing_pick_job(rank, world, bad_rank):
     if rank == bad_rank:
         def broken(data, positions, k):
             raise RuntimeError("out of luck")
-        selector._pick = broken
+        selector.pick = broken
     embeddings, logits, labels, _ = make_problem("even")
     return selector.select_features(embeddings=embeddings, logits=logits, labels=labels)
 
