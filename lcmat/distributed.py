@@ -62,7 +62,7 @@ SINKHORN_ROWS = 2 ** 16  # cost rows per chunk in the sharded Sinkhorn (bounds i
 
 # Bytes this rank received from the others in the last selection, by kind of collective
 # (all_to_all: routed features; all_gather: scores and picks; all_reduce: tensor sizes).
-traffic = {"all_to_all": 0, "all_gather": 0, "all_reduce": 0}
+traffic = {"all_to_all": 0, "all_gather": 0, "all_reduce": 0, "send_recv": 0}
 # Seconds of this rank in the phases of the last selection (inputs: validation and class counts;
 # route: features to the owners; pick: the method on the owned classes, or the scores; gather).
 phase_seconds = {}
@@ -543,14 +543,16 @@ def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summarie
     if isinstance(selector, FDMat):
         local.scores = as_float64_array(fdmat_scores(selector, local, counts))
     elif isinstance(selector, _classes(_CLASS_SCORES)):
-        if not (selector.balance or moderate):
-            raise NotImplementedError(f"{selector.name}: balance=False searches neighbours over the whole set, "
-                                      f"which has no distributed implementation; use balance=True or one process")
-        local, index = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
-        if moderate:  # the distances to the class centres; the scores once they are gathered
-            local.scores = _agree(lambda: as_float64_array(selector.distances(local)) if len(local) else np.zeros(0))
+        if not (selector.balance or moderate):  # Cal over the whole set: the rows stay, shards go round
+            scores = cal_scores_global(selector, local, index, [s["n"] for s in summaries], n)
+            local.scores = _agree(lambda: selector.checked_scores(scores) if len(local) else np.zeros(0))
         else:
-            local.scores = _agree(lambda: selector.prepare(local) if len(local) else np.zeros(0))
+            local, index = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
+            if moderate:  # the distances to the class centres; the scores once they are gathered
+                local.scores = _agree(lambda: as_float64_array(selector.distances(local)) if len(local)
+                                      else np.zeros(0))
+            else:
+                local.scores = _agree(lambda: selector.prepare(local) if len(local) else np.zeros(0))
     elif isinstance(selector, ScoreSelector):
         _check_row_wise(selector)
         local.scores = _agree(lambda: selector.prepare(local) if len(local) else np.zeros(0))
@@ -662,8 +664,7 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
         raise NotImplementedError(f"{selector.name}: no distributed implementation (known: per-class "
                                   f"{', '.join(_PER_CLASS)} and the score methods)")
     if not (selector.balance or selector.per_class_only):
-        raise NotImplementedError(f"{selector.name}: balance=False runs one greedy over the whole set, "
-                                  f"which has no distributed implementation; use balance=True or one process")
+        return _select_global(selector, shard, n, num_classes, counts, budgets)
     owner = _owners(selector, counts, budgets)
     local, position = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
     clock = time.perf_counter()
@@ -775,6 +776,384 @@ def route_to_owners(shard, owner, summaries, dims, dtype):
             start += len(got)
         out[name] = buf
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Global budgets (balance=False) of the greedy methods: one greedy over rows that stay put
+# ------------------------------------------------------------------------------------------------
+
+def _select_global(selector, shard, n, num_classes, counts, budgets):
+    """balance=False of Herding, k-Center, Contextual Diversity, GradMatch and Glister: one greedy
+    over the whole set (or over each coverage stratum of it), its rows left on the ranks that
+    hold them. Every rank holds its own rows, the greedy's per-row state for them (running
+    distances, Gram columns, validation logits) and what every rank replicates: the k picks,
+    their vectors, and GradMatch's k x k system. Each step: every rank's best candidate among its
+    rows, with that row's vector, in one all_gather (`_choose`); every rank then updates its rows
+    with the winner's vector. Labels (and coverage's difficulty) are gathered, N numbers each;
+    the features never are. Per rank and step, received: (W - 1) (P + 3) float64, P the vector
+    (Herding, k-Center: D; Contextual Diversity: 2 C; GradMatch: D + C + 1 + k, plus an
+    all_reduce of the new Gram column at the picks, at most k; Glister: D + C, plus without a
+    validation set the partial validation gradient, W (C (D + 1)) float64)."""
+    order = np.argsort(shard.index, kind="stable")
+    index = shard.index[order]
+    rows = torch.from_numpy(order).to(shard.device)
+    local = _Data(shard.labels[rows], num_classes,
+                  None if shard.embeddings is None else shard.embeddings[rows],
+                  None if shard.logits is None else shard.logits[rows],
+                  None if shard.forgetting is None else shard.forgetting[order])
+    local.counts, local.budgets = counts, budgets
+
+    def prepare():
+        local.scores = selector.prepare(local)
+        columns = [local.labels.cpu().double().numpy()]
+        if selector.coverage:
+            columns.append(np.asarray(selector.difficulty_scores(local), np.float64).reshape(len(local))
+                           if len(local) else np.zeros(0))
+        return np.stack(columns, 1)
+    full = gather_rows(_agree(prepare), index, n)
+    data = _Data(torch.from_numpy(full[:, 0].astype(np.int64)), num_classes)
+    data.counts, data.budgets, data.scores = counts, budgets, None
+    groups = selector.groups(data, full[:, 1] if selector.coverage else None)
+    run = _global_run(selector)
+    picks, weights = [], []
+    for positions, k, *_ in groups:
+        member, keys = _group_members(positions, index)
+        chosen, w = run(selector, local, torch.from_numpy(member).to(shard.device), keys, int(k), len(positions))
+        picks.append(positions[np.asarray(chosen, dtype=np.int64)])
+        weights.append(w)
+    return picks, weights, data
+
+
+def _global_run(selector):
+    for name, run in (("herding", _global_herding), ("kcenter", _global_kcenter), ("cdiv", _global_cdiv),
+                      ("gradmatch", _global_gradmatch), ("glister", _global_glister)):
+        if isinstance(selector, _classes((name,))):
+            return run
+    raise NotImplementedError(f"{selector.name}: balance=False has no distributed implementation")
+
+
+def _group_members(positions, index):
+    """(this rank's rows in the group, their places in the group, increasing): the rows are in
+    dataset order, and so must the group's positions be for the places to increase with them."""
+    order = np.argsort(positions, kind="stable")
+    sorted_positions = positions[order]
+    at = np.minimum(np.searchsorted(sorted_positions, index), max(len(positions) - 1, 0))
+    member = np.flatnonzero(sorted_positions[at] == index) if len(positions) else np.zeros(0, np.int64)
+    keys = order[at[member]]
+    by_key = np.argsort(keys, kind="stable")
+    return member[by_key], keys[by_key]
+
+
+def _gather_cpu(buf):
+    """all_gather of a CPU tensor (the same size on every rank): every rank's, on the CPU."""
+    device = _comm_device(torch.device("cpu"))
+    out = [torch.empty_like(buf, device=device) for _ in range(world_size())]
+    dist.all_gather(out, buf.to(device))
+    traffic["all_gather"] += (world_size() - 1) * buf.numel() * buf.element_size()
+    return [t.cpu() for t in out]
+
+
+def _sum_in_rank_order(t):
+    """The sum over the ranks of t (float64), added in rank order: the same bits on every rank."""
+    parts = _gather_cpu(t.detach().double().cpu().reshape(-1))
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    return total.reshape(t.shape).to(t.device)
+
+
+def _global_scale(x):
+    """validation.power_of_two_scale over the rows of every rank (max |x| reduced by MAX)."""
+    from .validation import power_of_two_scale
+    top = x.abs().max().double().reshape(1) if x.numel() else torch.zeros(1, dtype=torch.float64, device=x.device)
+    return power_of_two_scale(_all_reduce(top, dist.ReduceOp.MAX))
+
+
+def _candidate_order(part):
+    value, key = float(part[0]), float(part[1])
+    return (not np.isnan(value), 0.0 if np.isnan(value) else -value, key)
+
+
+def _choose(compute, keys, width):
+    """One greedy step over the rows of every rank. compute() -> (values [m] of this rank's rows
+    in key order, payload(j) -> the vector [width] of local row j that every rank needs once j is
+    chosen). The choice is the largest value over the ranks (a NaN first, as torch.argmax; the
+    lowest key among equal values, as one process's argmax over the group in key order). Each
+    rank sends its own best (value, key, failure flag, payload) in one all_gather; a rank whose
+    compute raised flags it, and every rank raises its error. Returns (key, value, the local
+    row when this rank holds the winner else None, the payload as float64 on the CPU)."""
+    buf = torch.zeros(width + 3, dtype=torch.float64)
+    buf[0], buf[1] = -torch.inf, torch.inf
+    failure, j = None, None
+    try:
+        values, payload = compute()
+        if len(keys):
+            j = int(torch.argmax(values))
+            buf[0], buf[1] = float(values[j]), float(keys[j])
+            buf[3:] = payload(j).detach().double().cpu().reshape(-1)
+    except Exception as err:  # exchanged below, then raised on every rank
+        failure, buf[2] = (type(err).__name__, str(err), err), 1.0
+    parts = _gather_cpu(buf)
+    if any(float(part[2]) for part in parts):
+        _exchange(failure)
+    best = min(range(len(parts)), key=lambda r: _candidate_order(parts[r]))
+    return int(parts[best][1]), float(parts[best][0]), (j if best == rank() else None), parts[best][3:]
+
+
+def _farthest_first(keys, k, first, width, payload, distances_to, like):
+    """k-center greedy (selectors.kcenter_order, reference.kcenter_symmetric_kl) over the rows
+    of every rank: the row of key `first`, then k - 1 times the row farthest from the picks
+    (running minimum distances, -1 at a pick). distances_to(vector) -> [m]. Returns the keys."""
+    if k == 0:
+        return []
+    is_first = torch.from_numpy(keys == first).to(like.device)
+    start = torch.where(is_first, 0.0, -torch.inf).to(like.dtype)
+    key, _, j, row = _choose(lambda: (start, payload), keys, width)
+    picks = [key]
+    state = {"min": torch.full((len(keys),), torch.inf, dtype=like.dtype, device=like.device), "j": j, "row": row}
+
+    def compute():
+        state["min"] = torch.minimum(state["min"], distances_to(state["row"].to(device=like.device, dtype=like.dtype)))
+        if state["j"] is not None:
+            state["min"][state["j"]] = -1.0  # never re-pick a center
+        return state["min"], payload
+    for _ in range(k - 1):
+        key, _, state["j"], state["row"] = _choose(compute, keys, width)
+        picks.append(key)
+    return picks
+
+
+def _global_herding(selector, local, member, keys, k, size):
+    """selectors.herding_order over the rows of every rank; the group mean from the float64
+    partial sums of the ranks, added in rank order."""
+    from .selectors import herding_gaps
+    x = local.embeddings[member]
+    x = x / _global_scale(x)
+    mean = (_sum_in_rank_order(x.double().sum(0)) / size).to(x.dtype)
+    chosen_sum = torch.zeros_like(mean)
+    available = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    picks = []
+    for t in range(k):
+        def compute():
+            return -herding_gaps(x, mean, chosen_sum, t).masked_fill(~available, torch.inf), lambda j: x[j]
+        key, _, j, row = _choose(compute, keys, x.shape[1])
+        if j is not None:
+            available[j] = False
+        chosen_sum += row.to(device=x.device, dtype=x.dtype)
+        picks.append(key)
+    return picks, None
+
+
+def _global_kcenter(selector, local, member, keys, k, size):
+    """KCenterGreedy.pick over the rows of every rank (the first center from the replicated rng)."""
+    from .selectors import squared_distances_to
+    first = int(selector.rng.integers(size))
+    x = local.embeddings[member]
+    x = x / _global_scale(x)
+    return _farthest_first(keys, k, first, x.shape[1], lambda j: x[j], lambda row: squared_distances_to(x, row), x), None
+
+
+def _global_cdiv(selector, local, member, keys, k, size):
+    """ContextualDiversity.pick over the rows of every rank: the picked row's log p and p travel."""
+    from .reference import kl_to_row
+    first = int(selector.rng.integers(size))
+    log_p = torch.log_softmax(local.logits[member], 1)
+    p = log_p.exp()
+    C = log_p.shape[1]
+    picks = _farthest_first(keys, k, first, 2 * C, lambda j: torch.cat([log_p[j], p[j]]),
+                            lambda row: kl_to_row(log_p, p, row[:C], row[C:]), log_p)
+    return picks, None
+
+
+def _group_classes(labels, num_classes):
+    """The classes present in the group, over every rank."""
+    present = torch.bincount(labels.cpu(), minlength=num_classes).clamp_max_(1)
+    return torch.nonzero(_all_reduce(present, dist.ReduceOp.MAX)).flatten()
+
+
+def _global_gradmatch(selector, local, member, keys, k, size):
+    """GradMatch.pick over the rows of every rank: the target from the ranks' float64 partial sums
+    (or from the replicated validation rows), then `_global_omp`."""
+    from . import ops
+    from .reference import target_dot
+    h, z, y = local.embeddings[member].double(), local.logits[member], local.labels[member]
+    e, _ = ops.last_layer_factors(z.double(), y, backend=selector.backend)
+    held = selector.held_out_rows(_group_classes(y, local.num_classes))
+    if held is None:
+        C, D = e.shape[1], h.shape[1]
+        sums = _sum_in_rank_order(torch.cat([e.sum(0), (e.T @ h).reshape(-1)]))
+        scale = (1.0 if selector.deepcore else float(size)) / size
+        b = target_dot(h, e, sums[:C] * scale, sums[C:].reshape(C, D) * scale)
+    else:
+        hv, zv, yv = held
+        ev = ops.last_layer_factors(zv.double(), yv, backend=selector.backend)[0]
+        scale = (1.0 if selector.deepcore else float(size)) / len(hv)
+        b = ops.gradient_target_dot(h, e, hv.double(), ev, scale, backend=selector.backend)
+    picks, w = _global_omp(h, e, b, keys, k, selector.lam, selector.deepcore)
+    if not bool(torch.isfinite(w).all()):
+        raise RuntimeError("gradmatch: the weights are not finite (the gradients overflow)")
+    return picks, as_float64_array(w)
+
+
+def _global_omp(h, e, b, keys, k, lam, deepcore):
+    """reference.omp_last_layer (deepcore=True: omp_last_layer_deepcore) over the rows of every
+    rank. Each rank keeps the Gram columns of its rows; the picked row's h, e, b and its earlier
+    Gram entries travel with it, and the new column's entries at the picks come from the picks'
+    owners (an all_reduce of k numbers at most, each the sum of one value and zeros, so exact):
+    the k x k system is then the one a single process solves, on every rank."""
+    from .reference import gradient_column, nnls_quadratic, residual_correlation
+    m, D, C = len(h), h.shape[1], e.shape[1]
+    columns = b.new_zeros(m, k)
+    available = torch.ones(m, dtype=torch.bool, device=b.device)
+    gram = b.new_zeros(k, k)  # gram[s, t] = G[pick s, pick t], as pick s's owner computed it
+    chosen_b = b.new_zeros(k)
+    mine = {}  # step -> local row, for the picks this rank holds
+    picks, w, A = [], b.new_zeros(0), None
+    corr = b.clone()
+    for step in range(k):
+        def compute():
+            def payload(j):
+                return torch.cat([h[j], e[j], b[j:j + 1], columns[j, :step], b.new_zeros(k - step)])
+            return corr.masked_fill(~available, -torch.inf), payload
+        key, _, j, row = _choose(compute, keys, D + C + 1 + k)
+        row = row.to(device=b.device, dtype=b.dtype)
+        picks.append(key)
+        if j is not None:
+            available[j] = False
+            mine[step] = j
+        columns[:, step] = gradient_column(h, e, row[:D], row[D:D + C])
+        at_picks = b.new_zeros(step + 1)
+        for s, r in mine.items():
+            at_picks[s] = columns[r, step]
+        gram[:step + 1, step] = _all_reduce(at_picks)
+        gram[step, :step] = row[D + C + 1:D + C + 1 + step]
+        chosen_b[step] = row[D + C]
+        b_picks = chosen_b[:step + 1].clone()
+        if not deepcore:
+            A = gram[:step + 1, :step + 1] + lam * torch.eye(step + 1, dtype=b.dtype, device=b.device)
+            w = nnls_quadratic(A, b_picks, torch.cat([w, w.new_zeros(1)]), settled=True)
+        elif step == 0:
+            norm = gram[0, 0]
+            w = b_picks / norm if float(norm) > 0 else b.new_zeros(1)
+        else:
+            A = gram[:step + 1, :step + 1] + lam * torch.eye(step + 1, dtype=b.dtype, device=b.device)
+            w = torch.linalg.lstsq(A, b_picks[:, None]).solution[:, 0]
+        corr = residual_correlation(b, columns[:, :step + 1], w)
+    if deepcore and k == 1:
+        w = b.new_ones(1)
+    elif deepcore and k > 1:
+        w = nnls_quadratic(A.T @ A, A.T @ chosen_b)
+    return picks, w
+
+
+def _global_glister(selector, local, member, keys, k, size):
+    """Glister.pick over the rows of every rank. With validation= the held-out rows are
+    replicated and every rank moves their logits alike; without, the validation rows are the
+    group's own, each rank moves its rows' logits and the validation gradient is summed from the
+    ranks' float64 partial sums (reference.validation_gradient_sums) each step."""
+    from . import ops, reference
+    h, z, y = local.embeddings[member], local.logits[member], local.labels[member]
+    e, _ = ops.last_layer_factors(z, y, backend=selector.backend)
+    held = selector.held_out_rows(_group_classes(y, local.num_classes))
+    D, C = h.shape[1], e.shape[1]
+    hv, z_val, yv = (h, z.clone(), y) if held is None else (held[0], held[1].clone(), held[2])
+
+    def gains():
+        if held is not None:
+            return reference.glister_gains(h, e, *reference.validation_gradient(hv, z_val, yv))
+        bias, weight = reference.validation_gradient_sums(hv, reference.last_layer_factors(z_val, yv)[0])
+        sums = _sum_in_rank_order(torch.cat([bias, weight.reshape(-1)]))
+        return reference.glister_gains(h, e, (sums[:C] / size).to(h.dtype), (sums[C:].reshape(C, D) / size).to(h.dtype))
+    current = gains()
+    available = torch.ones(len(h), dtype=torch.bool, device=h.device)
+    picks, picked = [], []
+    for _ in range(k):
+        def compute():
+            return current.masked_fill(~available, -torch.inf), lambda j: torch.cat([h[j], e[j]])
+        key, value, j, row = _choose(compute, keys, D + C)
+        picks.append(key)
+        picked.append(value)
+        if j is not None:
+            available[j] = False
+        if selector.eta != 0:  # eta = 0: the gains never change (the top k of the first ones)
+            row = row.to(device=h.device, dtype=h.dtype)
+            z_val -= selector.eta * reference.validation_logit_step(hv, row[:D], row[D:])
+            current = gains()
+    if not np.isfinite(picked).all():
+        raise RuntimeError("glister: the gains are not finite (the validation logits overflow; lower eta)")
+    return picks, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Cal over the whole set: neighbours found by a ring pass of embedding shards
+# ------------------------------------------------------------------------------------------------
+
+KNN_ELEMENTS = 2 ** 24  # candidate distances held at once per rank in the ring pass
+
+
+def _ring_shift(tensor, step, sizes):
+    """This rank's rows `tensor` [n_r, ...] to rank r + step, rank r - step's rows here."""
+    world, me = world_size(), rank()
+    dst, src = (me + step) % world, (me - step) % world
+    device = _comm_device(tensor.device)
+    recv = torch.empty((sizes[src],) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    requests = []
+    if len(tensor):
+        requests.append(dist.isend(tensor.to(device).contiguous(), dst))
+    if len(recv):
+        requests.append(dist.irecv(recv, src))
+    for request in requests:
+        request.wait()
+    traffic["send_recv"] += recv.numel() * recv.element_size()
+    return recv.to(tensor.device)
+
+
+def cal_scores_global(selector, local, index, sizes, n):
+    """Cal's scores (balance=False: neighbours over the whole set) of this rank's rows, equal to
+    one process's. Each rank holds its rows' embeddings and log-probabilities, their k best
+    neighbours so far (distance and dataset position), and one other rank's shard at a time: in
+    W - 1 ring steps every rank's embeddings (with their positions) visit every other rank, the
+    squared distances are computed as reference.knn_indices computes them and merged by
+    (distance, position); a second ring pass brings the neighbours' log-probabilities, [n_r, k, C].
+    Received per rank: (N - n_r) (D + C + 2) numbers."""
+    from .reference import neighbour_kl_rows
+    x = local.embeddings
+    log_p = torch.log_softmax(local.logits, 1)
+    k = min(selector.neighbours, n - 1)
+    m = len(x)
+    if k < 1:
+        return torch.zeros(m, dtype=log_p.dtype, device=log_p.device)
+    keys = torch.from_numpy(index).to(x.device)
+    sq = (x * x).sum(1)
+    best_d = torch.full((m, k), torch.inf, dtype=x.dtype, device=x.device)
+    best_key = torch.full((m, k), n, dtype=torch.long, device=x.device)
+    for step in range(world_size()):
+        fx = x if step == 0 else _ring_shift(x, step, sizes)
+        fkeys = keys if step == 0 else _ring_shift(keys, step, sizes)
+        fsq = (fx * fx).sum(1)
+        rows = max(1, KNN_ELEMENTS // max(1, len(fx) + k))
+        for lo in range(0, m, rows):
+            hi = min(m, lo + rows)
+            d2 = (sq[lo:hi, None] + fsq[None, :] - 2.0 * (x[lo:hi] @ fx.T)).clamp_min_(0.0)
+            if step == 0:  # a row is never its own neighbour
+                d2[torch.arange(hi - lo, device=x.device), torch.arange(lo, hi, device=x.device)] = torch.inf
+            vals = torch.cat([best_d[lo:hi], d2], 1)
+            cand = torch.cat([best_key[lo:hi], fkeys[None, :].expand(hi - lo, -1)], 1)
+            by_key = cand.argsort(dim=1, stable=True)
+            vals, cand = vals.gather(1, by_key), cand.gather(1, by_key)
+            by_value = vals.argsort(dim=1, stable=True)[:, :k]
+            best_d[lo:hi], best_key[lo:hi] = vals.gather(1, by_value), cand.gather(1, by_value)
+    log_nb = torch.empty(m, k, log_p.shape[1], dtype=log_p.dtype, device=log_p.device)
+    for step in range(world_size()):
+        flog = log_p if step == 0 else _ring_shift(log_p, step, sizes)
+        fkeys = keys if step == 0 else _ring_shift(keys, step, sizes)
+        order = fkeys.argsort()
+        sorted_keys = fkeys[order]
+        at = torch.searchsorted(sorted_keys, best_key).clamp_max_(max(len(fkeys) - 1, 0))
+        if len(fkeys):
+            hit = sorted_keys[at] == best_key
+            log_nb[hit] = flog[order[at[hit]]]
+    return neighbour_kl_rows(log_p, log_nb, selector.variant == "deepcore")
 
 
 # ------------------------------------------------------------------------------------------------

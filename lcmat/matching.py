@@ -88,10 +88,17 @@ class _ValidationSelector(Selector):
         rows = data.embeddings[index], data.logits[index], data.labels[index]
         if self._val is None:
             return rows, rows
+        return rows, self.held_out_rows(torch.unique(rows[2]))
+
+    def held_out_rows(self, classes):
+        """(h, z, y) of the validation rows of the given classes (after `prepare`), or None
+        without a validation set. Every class has validation rows (prepare refuses a class
+        without), so none of them is empty."""
+        if self._val is None:
+            return None
         h, z, y = self._val
-        # every class has validation rows (Features refuses a class without), so keep is never empty
-        keep = torch.isin(y, torch.unique(rows[2]))
-        return rows, (h[keep], z[keep], y[keep])
+        keep = torch.isin(y, torch.as_tensor(classes, device=y.device))
+        return h[keep], z[keep], y[keep]
 
 
 class GradMatch(_ValidationSelector):

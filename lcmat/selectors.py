@@ -240,7 +240,11 @@ class ScoreSelector(Selector):
         raise NotImplementedError
 
     def prepare(self, data):
-        scores = torch.as_tensor(self.scores(data))
+        return self.checked_scores(self.scores(data))
+
+    def checked_scores(self, scores):
+        """The scores as float64 numpy, refused unless finite (+inf allowed where it ranks last)."""
+        scores = torch.as_tensor(scores)
         if self.infinite_scores_rank_last and self.keep == "smallest":
             check_finite_result(f"{self.name} scores", scores.nan_to_num(posinf=0.0), self.overflow_hint)
         else:
@@ -393,17 +397,26 @@ class Herding(Selector):
 
 def herding_order(x, k):
     x = x / power_of_two_scale(x)  # the argmin is scale-invariant; exact rescaling keeps squares finite
-    mean = x.mean(0)
+    mean = (x.double().sum(0) / len(x)).to(x.dtype)  # summed in float64: see herding_gaps
     chosen_sum = torch.zeros_like(mean)
     available = torch.ones(len(x), dtype=torch.bool, device=x.device)
     picks = []
     for t in range(k):
-        dist = ((mean - (chosen_sum + x) / (t + 1)) ** 2).sum(1).masked_fill(~available, torch.inf)
+        dist = herding_gaps(x, mean, chosen_sum, t).masked_fill(~available, torch.inf)
         j = int(torch.argmin(dist))
         picks.append(j)
         available[j] = False
         chosen_sum += x[j]
     return np.array(picks, dtype=np.int64)
+
+
+def herding_gaps(x, mean, chosen_sum, t):
+    """|| mean - (chosen_sum + x_i) / (t + 1) ||^2 for every row, [n]. Elementwise, then row sums:
+    each row's value has the same bits whatever rows share the tensor, so rows split across
+    processes (lcmat.distributed) pick alike; the mean is summed in float64 and rounded once,
+    so the order of the partial sums does not show in it either (short of a float64 rounding
+    that lands on a float32 rounding boundary)."""
+    return ((mean - (chosen_sum + x) / (t + 1)) ** 2).sum(1)
 
 
 class KCenterGreedy(Selector):
@@ -424,10 +437,15 @@ def kcenter_order(x, k, first):
     min_dist = torch.full((len(x),), torch.inf, dtype=x.dtype, device=x.device)
     picks = [first]
     for _ in range(k - 1):
-        min_dist = torch.minimum(min_dist, ((x - x[picks[-1]]) ** 2).sum(1))
+        min_dist = torch.minimum(min_dist, squared_distances_to(x, x[picks[-1]]))
         min_dist[picks[-1]] = -1.0  # never re-pick a center
         picks.append(int(torch.argmax(min_dist)))
     return np.array(picks[:k], dtype=np.int64)
+
+
+def squared_distances_to(x, center):
+    """||x_i - center||^2 for every row, [n] (row sums, as in herding_gaps)."""
+    return ((x - center) ** 2).sum(1)
 
 
 def batch_scale(n, batch_size):

@@ -52,7 +52,11 @@ def neighbour_kl(log_p, neighbours, symmetric=False):
         raise ValueError(f"neighbours: expected {log_p.shape[0]} rows, got {neighbours.shape[0]}")
     if neighbours.shape[1] == 0:
         raise ValueError("neighbours: need at least one neighbour per row")
-    log_nb = log_p[neighbours]  # [n, k, C]: linear in n
+    return neighbour_kl_rows(log_p, log_p[neighbours], symmetric)  # [n, k, C]: linear in n
+
+
+def neighbour_kl_rows(log_p, log_nb, symmetric=False):
+    """neighbour_kl from the neighbours' log-probabilities themselves, log_nb [n, k, C]."""
     log_self = log_p[:, None, :]
     if symmetric:
         div = 0.5 * ((log_self.exp() - log_nb.exp()) * (log_self - log_nb)).sum(-1)
