@@ -39,8 +39,11 @@ def validation_gradient_sums(val_embeddings, e_val):
 
 
 def glister_gains(embeddings, e, beta, W):
-    """g_i . [beta ; vec(W)] for every row, [n]."""
-    return (e * (beta + embeddings @ W.T)).sum(1)
+    """g_i . [beta ; vec(W)] for every row, [n]. W h_i is computed in float64 and rounded once:
+    a float32 matrix product can round equal rows differently by their place in memory, and
+    equal rows must tie exactly (lowest index first), in one process as across several."""
+    hw = (embeddings.double() @ W.double().T).to(e.dtype)
+    return (e * (beta + hw)).sum(1)
 
 
 def validation_logit_step(val_embeddings, h_j, e_j):
