@@ -30,9 +30,15 @@ Two paths, by what a method needs once its per-sample work is done:
   distances against their median over the whole set: the owners compute the distances, and every
   rank the median and scores from the gathered distances.
 
-Global variants that would run one greedy or one neighbour search over the whole set (balance=False
-of Herding, k-Center, GradMatch, Glister, Contextual Diversity and Cal) raise NotImplementedError
-on every rank. DeepFool attacks the model, so it runs under `select(model, dataset)` only: each
+- global budgets of the greedy methods (balance=False of Herding, k-Center, Contextual Diversity,
+  GradMatch, Glister): one greedy over the whole set, its rows left where they are. Each step every
+  rank offers its best row (gain, position, the row's vector) in one all_gather, every rank takes
+  the best (lowest position on exact ties, as one process) and updates its own rows with it; the
+  small systems (GradMatch's k x k) are replicated. Cal over the whole set finds the neighbours by
+  a ring pass of embedding shards. See `_select_global` and `cal_scores_global` for what each rank
+  holds and receives.
+
+DeepFool attacks the model, so it runs under `select(model, dataset)` only: each
 rank attacks its own share of the dataset and its scores join the score path.
 
 Class ownership: classes sorted by cost, largest first (ties: lower class), each to the least
@@ -950,7 +956,8 @@ def _global_kcenter(selector, local, member, keys, k, size):
     first = int(selector.rng.integers(size))
     x = local.embeddings[member]
     x = x / _global_scale(x)
-    return _farthest_first(keys, k, first, x.shape[1], lambda j: x[j], lambda row: squared_distances_to(x, row), x), None
+    picks = _farthest_first(keys, k, first, x.shape[1], lambda j: x[j], lambda row: squared_distances_to(x, row), x)
+    return picks, None
 
 
 def _global_cdiv(selector, local, member, keys, k, size):

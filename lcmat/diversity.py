@@ -28,6 +28,8 @@ class ContextualDiversity(Selector):
     needs = ("logits",)
 
     def prepare(self, data):
+        # rng: the first center of each group is drawn from it in group order (public:
+        # lcmat.distributed replays the draws)
         self.rng = np.random.default_rng(self.seed)
         self._log_p = torch.log_softmax(data.logits, 1)
 
@@ -166,6 +168,7 @@ class DeepFool(ScoreSelector):
         self.overshoot = check_positive("overshoot", overshoot, allow_zero=True)
         self.score = check_choice("score", score, ("norm", "steps"))
         self.batch_size = check_positive("batch_size", batch_size, integer=True)
+        # given_scores: the attack's scores, set by select() (public: lcmat.distributed sets each rank's own)
         self.given_scores = None
 
     def required(self):

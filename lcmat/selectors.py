@@ -264,6 +264,7 @@ class Uniform(Selector):
     needs = ()
 
     def prepare(self, data):
+        # rng: drawn from in group order (public: lcmat.distributed replays the draws)
         self.rng = np.random.default_rng(self.seed)
 
     def pick(self, data, positions, k):
@@ -291,6 +292,8 @@ class GraNd(ScoreSelector):
     def __init__(self, fraction=0.1, layers="last", **kwargs):
         super().__init__(fraction, **kwargs)
         self.layers = check_choice("layers", layers, ("last", "all"))
+        # network_norms: the whole-network norms that select() measures for layers='all' (public:
+        # lcmat.distributed hands each rank its share)
         self.network_norms = None
 
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
@@ -425,6 +428,8 @@ class KCenterGreedy(Selector):
     name = "kcenter"
 
     def prepare(self, data):
+        # rng: the first center of each group is drawn from it in group order (public:
+        # lcmat.distributed replays the draws)
         self.rng = np.random.default_rng(self.seed)
 
     def pick(self, data, positions, k):
@@ -513,6 +518,7 @@ class LCMat(Selector):
         return self.select_features(embeddings=embeddings, logits=logits, labels=labels, forgetting=forgetting)
 
     def prepare(self, data):
+        # rho_used: the rho of each block, in group order (public: lcmat.distributed gathers them)
         self.rho_used = []
         if self.mode == "compat":
             # s_i from each sample's rank within its class, whatever group it is picked in.
