@@ -1119,33 +1119,39 @@ def cal_scores_global(selector, local, index, sizes, n):
     """Cal's scores (balance=False: neighbours over the whole set) of this rank's rows, equal to
     one process's. Each rank holds its rows' embeddings and log-probabilities, their k best
     neighbours so far (distance and dataset position), and one other rank's shard at a time: in
-    W - 1 ring steps every rank's embeddings (with their positions) visit every other rank, the
-    squared distances are computed as reference.knn_indices computes them and merged by
-    (distance, position); a second ring pass brings the neighbours' log-probabilities, [n_r, k, C].
-    Received per rank: (N - n_r) (D + C + 2) numbers."""
-    from .reference import neighbour_kl_rows
-    x = local.embeddings
-    log_p = torch.log_softmax(local.logits, 1)
+    W - 1 ring steps every rank's embeddings (with their positions) visit every other rank once;
+    the squared distances are computed as reference.knn_indices computes them, each shard's k
+    nearest taken as it takes them, and merged with the best so far by (distance, position). A
+    second ring pass brings the neighbours' log-probabilities, [n_r, k, C]. Received per rank:
+    (N - n_r) (D + C + 2) numbers (float32 features, int64 positions)."""
+    from .reference import neighbour_kl_rows, smallest_lowest_index
+    order = torch.from_numpy(np.argsort(index, kind="stable")).to(local.embeddings.device)
+    x = local.embeddings[order]  # in dataset order: a shard's columns are then in position order
+    log_p = torch.log_softmax(local.logits[order], 1)
     k = min(selector.neighbours, n - 1)
     m = len(x)
     if k < 1:
         return torch.zeros(m, dtype=log_p.dtype, device=log_p.device)
-    keys = torch.from_numpy(index).to(x.device)
+    keys = torch.from_numpy(np.sort(index)).to(x.device)
     sq = (x * x).sum(1)
     best_d = torch.full((m, k), torch.inf, dtype=x.dtype, device=x.device)
     best_key = torch.full((m, k), n, dtype=torch.long, device=x.device)
     for step in range(world_size()):
         fx = x if step == 0 else _ring_shift(x, step, sizes)
         fkeys = keys if step == 0 else _ring_shift(keys, step, sizes)
+        near = min(k, len(fx) - (step == 0))
+        if near < 1:
+            continue
         fsq = (fx * fx).sum(1)
-        rows = max(1, KNN_ELEMENTS // max(1, len(fx) + k))
+        rows = max(1, KNN_ELEMENTS // len(fx))
         for lo in range(0, m, rows):
             hi = min(m, lo + rows)
             d2 = (sq[lo:hi, None] + fsq[None, :] - 2.0 * (x[lo:hi] @ fx.T)).clamp_min_(0.0)
             if step == 0:  # a row is never its own neighbour
                 d2[torch.arange(hi - lo, device=x.device), torch.arange(lo, hi, device=x.device)] = torch.inf
-            vals = torch.cat([best_d[lo:hi], d2], 1)
-            cand = torch.cat([best_key[lo:hi], fkeys[None, :].expand(hi - lo, -1)], 1)
+            cols = smallest_lowest_index(d2, near)
+            vals = torch.cat([best_d[lo:hi], d2.gather(1, cols)], 1)
+            cand = torch.cat([best_key[lo:hi], fkeys[cols]], 1)
             by_key = cand.argsort(dim=1, stable=True)
             vals, cand = vals.gather(1, by_key), cand.gather(1, by_key)
             by_value = vals.argsort(dim=1, stable=True)[:, :k]
@@ -1154,13 +1160,13 @@ def cal_scores_global(selector, local, index, sizes, n):
     for step in range(world_size()):
         flog = log_p if step == 0 else _ring_shift(log_p, step, sizes)
         fkeys = keys if step == 0 else _ring_shift(keys, step, sizes)
-        order = fkeys.argsort()
-        sorted_keys = fkeys[order]
-        at = torch.searchsorted(sorted_keys, best_key).clamp_max_(max(len(fkeys) - 1, 0))
         if len(fkeys):
-            hit = sorted_keys[at] == best_key
-            log_nb[hit] = flog[order[at[hit]]]
-    return neighbour_kl_rows(log_p, log_nb, selector.variant == "deepcore")
+            at = torch.searchsorted(fkeys, best_key).clamp_max_(len(fkeys) - 1)
+            hit = fkeys[at] == best_key
+            log_nb[hit] = flog[at[hit]]
+    scores = torch.empty(m, dtype=log_p.dtype, device=log_p.device)
+    scores[order] = neighbour_kl_rows(log_p, log_nb, selector.variant == "deepcore")
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------

@@ -470,6 +470,7 @@ def test_cuda_tensors(tmp_path):
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.device_count() >= 2 else "gloo"
     cases = [c for c in SELECT_CASES if c[2:] == ("even", "shuffled")] + [
         ("lcmat", {"fraction": 0.2}, "uneven", "full"), ("fdmat", {"fraction": 0.1, "balance": False}, "uneven", "full")]
+    cases += [c for c in GLOBAL_CASES if c[2] == "uneven"]
     out = run_groups([(2, [("select_job",) + c + ("cuda",) for c in cases])], tmp_path, backend)[2]
     for r, results in enumerate(out):
         for case, (status, value) in zip(cases, results):

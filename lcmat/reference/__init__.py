@@ -21,7 +21,7 @@ from .omp import (gradient_column, gradient_columns, gradient_target_dot, nnls_q
 from .sinkhorn import (check_offsets, marginal_error, smallest_reg, sinkhorn_log, sinkhorn_log_ragged, sinkhorn_plan,
                        squared_euclidean_cost)
 from .gradient_moments import differentiable_moments, gradient_moments, gradient_moments_backward
-from .knn import knn_indices, neighbour_kl, neighbour_kl_rows
+from .knn import knn_indices, neighbour_kl, neighbour_kl_rows, smallest_lowest_index
 from .pairwise_kl import kcenter_symmetric_kl, kl_to_row, symmetric_kl
 from .submodular import (graph_cut_greedy, graph_cut_value, log_determinant_deepcore_greedy,
                          log_determinant_greedy, log_determinant_value)

@@ -26,11 +26,11 @@ def knn_indices(x, k):
         stop = min(n, start + rows)
         d2 = (sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)).clamp_min_(0.0)
         d2[torch.arange(stop - start, device=x.device), columns[start:stop]] = torch.inf  # not itself
-        out[start:stop] = _smallest_lowest_index(d2, k)
+        out[start:stop] = smallest_lowest_index(d2, k)
     return out
 
 
-def _smallest_lowest_index(d, k):
+def smallest_lowest_index(d, k):
     """Per row, the k columns of smallest value, lower column first among equal values, in
     increasing (value, column) order. topk finds the k-th value; the ties at that value are
     then resolved by column so that the set does not depend on topk's internal order."""
