@@ -186,7 +186,8 @@ def main():
     assert len(checksums) == 1, "coresets differ"
     t1 = statistics.median(r["seconds"] for r in one)
     tg = statistics.median(max(x["seconds"] for x in g) for g in group)
-    print(f"{args.method}{' (balance=False)' if args.global_budget else ''}: {args.classes} classes x {args.per_class}, D = {args.dim}, C = {args.logit_classes}, "
+    budget = " (balance=False)" if args.global_budget else ""
+    print(f"{args.method}{budget}: {args.classes} classes x {args.per_class}, D = {args.dim}, C = {args.logit_classes}, "
           f"fraction {args.fraction}, {args.repeats} repeats (medians)")
 
     def memory(rows):

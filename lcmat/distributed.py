@@ -821,12 +821,14 @@ def _select_global(selector, shard, n, num_classes, counts, budgets):
     data.counts, data.budgets, data.scores = counts, budgets, None
     groups = selector.groups(data, full[:, 1] if selector.coverage else None)
     run = _global_run(selector)
+    clock = time.perf_counter()
     picks, weights = [], []
     for positions, k, *_ in groups:
         member, keys = _group_members(positions, index)
         chosen, w = run(selector, local, torch.from_numpy(member).to(shard.device), keys, int(k), len(positions))
         picks.append(positions[np.asarray(chosen, dtype=np.int64)])
         weights.append(w)
+    phase_seconds["pick"] = time.perf_counter() - clock
     return picks, weights, data
 
 
@@ -839,8 +841,8 @@ def _global_run(selector):
 
 
 def _group_members(positions, index):
-    """(this rank's rows in the group, their places in the group, increasing): the rows are in
-    dataset order, and so must the group's positions be for the places to increase with them."""
+    """(this rank's rows in the group, their places in the group), by increasing place: the tie
+    rule (the lowest place first) then falls on the first of equal values, as in one process."""
     order = np.argsort(positions, kind="stable")
     sorted_positions = positions[order]
     at = np.minimum(np.searchsorted(sorted_positions, index), max(len(positions) - 1, 0))

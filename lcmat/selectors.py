@@ -237,6 +237,7 @@ class ScoreSelector(Selector):
     infinite_scores_rank_last = False
 
     def scores(self, data):
+        """The method's score of every row of data, [N] (a tensor or an array)."""
         raise NotImplementedError
 
     def prepare(self, data):
