@@ -83,8 +83,8 @@ def group_pick(selector, H, Z, y):
     """The selector's work on one group (a class of the "class" shape, whose logits have C = 10
     columns while its labels hold one class, which select_features refuses)."""
     data = types.SimpleNamespace(embeddings=H, logits=Z, labels=y, num_classes=Z.shape[1])
-    selector._prepare(data)
-    return selector._pick(data, np.arange(len(y)), round(0.1 * len(y)))
+    selector.prepare(data)
+    return selector.pick(data, np.arange(len(y)), round(0.1 * len(y)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def worker(args):
         rows, index = slice(lo, hi), np.arange(lo, hi)
         emb = np.load(args.path + ".emb.npy", mmap_mode="r")[rows]
         logits = np.load(args.path + ".logits.npy", mmap_mode="r")[rows]
-    selector = lcmat.get_method(args.method, fraction=args.fraction, progress=False)
+    selector = lcmat.get_method(args.method, fraction=args.fraction, balance=not args.global_budget, progress=False)
     warm = np.random.default_rng(0)  # load the kernels and warm the group up, outside the timing
     selector.select_features(embeddings=np.abs(warm.normal(size=(400, 8))).astype(np.float32),
                              logits=warm.normal(size=(400, 4)).astype(np.float32), labels=np.arange(400) % 4)
@@ -140,6 +140,7 @@ def main():
     p.add_argument("--logit-classes", type=int, default=1000)
     p.add_argument("--method", default="lcmat")
     p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--global-budget", action="store_true", help="balance=False: one budget over the whole set")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
@@ -158,7 +159,8 @@ def main():
         make_features(path, args.classes, args.per_class, args.dim, args.logit_classes)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--path", path, "--method", args.method,
-          "--fraction", str(args.fraction)] + (["--route-bytes", str(args.route_bytes)] if args.route_bytes else [])
+          "--fraction", str(args.fraction)] + (["--global-budget"] if args.global_budget else []) \
+        + (["--route-bytes", str(args.route_bytes)] if args.route_bytes else [])
     runs = {"one": [], "one_mmap": [], "one_1": [], "group": []}
     for _ in range(args.repeats):
         if not args.group_only:
@@ -184,7 +186,8 @@ def main():
     assert len(checksums) == 1, "coresets differ"
     t1 = statistics.median(r["seconds"] for r in one)
     tg = statistics.median(max(x["seconds"] for x in g) for g in group)
-    print(f"{args.method}: {args.classes} classes x {args.per_class}, D = {args.dim}, C = {args.logit_classes}, "
+    budget = " (balance=False)" if args.global_budget else ""
+    print(f"{args.method}{budget}: {args.classes} classes x {args.per_class}, D = {args.dim}, C = {args.logit_classes}, "
           f"fraction {args.fraction}, {args.repeats} repeats (medians)")
 
     def memory(rows):

@@ -30,9 +30,15 @@ Two paths, by what a method needs once its per-sample work is done:
   distances against their median over the whole set: the owners compute the distances, and every
   rank the median and scores from the gathered distances.
 
-Global variants that would run one greedy or one neighbour search over the whole set (balance=False
-of Herding, k-Center, GradMatch, Glister, Contextual Diversity and Cal) raise NotImplementedError
-on every rank. DeepFool attacks the model, so it runs under `select(model, dataset)` only: each
+- global budgets of the greedy methods (balance=False of Herding, k-Center, Contextual Diversity,
+  GradMatch, Glister): one greedy over the whole set, its rows left where they are. Each step every
+  rank offers its best row (gain, position, the row's vector) in one all_gather, every rank takes
+  the best (lowest position on exact ties, as one process) and updates its own rows with it; the
+  small systems (GradMatch's k x k) are replicated. Cal over the whole set finds the neighbours by
+  a ring pass of embedding shards. See `_select_global` and `cal_scores_global` for what each rank
+  holds and receives.
+
+DeepFool attacks the model, so it runs under `select(model, dataset)` only: each
 rank attacks its own share of the dataset and its scores join the score path.
 
 Class ownership: classes sorted by cost, largest first (ties: lower class), each to the least
@@ -62,7 +68,7 @@ SINKHORN_ROWS = 2 ** 16  # cost rows per chunk in the sharded Sinkhorn (bounds i
 
 # Bytes this rank received from the others in the last selection, by kind of collective
 # (all_to_all: routed features; all_gather: scores and picks; all_reduce: tensor sizes).
-traffic = {"all_to_all": 0, "all_gather": 0, "all_reduce": 0}
+traffic = {"all_to_all": 0, "all_gather": 0, "all_reduce": 0, "send_recv": 0}
 # Seconds of this rank in the phases of the last selection (inputs: validation and class counts;
 # route: features to the owners; pick: the method on the owned classes, or the scores; gather).
 phase_seconds = {}
@@ -165,16 +171,6 @@ class _Data:
 
     def __len__(self):
         return len(self.labels)
-
-
-class _Counts:
-    """What `Selector._budgets` reads: the global class counts and N."""
-
-    def __init__(self, counts):
-        self.counts = counts
-
-    def __len__(self):
-        return int(self.counts.sum())
 
 
 def _local_labels(labels):
@@ -421,7 +417,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
         shard.logits = shard.logits.new_zeros(0, dims[1])
     counts = _all_reduce(torch.bincount(shard.labels.cpu(), minlength=num_classes)).numpy()
     check_every_class_present(counts)
-    budgets = selector._budgets(_Counts(counts))
+    budgets = selector.budgets(counts)
     phase_seconds["inputs"] = time.perf_counter() - start
     if isinstance(selector, (ScoreSelector, Uniform)):
         picks, weights, data = _select_by_scores(selector, shard, n, num_classes, counts, budgets, summaries, dims)
@@ -429,7 +425,7 @@ def select_features(selector, embeddings=None, logits=None, labels=None, num_cla
         picks, weights, data = _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries, dims)
     wall = float(_all_reduce(torch.tensor([time.perf_counter() - start], dtype=torch.float64),
                              dist.ReduceOp.MAX))
-    return selector._coreset(data, picks, weights, wall)
+    return selector.make_coreset(data, picks, weights, wall)
 
 
 def _single_process(selector, embeddings, logits, labels, num_classes, forgetting, indices):
@@ -468,19 +464,19 @@ def select(selector, model, dataset, batch_size=256, device=None, forgetting=Non
     progress = selector.progress is not False and is_lead()
     embeddings, logits, labels = _agree(_extract, model, dataset, positions, batch_size, device, progress)
     local_forgetting = None if forgetting is None else np.asarray(forgetting)[lo:hi]
-    norms = getattr(selector, "_network_norms", None)
+    norms = getattr(selector, "network_norms", None)
     if norms is not None and len(norms) == n:  # GraNd layers="all" measured every item: keep ours
-        selector._network_norms = norms[lo:hi]
+        selector.network_norms = norms[lo:hi]
     if not getattr(selector, "needs_model", False):
         return select_features(selector, embeddings=embeddings, logits=logits, labels=labels,
                                forgetting=local_forgetting, indices=positions)
     # DeepFool: the attack on this rank's items; its scores are those of its rows (row-wise)
-    selector._given = _agree(selector.attack_scores, model, ShardDataset(dataset, positions), device)
+    selector.given_scores = _agree(selector.attack_scores, model, ShardDataset(dataset, positions), device)
     try:
         return select_features(selector, embeddings=embeddings, logits=logits, labels=labels,
                                forgetting=local_forgetting, indices=positions)
     finally:
-        selector._given = None
+        selector.given_scores = None
 
 
 def _select_compat(selector, model, dataset, device, forgetting):
@@ -488,7 +484,7 @@ def _select_compat(selector, model, dataset, device, forgetting):
     from .features import extract_features_train_bn
     labels = dataset_targets(dataset)
     counts = np.bincount(labels)
-    budgets = selector._budgets(_Counts(counts))
+    budgets = selector.budgets(counts)
     owner = assign_classes([class_cost(selector, int(nc), int(k)) for nc, k in zip(counts, budgets)],
                            world_size())
     positions = np.flatnonzero(owner[labels] == rank())
@@ -553,24 +549,26 @@ def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summarie
     if isinstance(selector, FDMat):
         local.scores = as_float64_array(fdmat_scores(selector, local, counts))
     elif isinstance(selector, _classes(_CLASS_SCORES)):
-        if not (selector.balance or moderate):
-            raise NotImplementedError(f"{selector.name}: balance=False searches neighbours over the whole set, "
-                                      f"which has no distributed implementation; use balance=True or one process")
-        local, index = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
-        if moderate:  # the distances to the class centres; the scores once they are gathered
-            local.scores = _agree(lambda: as_float64_array(selector._distances(local)) if len(local) else np.zeros(0))
+        if not (selector.balance or moderate):  # Cal over the whole set: the rows stay, shards go round
+            scores = cal_scores_global(selector, local, index, [s["n"] for s in summaries], n)
+            local.scores = _agree(lambda: selector.checked_scores(scores) if len(local) else np.zeros(0))
         else:
-            local.scores = _agree(lambda: selector._prepare(local) if len(local) else np.zeros(0))
+            local, index = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
+            if moderate:  # the distances to the class centres; the scores once they are gathered
+                local.scores = _agree(lambda: as_float64_array(selector.distances(local)) if len(local)
+                                      else np.zeros(0))
+            else:
+                local.scores = _agree(lambda: selector.prepare(local) if len(local) else np.zeros(0))
     elif isinstance(selector, ScoreSelector):
         _check_row_wise(selector)
-        local.scores = _agree(lambda: selector._prepare(local) if len(local) else np.zeros(0))
+        local.scores = _agree(lambda: selector.prepare(local) if len(local) else np.zeros(0))
     columns = [local.labels.cpu().double().numpy()]
     if local.scores is not None:
         columns.append(local.scores)
     # difficulty="own" is the gathered score itself: computed after the gather
     own_difficulty = selector.coverage and selector.difficulty == "own"
     if selector.coverage and not own_difficulty:
-        columns.append(_agree(lambda: np.asarray(selector._difficulty(local), np.float64) if len(local)
+        columns.append(_agree(lambda: np.asarray(selector.difficulty_scores(local), np.float64) if len(local)
                               else np.zeros(0)))
     full = gather_rows(np.stack([np.asarray(c, np.float64).reshape(len(local)) for c in columns], 1),
                        index, n)
@@ -582,20 +580,19 @@ def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summarie
     elif isinstance(selector, ScoreSelector):
         data.scores = full[:, 1]
     elif isinstance(selector, Uniform):
-        selector._prepare(data)
+        selector.prepare(data)
     difficulty = None
     if own_difficulty:
-        difficulty = np.asarray(selector._difficulty(data), np.float64)
+        difficulty = np.asarray(selector.difficulty_scores(data), np.float64)
     elif selector.coverage:
         difficulty = full[:, -1]
-    groups = _with_difficulty(selector, difficulty, lambda: selector._groups(data))
-    if hasattr(selector, "_rng"):  # draws in group order: every rank runs every group
-        picks = [selector._pick_batch(data, [g])[0] for g in groups]
+    groups = selector.groups(data, difficulty)
+    if hasattr(selector, "rng"):  # draws in group order: every rank runs every group
+        picks = [selector.pick_batch(data, [g])[0] for g in groups]
         return [np.asarray(p, np.int64) for p, _ in picks], [w for _, w in picks], data
     per_class = selector.balance or selector.per_class_only
     mine = [g for g in groups if (owner[int(data.labels[g[0][0]])] if per_class else 0) == rank()]
-    results = _agree(lambda: [(np.asarray(p, np.int64), w) for b in selector._batches(data, mine)
-                              for p, w in selector._pick_batch(data, b)], gather=True)
+    results = _agree(lambda: selector.pick_groups(data, mine, show=False), gather=True)
     picks = [p for r in results for p, _ in r]
     weights = [w for r in results for _, w in r]
     return picks, weights, data
@@ -604,8 +601,8 @@ def _select_by_scores(selector, shard, n, num_classes, counts, budgets, summarie
 def _moderate_scores(selector, data, distances):
     from .validation import check_finite_result
     d = torch.from_numpy(distances).to(selector.dtype)  # float32 distances survive float64 exactly
-    scores = selector._scores_from_distances(data, d)
-    check_finite_result(f"{selector.name} scores", scores, selector._overflow_hint)
+    scores = selector.scores_from_distances(data, d)
+    check_finite_result(f"{selector.name} scores", scores, selector.overflow_hint)
     return as_float64_array(scores)
 
 
@@ -616,21 +613,10 @@ _ROW_WISE = ("grand", "el2n", "least_confidence", "entropy", "margin", "forgetti
 def _check_row_wise(selector):
     """Score methods whose score of a sample depends on that sample alone can score shards."""
     known = _classes(_ROW_WISE)
-    if type(selector) not in known and type(selector)._scores not in {cls._scores for cls in known}:
+    if type(selector) not in known and type(selector).scores not in {cls.scores for cls in known}:
         raise NotImplementedError(
             f"{selector.name}: not known to score one sample at a time, so it cannot run on shards; "
-            f"add its name to lcmat.distributed._ROW_WISE if its _scores is row-wise")
-
-
-def _with_difficulty(selector, difficulty, fn):
-    """fn() with selector._difficulty returning the gathered difficulty (coverage=True)."""
-    if difficulty is None:
-        return fn()
-    selector._difficulty = lambda data: difficulty
-    try:
-        return fn()
-    finally:
-        del selector._difficulty
+            f"add its name to lcmat.distributed._ROW_WISE if its scores is row-wise")
 
 
 def gather_rows(values, index, n):
@@ -684,15 +670,14 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
         raise NotImplementedError(f"{selector.name}: no distributed implementation (known: per-class "
                                   f"{', '.join(_PER_CLASS)} and the score methods)")
     if not (selector.balance or selector.per_class_only):
-        raise NotImplementedError(f"{selector.name}: balance=False runs one greedy over the whole set, "
-                                  f"which has no distributed implementation; use balance=True or one process")
+        return _select_global(selector, shard, n, num_classes, counts, budgets)
     owner = _owners(selector, counts, budgets)
     local, position = _routed_data(selector, shard, owner, num_classes, counts, budgets, summaries, dims)
     clock = time.perf_counter()
 
     def prepare():
-        local.scores = selector._prepare(local)
-        groups = [g for g in selector._groups(local) if len(g[0])]
+        local.scores = selector.prepare(local)
+        groups = [g for g in selector.groups(local) if len(g[0])]
         return groups
     groups = _agree(prepare)
     keys = _group_keys(local, groups)
@@ -700,14 +685,15 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
         sizes = [s for r in _exchange(None, [(key, len(g[0])) for key, g in zip(keys, groups)]) for s in r]
         results = _agree(_replay_kcenter, selector, local, groups, keys, sorted(sizes))
     else:
-        results = _agree(_pick_groups, selector, local, groups)
+        results = _agree(lambda: selector.pick_groups(local, groups, desc=f"{selector.name} (rank 0 of "
+                                                     f"{world_size()})", show=is_lead()))
     phase_seconds["pick"], clock = time.perf_counter() - clock, time.perf_counter()
-    rho = getattr(selector, "_rho_used", None)
+    rho = getattr(selector, "rho_used", None)
     mine = [(key, position[np.asarray(p, np.int64)], w, local.labels[torch.as_tensor(np.asarray(p, np.int64))]
              .cpu().numpy(), rho[i] if rho else None) for i, (key, (p, w)) in enumerate(zip(keys, results))]
     everything = sorted((item for r in _exchange(None, mine) for item in r), key=lambda item: item[0])
     if rho is not None:
-        selector._rho_used = [item[4] for item in everything if item[4] is not None]
+        selector.rho_used = [item[4] for item in everything if item[4] is not None]
     labels = np.zeros(n, dtype=np.int64)
     for _, p, _, y, _ in everything:
         labels[p] = y
@@ -715,18 +701,6 @@ def _select_by_owner(selector, shard, n, num_classes, counts, budgets, summaries
     data.scores = None
     phase_seconds["gather"] = time.perf_counter() - clock
     return [item[1] for item in everything], [item[2] for item in everything], data
-
-
-def _pick_groups(selector, local, groups):
-    """The method's own batches and picks over this rank's groups; a progress bar on rank 0."""
-    from tqdm.auto import tqdm
-    out = []
-    with tqdm(total=len(groups), desc=f"{selector.name} (rank 0 of {world_size()})", unit="group", leave=False,
-              disable=not is_lead() or (None if selector.progress is None else not selector.progress)) as bar:
-        for batch in selector._batches(local, groups):
-            out += selector._pick_batch(local, batch)
-            bar.update(len(batch))
-    return out
 
 
 def _group_keys(local, groups):
@@ -746,9 +720,9 @@ def _replay_kcenter(selector, local, groups, keys, sizes):
     out = {}
     for key, size in sizes:
         if key in mine:
-            out[key] = selector._pick_batch(local, [mine[key]])[0]
+            out[key] = selector.pick_batch(local, [mine[key]])[0]
         else:
-            selector._rng.integers(size)
+            selector.rng.integers(size)
     return [out[key] for key in keys]
 
 
@@ -808,6 +782,393 @@ def route_to_owners(shard, owner, summaries, dims, dtype):
             start += len(got)
         out[name] = buf
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Global budgets (balance=False) of the greedy methods: one greedy over rows that stay put
+# ------------------------------------------------------------------------------------------------
+
+def _select_global(selector, shard, n, num_classes, counts, budgets):
+    """balance=False of Herding, k-Center, Contextual Diversity, GradMatch and Glister: one greedy
+    over the whole set (or over each coverage stratum of it), its rows left on the ranks that
+    hold them. Every rank holds its own rows, the greedy's per-row state for them (running
+    distances, Gram columns, validation logits) and what every rank replicates: the k picks,
+    their vectors, and GradMatch's k x k system. Each step: every rank's best candidate among its
+    rows, with that row's vector, in one all_gather (`_choose`); every rank then updates its rows
+    with the winner's vector. Labels (and coverage's difficulty) are gathered, N numbers each;
+    the features never are. Per rank and step, received: (W - 1) (P + 3) float64, P the vector
+    (Herding, k-Center: D; Contextual Diversity: 2 C; GradMatch: D + C + 1 + k, plus an
+    all_reduce of the new Gram column at the picks, at most k; Glister: D + C, plus without a
+    validation set the partial validation gradient, W (C (D + 1)) float64)."""
+    order = np.argsort(shard.index, kind="stable")
+    index = shard.index[order]
+    rows = torch.from_numpy(order).to(shard.device)
+    local = _Data(shard.labels[rows], num_classes,
+                  None if shard.embeddings is None else shard.embeddings[rows],
+                  None if shard.logits is None else shard.logits[rows],
+                  None if shard.forgetting is None else shard.forgetting[order])
+    local.counts, local.budgets = counts, budgets
+
+    def prepare():
+        local.scores = selector.prepare(local)
+        columns = [local.labels.cpu().double().numpy()]
+        if selector.coverage:
+            columns.append(np.asarray(selector.difficulty_scores(local), np.float64).reshape(len(local))
+                           if len(local) else np.zeros(0))
+        return np.stack(columns, 1)
+    full = gather_rows(_agree(prepare), index, n)
+    data = _Data(torch.from_numpy(full[:, 0].astype(np.int64)), num_classes)
+    data.counts, data.budgets, data.scores = counts, budgets, None
+    groups = selector.groups(data, full[:, 1] if selector.coverage else None)
+    run = _global_run(selector)
+    clock = time.perf_counter()
+    picks, weights = [], []
+    for positions, k, *_ in groups:
+        member, keys = _group_members(positions, index)
+        chosen, w = run(selector, local, torch.from_numpy(member).to(shard.device), keys, int(k), len(positions))
+        picks.append(positions[np.asarray(chosen, dtype=np.int64)])
+        weights.append(w)
+    phase_seconds["pick"] = time.perf_counter() - clock
+    return picks, weights, data
+
+
+def _global_run(selector):
+    for name, run in (("herding", _global_herding), ("kcenter", _global_kcenter), ("cdiv", _global_cdiv),
+                      ("gradmatch", _global_gradmatch), ("glister", _global_glister)):
+        if isinstance(selector, _classes((name,))):
+            return run
+    raise NotImplementedError(f"{selector.name}: balance=False has no distributed implementation")
+
+
+def _group_members(positions, index):
+    """(this rank's rows in the group, their places in the group), by increasing place: the tie
+    rule (the lowest place first) then falls on the first of equal values, as in one process."""
+    order = np.argsort(positions, kind="stable")
+    sorted_positions = positions[order]
+    at = np.minimum(np.searchsorted(sorted_positions, index), max(len(positions) - 1, 0))
+    member = np.flatnonzero(sorted_positions[at] == index) if len(positions) else np.zeros(0, np.int64)
+    keys = order[at[member]]
+    by_key = np.argsort(keys, kind="stable")
+    return member[by_key], keys[by_key]
+
+
+def _gather_cpu(buf):
+    """all_gather of a CPU tensor (the same size on every rank): every rank's, on the CPU."""
+    device = _comm_device(torch.device("cpu"))
+    out = [torch.empty_like(buf, device=device) for _ in range(world_size())]
+    dist.all_gather(out, buf.to(device))
+    traffic["all_gather"] += (world_size() - 1) * buf.numel() * buf.element_size()
+    return [t.cpu() for t in out]
+
+
+def _sum_in_rank_order(t):
+    """The sum over the ranks of t (float64), added in rank order: the same bits on every rank."""
+    parts = _gather_cpu(t.detach().double().cpu().reshape(-1))
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    return total.reshape(t.shape).to(t.device)
+
+
+def _global_scale(x):
+    """validation.power_of_two_scale over the rows of every rank (max |x| reduced by MAX)."""
+    from .validation import power_of_two_scale
+    top = x.abs().max().double().reshape(1) if x.numel() else torch.zeros(1, dtype=torch.float64, device=x.device)
+    return power_of_two_scale(_all_reduce(top, dist.ReduceOp.MAX))
+
+
+def _candidate_order(part):
+    value, key = float(part[0]), float(part[1])
+    return (not np.isnan(value), 0.0 if np.isnan(value) else -value, key)
+
+
+def _choose(compute, keys, width):
+    """One greedy step over the rows of every rank. compute() -> (values [m] of this rank's rows
+    in key order, payload(j) -> the vector [width] of local row j that every rank needs once j is
+    chosen). The choice is the largest value over the ranks (a NaN first, as torch.argmax; the
+    lowest key among equal values, as one process's argmax over the group in key order). Each
+    rank sends its own best (value, key, failure flag, payload) in one all_gather; a rank whose
+    compute raised flags it, and every rank raises its error. Returns (key, value, the local
+    row when this rank holds the winner else None, the payload as float64 on the CPU)."""
+    buf = torch.zeros(width + 3, dtype=torch.float64)
+    buf[0], buf[1] = -torch.inf, torch.inf
+    failure, j = None, None
+    try:
+        values, payload = compute()
+        if len(keys):
+            j = int(torch.argmax(values))
+            buf[0], buf[1] = float(values[j]), float(keys[j])
+            buf[3:] = payload(j).detach().double().cpu().reshape(-1)
+    except Exception as err:  # exchanged below, then raised on every rank
+        failure, buf[2] = (type(err).__name__, str(err), err), 1.0
+    parts = _gather_cpu(buf)
+    if any(float(part[2]) for part in parts):
+        _exchange(failure)
+    best = min(range(len(parts)), key=lambda r: _candidate_order(parts[r]))
+    return int(parts[best][1]), float(parts[best][0]), (j if best == rank() else None), parts[best][3:]
+
+
+def _farthest_first(keys, k, first, width, payload, distances_to, like):
+    """k-center greedy (selectors.kcenter_order, reference.kcenter_symmetric_kl) over the rows
+    of every rank: the row of key `first`, then k - 1 times the row farthest from the picks
+    (running minimum distances, -1 at a pick). distances_to(vector) -> [m]. Returns the keys."""
+    if k == 0:
+        return []
+    is_first = torch.from_numpy(keys == first).to(like.device)
+    start = torch.where(is_first, 0.0, -torch.inf).to(like.dtype)
+    key, _, j, row = _choose(lambda: (start, payload), keys, width)
+    picks = [key]
+    state = {"min": torch.full((len(keys),), torch.inf, dtype=like.dtype, device=like.device), "j": j, "row": row}
+
+    def compute():
+        state["min"] = torch.minimum(state["min"], distances_to(state["row"].to(device=like.device, dtype=like.dtype)))
+        if state["j"] is not None:
+            state["min"][state["j"]] = -1.0  # never re-pick a center
+        return state["min"], payload
+    for _ in range(k - 1):
+        key, _, state["j"], state["row"] = _choose(compute, keys, width)
+        picks.append(key)
+    return picks
+
+
+def _global_herding(selector, local, member, keys, k, size):
+    """selectors.herding_order over the rows of every rank; the group mean from the float64
+    partial sums of the ranks, added in rank order."""
+    from .selectors import herding_gaps
+    x = local.embeddings[member]
+    x = x / _global_scale(x)
+    mean = (_sum_in_rank_order(x.double().sum(0)) / size).to(x.dtype)
+    chosen_sum = torch.zeros_like(mean)
+    available = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    picks = []
+    for t in range(k):
+        def compute():
+            return -herding_gaps(x, mean, chosen_sum, t).masked_fill(~available, torch.inf), lambda j: x[j]
+        key, _, j, row = _choose(compute, keys, x.shape[1])
+        if j is not None:
+            available[j] = False
+        chosen_sum += row.to(device=x.device, dtype=x.dtype)
+        picks.append(key)
+    return picks, None
+
+
+def _global_kcenter(selector, local, member, keys, k, size):
+    """KCenterGreedy.pick over the rows of every rank (the first center from the replicated rng)."""
+    from .selectors import squared_distances_to
+    first = int(selector.rng.integers(size))
+    x = local.embeddings[member]
+    x = x / _global_scale(x)
+    picks = _farthest_first(keys, k, first, x.shape[1], lambda j: x[j], lambda row: squared_distances_to(x, row), x)
+    return picks, None
+
+
+def _global_cdiv(selector, local, member, keys, k, size):
+    """ContextualDiversity.pick over the rows of every rank: the picked row's log p and p travel."""
+    from .reference import kl_to_row
+    first = int(selector.rng.integers(size))
+    log_p = torch.log_softmax(local.logits[member], 1)
+    p = log_p.exp()
+    C = log_p.shape[1]
+    picks = _farthest_first(keys, k, first, 2 * C, lambda j: torch.cat([log_p[j], p[j]]),
+                            lambda row: kl_to_row(log_p, p, row[:C], row[C:]), log_p)
+    return picks, None
+
+
+def _group_classes(labels, num_classes):
+    """The classes present in the group, over every rank."""
+    present = torch.bincount(labels.cpu(), minlength=num_classes).clamp_max_(1)
+    return torch.nonzero(_all_reduce(present, dist.ReduceOp.MAX)).flatten()
+
+
+def _global_gradmatch(selector, local, member, keys, k, size):
+    """GradMatch.pick over the rows of every rank: the target from the ranks' float64 partial sums
+    (or from the replicated validation rows), then `_global_omp`."""
+    from . import ops
+    from .reference import target_dot
+    h, z, y = local.embeddings[member].double(), local.logits[member], local.labels[member]
+    e, _ = ops.last_layer_factors(z.double(), y, backend=selector.backend)
+    held = selector.held_out_rows(_group_classes(y, local.num_classes))
+    if held is None:
+        C, D = e.shape[1], h.shape[1]
+        sums = _sum_in_rank_order(torch.cat([e.sum(0), (e.T @ h).reshape(-1)]))
+        scale = (1.0 if selector.deepcore else float(size)) / size
+        b = target_dot(h, e, sums[:C] * scale, sums[C:].reshape(C, D) * scale)
+    else:
+        hv, zv, yv = held
+        ev = ops.last_layer_factors(zv.double(), yv, backend=selector.backend)[0]
+        scale = (1.0 if selector.deepcore else float(size)) / len(hv)
+        b = ops.gradient_target_dot(h, e, hv.double(), ev, scale, backend=selector.backend)
+    picks, w = _global_omp(h, e, b, keys, k, selector.lam, selector.deepcore)
+    if not bool(torch.isfinite(w).all()):
+        raise RuntimeError("gradmatch: the weights are not finite (the gradients overflow)")
+    return picks, as_float64_array(w)
+
+
+def _global_omp(h, e, b, keys, k, lam, deepcore):
+    """reference.omp_last_layer (deepcore=True: omp_last_layer_deepcore) over the rows of every
+    rank. Each rank keeps the Gram columns of its rows; the picked row's h, e, b and its earlier
+    Gram entries travel with it, and the new column's entries at the picks come from the picks'
+    owners (an all_reduce of k numbers at most, each the sum of one value and zeros, so exact):
+    the k x k system is then the one a single process solves, on every rank."""
+    from .reference import gradient_column, nnls_quadratic, residual_correlation
+    m, D, C = len(h), h.shape[1], e.shape[1]
+    columns = b.new_zeros(m, k)
+    available = torch.ones(m, dtype=torch.bool, device=b.device)
+    gram = b.new_zeros(k, k)  # gram[s, t] = G[pick s, pick t], as pick s's owner computed it
+    chosen_b = b.new_zeros(k)
+    mine = {}  # step -> local row, for the picks this rank holds
+    picks, w, A = [], b.new_zeros(0), None
+    corr = b.clone()
+    for step in range(k):
+        def compute():
+            def payload(j):
+                return torch.cat([h[j], e[j], b[j:j + 1], columns[j, :step], b.new_zeros(k - step)])
+            return corr.masked_fill(~available, -torch.inf), payload
+        key, _, j, row = _choose(compute, keys, D + C + 1 + k)
+        row = row.to(device=b.device, dtype=b.dtype)
+        picks.append(key)
+        if j is not None:
+            available[j] = False
+            mine[step] = j
+        columns[:, step] = gradient_column(h, e, row[:D], row[D:D + C])
+        at_picks = b.new_zeros(step + 1)
+        for s, r in mine.items():
+            at_picks[s] = columns[r, step]
+        gram[:step + 1, step] = _all_reduce(at_picks)
+        gram[step, :step] = row[D + C + 1:D + C + 1 + step]
+        chosen_b[step] = row[D + C]
+        b_picks = chosen_b[:step + 1].clone()
+        if not deepcore:
+            A = gram[:step + 1, :step + 1] + lam * torch.eye(step + 1, dtype=b.dtype, device=b.device)
+            w = nnls_quadratic(A, b_picks, torch.cat([w, w.new_zeros(1)]), settled=True)
+        elif step == 0:
+            norm = gram[0, 0]
+            w = b_picks / norm if float(norm) > 0 else b.new_zeros(1)
+        else:
+            A = gram[:step + 1, :step + 1] + lam * torch.eye(step + 1, dtype=b.dtype, device=b.device)
+            w = torch.linalg.lstsq(A, b_picks[:, None]).solution[:, 0]
+        corr = residual_correlation(b, columns[:, :step + 1], w)
+    if deepcore and k == 1:
+        w = b.new_ones(1)
+    elif deepcore and k > 1:
+        w = nnls_quadratic(A.T @ A, A.T @ chosen_b)
+    return picks, w
+
+
+def _global_glister(selector, local, member, keys, k, size):
+    """Glister.pick over the rows of every rank. With validation= the held-out rows are
+    replicated and every rank moves their logits alike; without, the validation rows are the
+    group's own, each rank moves its rows' logits and the validation gradient is summed from the
+    ranks' float64 partial sums (reference.validation_gradient_sums) each step."""
+    from . import ops, reference
+    h, z, y = local.embeddings[member], local.logits[member], local.labels[member]
+    e, _ = ops.last_layer_factors(z, y, backend=selector.backend)
+    held = selector.held_out_rows(_group_classes(y, local.num_classes))
+    D, C = h.shape[1], e.shape[1]
+    hv, z_val, yv = (h, z.clone(), y) if held is None else (held[0], held[1].clone(), held[2])
+
+    def gains():
+        if held is not None:
+            return reference.glister_gains(h, e, *reference.validation_gradient(hv, z_val, yv))
+        bias, weight = reference.validation_gradient_sums(hv, reference.last_layer_factors(z_val, yv)[0])
+        sums = _sum_in_rank_order(torch.cat([bias, weight.reshape(-1)]))
+        return reference.glister_gains(h, e, (sums[:C] / size).to(h.dtype), (sums[C:].reshape(C, D) / size).to(h.dtype))
+    current = gains()
+    available = torch.ones(len(h), dtype=torch.bool, device=h.device)
+    picks, picked = [], []
+    for _ in range(k):
+        def compute():
+            return current.masked_fill(~available, -torch.inf), lambda j: torch.cat([h[j], e[j]])
+        key, value, j, row = _choose(compute, keys, D + C)
+        picks.append(key)
+        picked.append(value)
+        if j is not None:
+            available[j] = False
+        if selector.eta != 0:  # eta = 0: the gains never change (the top k of the first ones)
+            row = row.to(device=h.device, dtype=h.dtype)
+            z_val -= selector.eta * reference.validation_logit_step(hv, row[:D], row[D:])
+            current = gains()
+    if not np.isfinite(picked).all():
+        raise RuntimeError("glister: the gains are not finite (the validation logits overflow; lower eta)")
+    return picks, None
+
+
+# ------------------------------------------------------------------------------------------------
+# Cal over the whole set: neighbours found by a ring pass of embedding shards
+# ------------------------------------------------------------------------------------------------
+
+KNN_ELEMENTS = 2 ** 24  # candidate distances held at once per rank in the ring pass
+
+
+def _ring_shift(tensor, step, sizes):
+    """This rank's rows `tensor` [n_r, ...] to rank r + step, rank r - step's rows here."""
+    world, me = world_size(), rank()
+    dst, src = (me + step) % world, (me - step) % world
+    device = _comm_device(tensor.device)
+    recv = torch.empty((sizes[src],) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=device)
+    requests = []
+    if len(tensor):
+        requests.append(dist.isend(tensor.to(device).contiguous(), dst))
+    if len(recv):
+        requests.append(dist.irecv(recv, src))
+    for request in requests:
+        request.wait()
+    traffic["send_recv"] += recv.numel() * recv.element_size()
+    return recv.to(tensor.device)
+
+
+def cal_scores_global(selector, local, index, sizes, n):
+    """Cal's scores (balance=False: neighbours over the whole set) of this rank's rows, equal to
+    one process's. Each rank holds its rows' embeddings and log-probabilities, their k best
+    neighbours so far (distance and dataset position), and one other rank's shard at a time: in
+    W - 1 ring steps every rank's embeddings (with their positions) visit every other rank once;
+    the squared distances are computed as reference.knn_indices computes them, each shard's k
+    nearest taken as it takes them, and merged with the best so far by (distance, position). A
+    second ring pass brings the neighbours' log-probabilities, [n_r, k, C]. Received per rank:
+    (N - n_r) (D + C + 2) numbers (float32 features, int64 positions)."""
+    from .reference import neighbour_kl_rows, smallest_lowest_index
+    order = torch.from_numpy(np.argsort(index, kind="stable")).to(local.embeddings.device)
+    x = local.embeddings[order]  # in dataset order: a shard's columns are then in position order
+    log_p = torch.log_softmax(local.logits[order], 1)
+    k = min(selector.neighbours, n - 1)
+    m = len(x)
+    if k < 1:
+        return torch.zeros(m, dtype=log_p.dtype, device=log_p.device)
+    keys = torch.from_numpy(np.sort(index)).to(x.device)
+    sq = (x * x).sum(1)
+    best_d = torch.full((m, k), torch.inf, dtype=x.dtype, device=x.device)
+    best_key = torch.full((m, k), n, dtype=torch.long, device=x.device)
+    for step in range(world_size()):
+        fx = x if step == 0 else _ring_shift(x, step, sizes)
+        fkeys = keys if step == 0 else _ring_shift(keys, step, sizes)
+        near = min(k, len(fx) - (step == 0))
+        if near < 1:
+            continue
+        fsq = (fx * fx).sum(1)
+        rows = max(1, KNN_ELEMENTS // len(fx))
+        for lo in range(0, m, rows):
+            hi = min(m, lo + rows)
+            d2 = (sq[lo:hi, None] + fsq[None, :] - 2.0 * (x[lo:hi] @ fx.T)).clamp_min_(0.0)
+            if step == 0:  # a row is never its own neighbour
+                d2[torch.arange(hi - lo, device=x.device), torch.arange(lo, hi, device=x.device)] = torch.inf
+            cols = smallest_lowest_index(d2, near)
+            vals = torch.cat([best_d[lo:hi], d2.gather(1, cols)], 1)
+            cand = torch.cat([best_key[lo:hi], fkeys[cols]], 1)
+            by_key = cand.argsort(dim=1, stable=True)
+            vals, cand = vals.gather(1, by_key), cand.gather(1, by_key)
+            by_value = vals.argsort(dim=1, stable=True)[:, :k]
+            best_d[lo:hi], best_key[lo:hi] = vals.gather(1, by_value), cand.gather(1, by_value)
+    log_nb = torch.empty(m, k, log_p.shape[1], dtype=log_p.dtype, device=log_p.device)
+    for step in range(world_size()):
+        flog = log_p if step == 0 else _ring_shift(log_p, step, sizes)
+        fkeys = keys if step == 0 else _ring_shift(keys, step, sizes)
+        if len(fkeys):
+            at = torch.searchsorted(fkeys, best_key).clamp_max_(len(fkeys) - 1)
+            hit = fkeys[at] == best_key
+            log_nb[hit] = flog[at[hit]]
+    scores = torch.empty(m, dtype=log_p.dtype, device=log_p.device)
+    scores[order] = neighbour_kl_rows(log_p, log_nb, selector.variant == "deepcore")
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------

@@ -27,12 +27,14 @@ class ContextualDiversity(Selector):
     name = "cdiv"
     needs = ("logits",)
 
-    def _prepare(self, data):
-        self._rng = np.random.default_rng(self.seed)
+    def prepare(self, data):
+        # rng: the first center of each group is drawn from it in group order (public:
+        # lcmat.distributed replays the draws)
+        self.rng = np.random.default_rng(self.seed)
         self._log_p = torch.log_softmax(data.logits, 1)
 
-    def _pick(self, data, positions, k):
-        first = int(self._rng.integers(len(positions)))
+    def pick(self, data, positions, k):
+        first = int(self.rng.integers(len(positions)))
         index = torch.as_tensor(positions, device=data.labels.device)
         picks = ops.kcenter_symmetric_kl(self._log_p[index], k, first)
         return positions[picks.cpu().numpy()], None
@@ -63,7 +65,7 @@ class Cal(ScoreSelector):
         self.variant = check_choice("variant", variant, ("paper", "deepcore"))
         self.keep = "largest" if self.variant == "paper" else "smallest"
 
-    def _scores(self, data):
+    def scores(self, data):
         log_p = torch.log_softmax(data.logits, 1)
         groups = data.class_indices if self.balance else [np.arange(len(data))]
         scores = torch.zeros(len(data), dtype=log_p.dtype, device=log_p.device)
@@ -96,10 +98,10 @@ class ModerateDS(ScoreSelector):
                          prune_hard, num_strata)
         self.centre = check_choice("centre", centre, ("median", "mean"))
 
-    def _scores(self, data):
-        return self._scores_from_distances(data, self._distances(data))
+    def scores(self, data):
+        return self.scores_from_distances(data, self.distances(data))
 
-    def _distances(self, data):
+    def distances(self, data):
         """d_i = ||h_i - centre_{y_i}||, [N]: needs the whole class of each sample."""
         h = data.embeddings
         dist = torch.zeros(len(data), dtype=h.dtype, device=h.device)
@@ -112,7 +114,7 @@ class ModerateDS(ScoreSelector):
             dist[index] = (rows - centre).norm(dim=1)
         return dist
 
-    def _scores_from_distances(self, data, dist):
+    def scores_from_distances(self, data, dist):
         """s_i = |d_i - median_group(d)| from the distances d [N] (a tensor) and the labels."""
         groups = data.class_indices if self.balance else [np.arange(len(data))]
         scores = torch.zeros_like(dist)
@@ -166,14 +168,15 @@ class DeepFool(ScoreSelector):
         self.overshoot = check_positive("overshoot", overshoot, allow_zero=True)
         self.score = check_choice("score", score, ("norm", "steps"))
         self.batch_size = check_positive("batch_size", batch_size, integer=True)
-        self._given = None
+        # given_scores: the attack's scores, set by select() (public: lcmat.distributed sets each rank's own)
+        self.given_scores = None
 
     def required(self):
         """The feature arrays select() passes on: only what coverage needs (the model is separate)."""
         return tuple(n for n in super().required() if n != "model")
 
     def select_features(self, embeddings=None, logits=None, labels=None, num_classes=None, forgetting=None):
-        if self._given is None:
+        if self.given_scores is None:
             raise ValueError("model: DeepFool attacks the model itself and needs it and the dataset, not "
                              "precomputed features: use DeepFool(...).select(model, dataset)")
         return super().select_features(embeddings, logits, labels, num_classes, forgetting)
@@ -186,11 +189,11 @@ class DeepFool(ScoreSelector):
         device = device or next(model.parameters()).device
         H, Z, y = extract_features(model, dataset, batch_size=batch_size, device=device,
                                    progress=bool(self.progress))
-        self._given = self.attack_scores(model, dataset, device)
+        self.given_scores = self.attack_scores(model, dataset, device)
         try:
             return self.select_features(embeddings=H, logits=Z, labels=y, forgetting=forgetting)
         finally:
-            self._given = None
+            self.given_scores = None
 
     def attack_scores(self, model, dataset, device):
         """The score of every item of `dataset` (in its order), [N] float64."""
@@ -204,8 +207,8 @@ class DeepFool(ScoreSelector):
             steps[positions] = s.cpu().numpy()
         return norms if self.score == "norm" else steps
 
-    def _scores(self, data):
-        return self._given
+    def scores(self, data):
+        return self.given_scores
 
 
 def deepfool(model, x0, max_iter=50, overshoot=0.02):

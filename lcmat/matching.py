@@ -65,7 +65,7 @@ class _ValidationSelector(Selector):
         finally:
             self.validation = given
 
-    def _prepare(self, data):
+    def prepare(self, data):
         self._val = None
         if self.validation is None:
             return None
@@ -88,10 +88,17 @@ class _ValidationSelector(Selector):
         rows = data.embeddings[index], data.logits[index], data.labels[index]
         if self._val is None:
             return rows, rows
+        return rows, self.held_out_rows(torch.unique(rows[2]))
+
+    def held_out_rows(self, classes):
+        """(h, z, y) of the validation rows of the given classes (after `prepare`), or None
+        without a validation set. Every class has validation rows (prepare refuses a class
+        without), so none of them is empty."""
+        if self._val is None:
+            return None
         h, z, y = self._val
-        # every class has validation rows (Features refuses a class without), so keep is never empty
-        keep = torch.isin(y, torch.unique(rows[2]))
-        return rows, (h[keep], z[keep], y[keep])
+        keep = torch.isin(y, torch.as_tensor(classes, device=y.device))
+        return h[keep], z[keep], y[keep]
 
 
 class GradMatch(_ValidationSelector):
@@ -130,7 +137,7 @@ class GradMatch(_ValidationSelector):
         self.validation = _check_validation_option(validation)
         self.deepcore = check_bool("deepcore", deepcore)
 
-    def _pick(self, data, positions, k):
+    def pick(self, data, positions, k):
         (h, z, y), (hv, zv, yv) = self._group_rows(data, positions)
         h, hv = h.double(), hv.double()
         e, _ = ops.last_layer_factors(z.double(), y, backend=self.backend)
@@ -168,7 +175,7 @@ class Glister(_ValidationSelector):
         self.eta = check_positive("eta", eta, allow_zero=True)
         self.validation = _check_validation_option(validation)
 
-    def _pick(self, data, positions, k):
+    def pick(self, data, positions, k):
         (h, z, y), (hv, zv, yv) = self._group_rows(data, positions)
         e, _ = ops.last_layer_factors(z, y, backend=self.backend)
         picks, gains = ops.glister_greedy(h, e, hv, zv, yv, k, self.eta, backend=self.backend)

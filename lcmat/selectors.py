@@ -5,11 +5,18 @@ default; else one global budget round(fraction * N)), `seed`, `backend`, `progre
 coverage options, and offers `select_features(embeddings=, logits=, labels=)` and
 `select(model, dataset)`, both returning a `Coreset` with sorted original dataset indices.
 
-A selector is written as `_pick(data, positions, k)`: choose k of the given dataset positions
+A selector is written as `pick(data, positions, k)`: choose k of the given dataset positions
 by the method's criterion. The base class decides which groups it runs on: each class
 (balance=True), the whole set (balance=False), or the difficulty strata of each (coverage=True).
-A selector whose groups are cheaper together may also take them in runs (`_batches` and
-`_pick_batch`): LCMat hands several classes to one batched greedy.
+A selector whose groups are cheaper together may also take them in runs (`batches` and
+`pick_batch`): LCMat hands several classes to one batched greedy.
+
+The per-group interface, which `select_features` goes through and lcmat.distributed too (so the
+two cannot drift apart): `budgets(class_counts)`, `prepare(data)` (work over the whole set, the
+scores of a score method), `groups(data)`, `pick_groups(data, groups)` (= `batches` and
+`pick_batch` over `pick`), `make_coreset(data, picks, weights, seconds)`. `data` is a `Features`
+(or anything with its attributes: labels, num_classes, class_indices, embeddings, logits,
+forgetting, and the budgets and scores that select_features sets).
 """
 import time
 import warnings
@@ -123,19 +130,12 @@ class Selector:
         data = Features(labels, embeddings if "embeddings" in needs else None,
                         logits if "logits" in needs else None, num_classes, self.dtype)
         data.forgetting = None if forgetting is None else _per_sample("forgetting", forgetting, len(data))
-        data.budgets = self._budgets(data)  # validated before any work starts
+        data.budgets = self.budgets(data.counts)  # validated before any work starts
         start = time.perf_counter()
-        data.scores = self._prepare(data)
-        groups = self._groups(data)
-        picks, weights = [], []
-        with tqdm(total=len(groups), desc=self.name, unit="group", leave=False,
-                  disable=None if self.progress is None else not self.progress) as bar:
-            for batch in self._batches(data, groups):
-                for chosen, w in self._pick_batch(data, batch):
-                    picks.append(np.asarray(chosen, dtype=np.int64))
-                    weights.append(w)
-                bar.update(len(batch))
-        return self._coreset(data, picks, weights, time.perf_counter() - start)
+        data.scores = self.prepare(data)
+        results = self.pick_groups(data, self.groups(data))
+        return self.make_coreset(data, [p for p, _ in results], [w for _, w in results],
+                                 time.perf_counter() - start)
 
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
         """Extract embeddings and logits with one eval-mode pass of `model` over `dataset`
@@ -151,24 +151,29 @@ class Selector:
         return self.select_features(embeddings=embeddings, logits=logits, labels=labels,
                                     forgetting=forgetting)
 
-    def _budgets(self, data):
+    def budgets(self, class_counts):
+        """The budget of each class [C] from the class sizes n_c: round(fraction * n_c), or with
+        balance=False one global round(fraction * N) split over the classes in proportion."""
+        counts = np.asarray(class_counts, dtype=np.int64)
         if self.balance:
-            return class_budgets(data.counts, self.fraction)
-        return split_budget(data.counts, global_budget(len(data), self.fraction))
+            return class_budgets(counts, self.fraction)
+        return split_budget(counts, global_budget(int(counts.sum()), self.fraction))
 
-    def _groups(self, data):
-        """[(dataset positions, budget)] on which `_pick` runs."""
+    def groups(self, data, difficulty=None):
+        """[(dataset positions, budget, *extra)] on which `pick` runs. coverage=True strata come
+        from `difficulty` [N] when given (e.g. gathered from other processes), else from
+        `difficulty_scores(data)`."""
         if self.balance or self.per_class_only:
             groups = list(zip(data.class_indices, data.budgets))
         else:
             groups = [(np.arange(len(data)), int(data.budgets.sum()))]
         if not self.coverage:
             return groups
-        difficulty = self._difficulty(data)
+        difficulty = self.difficulty_scores(data) if difficulty is None else difficulty
         return [(positions[local], k_s) for positions, k in groups
                 for local, k_s in coverage_groups(difficulty[positions], k, self.num_strata, self.prune_hard)]
 
-    def _difficulty(self, data):
+    def difficulty_scores(self, data):
         """Per-sample difficulty for coverage, higher = harder."""
         if self.difficulty == "el2n":
             e, _ = ops.last_layer_factors(data.logits, data.labels, backend=self.backend)
@@ -179,23 +184,37 @@ class Selector:
             return data.forgetting
         return data.scores if self.keep == "largest" else -data.scores
 
-    def _prepare(self, data):
+    def prepare(self, data):
         """Work shared by all groups (e.g. scores over the full set); returns scores or None."""
         return None
 
-    def _pick(self, data, positions, k):
+    def pick(self, data, positions, k):
         """(k chosen dataset positions, their weights or None)."""
         raise NotImplementedError
 
-    def _batches(self, data, groups):
-        """The groups in the runs that `_pick_batch` takes at once: one at a time here."""
+    def batches(self, data, groups):
+        """The groups in the runs that `pick_batch` takes at once: one at a time here."""
         return [[group] for group in groups]
 
-    def _pick_batch(self, data, batch):
-        """[(chosen, weights)] for a run of groups; extra: whatever a selector's _groups adds."""
-        return [self._pick(data, positions, int(k), *extra) for positions, k, *extra in batch]
+    def pick_batch(self, data, batch):
+        """[(chosen, weights)] for a run of groups; extra: whatever a selector's groups adds."""
+        return [self.pick(data, positions, int(k), *extra) for positions, k, *extra in batch]
 
-    def _coreset(self, data, picks, weights, seconds):
+    def pick_groups(self, data, groups, desc=None, show=True):
+        """[(chosen dataset positions int64, weights or None)] of every group, in group order, by
+        `batches` and `pick_batch`; a progress bar (`desc`, default the method's name) unless
+        progress=False or show=False."""
+        out = []
+        disable = not show or (None if self.progress is None else not self.progress)
+        with tqdm(total=len(groups), desc=desc or self.name, unit="group", leave=False, disable=disable) as bar:
+            for batch in self.batches(data, groups):
+                out += [(np.asarray(chosen, dtype=np.int64), w) for chosen, w in self.pick_batch(data, batch)]
+                bar.update(len(batch))
+        return out
+
+    def make_coreset(self, data, picks, weights, seconds):
+        """The Coreset of the picks [arrays of dataset positions] and their weights (a list of
+        arrays, or of None), sorted by dataset position; data: labels, num_classes, scores."""
         indices = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
         order = np.argsort(indices, kind="stable")
         indices = indices[order]
@@ -217,20 +236,25 @@ class ScoreSelector(Selector):
     # kept last) sets this; NaN is refused always, and +inf only ranks last with keep="smallest".
     infinite_scores_rank_last = False
 
-    def _scores(self, data):
+    def scores(self, data):
+        """The method's score of every row of data, [N] (a tensor or an array)."""
         raise NotImplementedError
 
-    def _prepare(self, data):
-        scores = torch.as_tensor(self._scores(data))
+    def prepare(self, data):
+        return self.checked_scores(self.scores(data))
+
+    def checked_scores(self, scores):
+        """The scores as float64 numpy, refused unless finite (+inf allowed where it ranks last)."""
+        scores = torch.as_tensor(scores)
         if self.infinite_scores_rank_last and self.keep == "smallest":
-            check_finite_result(f"{self.name} scores", scores.nan_to_num(posinf=0.0), self._overflow_hint)
+            check_finite_result(f"{self.name} scores", scores.nan_to_num(posinf=0.0), self.overflow_hint)
         else:
-            check_finite_result(f"{self.name} scores", scores, self._overflow_hint)
+            check_finite_result(f"{self.name} scores", scores, self.overflow_hint)
         return as_float64_array(scores)
 
-    _overflow_hint = "rescale the inputs (e.g. divide the embeddings by their largest entry)"
+    overflow_hint = "rescale the inputs (e.g. divide the embeddings by their largest entry)"
 
-    def _pick(self, data, positions, k):
+    def pick(self, data, positions, k):
         key = -data.scores[positions] if self.keep == "largest" else data.scores[positions]
         return positions[np.argsort(key, kind="stable")[:k]], None
 
@@ -240,11 +264,12 @@ class Uniform(Selector):
     name = "uniform"
     needs = ()
 
-    def _prepare(self, data):
-        self._rng = np.random.default_rng(self.seed)
+    def prepare(self, data):
+        # rng: drawn from in group order (public: lcmat.distributed replays the draws)
+        self.rng = np.random.default_rng(self.seed)
 
-    def _pick(self, data, positions, k):
-        return self._rng.choice(positions, k, replace=False), None
+    def pick(self, data, positions, k):
+        return self.rng.choice(positions, k, replace=False), None
 
 
 class GraNd(ScoreSelector):
@@ -263,20 +288,22 @@ class GraNd(ScoreSelector):
     name = "grand"
     needs = ("embeddings", "logits")
 
-    _overflow_hint = "the embeddings are too large even for float64 (||h||^2 overflows); rescale them"
+    overflow_hint = "the embeddings are too large even for float64 (||h||^2 overflows); rescale them"
 
     def __init__(self, fraction=0.1, layers="last", **kwargs):
         super().__init__(fraction, **kwargs)
         self.layers = check_choice("layers", layers, ("last", "all"))
-        self._network_norms = None
+        # network_norms: the whole-network norms that select() measures for layers='all' (public:
+        # lcmat.distributed hands each rank its share)
+        self.network_norms = None
 
     def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
         if self.layers == "all":
-            self._network_norms = self._whole_network_norms(model, dataset, batch_size, device)
+            self.network_norms = self._whole_network_norms(model, dataset, batch_size, device)
         try:
             return super().select(model, dataset, batch_size=batch_size, device=device, forgetting=forgetting)
         finally:
-            self._network_norms = None
+            self.network_norms = None
 
     def _whole_network_norms(self, model, dataset, batch_size, device):
         from .features import iterate_batches
@@ -294,11 +321,11 @@ class GraNd(ScoreSelector):
             model.train(was_training)
         return norms
 
-    def _scores(self, data):
+    def scores(self, data):
         if self.layers == "all":
-            if self._network_norms is None:
+            if self.network_norms is None:
                 raise ValueError("layers: 'all' needs the network; use select(model, dataset)")
-            return self._network_norms
+            return self.network_norms
         h, z = data.embeddings, data.logits
         if overflows(2 * (1 + squared_norm_bound(h)), h.dtype):
             h, z = h.double(), z.double()  # ||g||^2 = ||e||^2 (1 + ||h||^2) with ||e||^2 <= 2
@@ -310,7 +337,7 @@ class EL2N(ScoreSelector):
     name = "el2n"
     needs = ("logits",)
 
-    def _scores(self, data):
+    def scores(self, data):
         e, _ = ops.last_layer_factors(data.logits, data.labels, backend=self.backend)
         return e.norm(dim=1)
 
@@ -320,7 +347,7 @@ class LeastConfidence(ScoreSelector):
     name = "least_confidence"
     needs = ("logits",)
 
-    def _scores(self, data):
+    def scores(self, data):
         return 1.0 - torch.softmax(data.logits, 1).max(1).values
 
 
@@ -329,7 +356,7 @@ class Entropy(ScoreSelector):
     name = "entropy"
     needs = ("logits",)
 
-    def _scores(self, data):
+    def scores(self, data):
         logp = torch.log_softmax(data.logits, 1)
         p = logp.exp()
         # p log p -> 0 as p -> 0; a probability that underflowed (log p = -inf) contributes 0, not NaN.
@@ -342,7 +369,7 @@ class Margin(ScoreSelector):
     needs = ("logits",)
     keep = "smallest"
 
-    def _scores(self, data):
+    def scores(self, data):
         p = torch.softmax(data.logits, 1)
         if p.shape[1] < 2:  # one class: the runner-up has probability 0
             return p[:, 0]
@@ -356,7 +383,7 @@ class Forgetting(ScoreSelector):
     name = "forgetting"
     needs = ()
 
-    def _scores(self, data):
+    def scores(self, data):
         if data.forgetting is None:
             raise ValueError("forgetting: Forgetting needs the per-sample forgetting counts "
                              "recorded during training (lcmat.train.train_selection_model)")
@@ -368,18 +395,18 @@ class Herding(Selector):
     (argmin_i || mu - (sum_S h + h_i) / (t + 1) ||, lowest index on ties)."""
     name = "herding"
 
-    def _pick(self, data, positions, k):
+    def pick(self, data, positions, k):
         return positions[herding_order(data.embeddings[positions], k)], None
 
 
 def herding_order(x, k):
     x = x / power_of_two_scale(x)  # the argmin is scale-invariant; exact rescaling keeps squares finite
-    mean = x.mean(0)
+    mean = (x.double().sum(0) / len(x)).to(x.dtype)  # summed in float64: see herding_gaps
     chosen_sum = torch.zeros_like(mean)
     available = torch.ones(len(x), dtype=torch.bool, device=x.device)
     picks = []
     for t in range(k):
-        dist = ((mean - (chosen_sum + x) / (t + 1)) ** 2).sum(1).masked_fill(~available, torch.inf)
+        dist = herding_gaps(x, mean, chosen_sum, t).masked_fill(~available, torch.inf)
         j = int(torch.argmin(dist))
         picks.append(j)
         available[j] = False
@@ -387,16 +414,27 @@ def herding_order(x, k):
     return np.array(picks, dtype=np.int64)
 
 
+def herding_gaps(x, mean, chosen_sum, t):
+    """|| mean - (chosen_sum + x_i) / (t + 1) ||^2 for every row, [n]. Elementwise, then row sums:
+    each row's value has the same bits whatever rows share the tensor, so rows split across
+    processes (lcmat.distributed) pick alike; the mean is summed in float64 and rounded once,
+    so the order of the partial sums does not show in it either (short of a float64 rounding
+    that lands on a float32 rounding boundary)."""
+    return ((mean - (chosen_sum + x) / (t + 1)) ** 2).sum(1)
+
+
 class KCenterGreedy(Selector):
     """k-Center greedy: start from a seeded random sample, then repeatedly add the sample
     farthest from the selection (running-min distances, O(N) memory)."""
     name = "kcenter"
 
-    def _prepare(self, data):
-        self._rng = np.random.default_rng(self.seed)
+    def prepare(self, data):
+        # rng: the first center of each group is drawn from it in group order (public:
+        # lcmat.distributed replays the draws)
+        self.rng = np.random.default_rng(self.seed)
 
-    def _pick(self, data, positions, k):
-        first = int(self._rng.integers(len(positions)))
+    def pick(self, data, positions, k):
+        first = int(self.rng.integers(len(positions)))
         return positions[kcenter_order(data.embeddings[positions], k, first)], None
 
 
@@ -405,10 +443,15 @@ def kcenter_order(x, k, first):
     min_dist = torch.full((len(x),), torch.inf, dtype=x.dtype, device=x.device)
     picks = [first]
     for _ in range(k - 1):
-        min_dist = torch.minimum(min_dist, ((x - x[picks[-1]]) ** 2).sum(1))
+        min_dist = torch.minimum(min_dist, squared_distances_to(x, x[picks[-1]]))
         min_dist[picks[-1]] = -1.0  # never re-pick a center
         picks.append(int(torch.argmax(min_dist)))
     return np.array(picks[:k], dtype=np.int64)
+
+
+def squared_distances_to(x, center):
+    """||x_i - center||^2 for every row, [n] (row sums, as in herding_gaps)."""
+    return ((x - center) ** 2).sum(1)
 
 
 def batch_scale(n, batch_size):
@@ -475,8 +518,9 @@ class LCMat(Selector):
                                                           device=device)
         return self.select_features(embeddings=embeddings, logits=logits, labels=labels, forgetting=forgetting)
 
-    def _prepare(self, data):
-        self._rho_used = []
+    def prepare(self, data):
+        # rho_used: the rho of each block, in group order (public: lcmat.distributed gathers them)
+        self.rho_used = []
         if self.mode == "compat":
             # s_i from each sample's rank within its class, whatever group it is picked in.
             scale = np.empty(len(data))
@@ -484,10 +528,10 @@ class LCMat(Selector):
                 scale[idx] = batch_scale(len(idx), self.batch_size)
             data.scale = torch.as_tensor(scale, dtype=self.dtype, device=data.labels.device)
 
-    def _groups(self, data):
+    def groups(self, data, difficulty=None):
         if not self.quotas:
-            return super()._groups(data)
-        difficulty = self._difficulty(data)
+            return super().groups(data, difficulty)
+        difficulty = self.difficulty_scores(data) if difficulty is None else difficulty
         groups = []
         for positions, k in zip(data.class_indices, data.budgets):
             if k > 0:
@@ -495,7 +539,7 @@ class LCMat(Selector):
                 groups.append((positions[kept], k, (strata, budgets)))
         return groups
 
-    def _pick(self, data, positions, k, quotas=None):
+    def pick(self, data, positions, k, quotas=None):
         embeddings, logits, labels, scale = self._block_inputs(data, positions)
         local, gamma = self.select_block(embeddings, logits, labels, k, scale, quotas)
         return positions[local], (gamma if self.weights else None)
@@ -507,11 +551,11 @@ class LCMat(Selector):
         scale = data.scale[index] if self.mode == "compat" else None
         return data.embeddings[index], data.logits[index], data.labels[index], scale
 
-    def _batches(self, data, groups):
+    def batches(self, data, groups):
         """Runs of consecutive groups for one batched greedy: as many as the greedy runs at
         once (ops.parallel_blocks), their distance blocks within BATCH_BYTES together."""
         if self.quotas:
-            return super()._batches(data, groups)
+            return super().batches(data, groups)
         size = ops.parallel_blocks(data.labels.device)
         batches, current, current_bytes = [], [], 0
         for group in groups:
@@ -523,19 +567,19 @@ class LCMat(Selector):
             current_bytes += block_bytes
         return batches + ([current] if current else [])
 
-    def _pick_batch(self, data, batch):
-        if len(batch) == 1:  # also every quotas=True group (see _batches)
-            return super()._pick_batch(data, batch)
+    def pick_batch(self, data, batch):
+        if len(batch) == 1:  # also every quotas=True group (see batches)
+            return super().pick_batch(data, batch)
         dists = [self.block_distance(*self._block_inputs(data, positions)) for positions, _ in batch]
         results = ops.facility_location_greedy_batch(dists, [int(k) for _, k in batch], self._facility_L(),
                                                      lazy=True, backend=self.backend)
         return [(positions[picks.cpu().numpy()], gamma.cpu().numpy() if self.weights else None)
                 for (positions, _), (picks, _, gamma) in zip(batch, results)]
 
-    def _coreset(self, data, picks, weights, seconds):
-        coreset = super()._coreset(data, picks, weights, seconds)
+    def make_coreset(self, data, picks, weights, seconds):
+        coreset = super().make_coreset(data, picks, weights, seconds)
         if self.rho == "auto":
-            coreset.info["rho"] = np.array(self._rho_used)
+            coreset.info["rho"] = np.array(self.rho_used)
         return coreset
 
     def select_block(self, embeddings, logits, labels, k, scale=None, quotas=None):
@@ -609,11 +653,11 @@ class LCMat(Selector):
         curv = ops.pairwise_l1(ops.hessian_diag_coords(embeddings, q, coords, scale), backend=self.backend)
         off = ~torch.eye(len(grad), dtype=torch.bool, device=grad.device)
         if off.sum() == 0:
-            self._rho_used.append(0.0)
+            self.rho_used.append(0.0)
             return grad
         curv_median = float(curv[off].median())
         rho = float(grad[off].median()) / curv_median if curv_median > 0 else 0.0
-        self._rho_used.append(rho)
+        self.rho_used.append(rho)
         return grad + rho * curv
 
 
@@ -665,7 +709,7 @@ class FDMat(ScoreSelector):
         self.tol = check_positive("tol", tol)
         self.negative = check_choice("negative", negative, ("error", "shift"))
 
-    def _scores(self, data):
+    def scores(self, data):
         x = data.embeddings
         low = float(x.min())
         if low < 0:

@@ -45,7 +45,7 @@ class _SubmodularSelector(Selector):
             gram = embeddings @ embeddings.T
         return similarity_from_gram(gram, self.metric)
 
-    def _pick(self, data, positions, k):
+    def pick(self, data, positions, k):
         index = torch.as_tensor(positions, device=data.labels.device)
         sim = self.similarity(data.embeddings[index], data.logits[index], data.labels[index])
         picks, _ = self._greedy(sim, k)

@@ -97,6 +97,9 @@ def run_group(world, jobs, tmp_path):
 
 def make_problem(kind, seed=0):
     """(embeddings, logits, labels, forgetting) of a small problem of the given class layout."""
+    if kind == "ties":  # every row twice, the copies adjacent (on different ranks when strided)
+        rows = np.repeat(np.arange(40), 2)
+        return tuple(x[rows] for x in make_problem("even", seed))
     rng = np.random.default_rng(seed)
     sizes = {"even": [30, 30, 30, 30, 30], "uneven": [120, 9, 25, 4, 40],
              "one_class": [60], "two_classes": [35, 21]}[kind]
@@ -206,6 +209,32 @@ def memmap_job(rank, world, folder, form):
     return coreset.indices
 
 
+def traffic_job(rank, world, kind):
+    """The bytes this rank received in a global Herding and a global Cal, and its rows."""
+    embeddings, logits, labels, _ = make_problem(kind)
+    rows = rows_of(rank, world, len(labels), "strided")
+    out = []
+    for selector in (lcmat.Herding(fraction=0.2, balance=False, progress=False),
+                     lcmat.get_method("cal", fraction=0.2, balance=False, progress=False)):
+        selector.select_features(embeddings=embeddings[rows], logits=logits[rows], labels=labels[rows], indices=rows)
+        out.append(dict(distributed.traffic))
+    return out, len(rows), embeddings.shape[1], logits.shape[1], len(labels)
+
+
+def _check_traffic(world, r, value):
+    """Global budgets move no features to other ranks: Herding receives W - 1 candidates of
+    D + 3 numbers per pick (plus N labels and a few sizes); Cal's ring pass each other rank's
+    embeddings and log-probabilities once, with their positions, and the scores are gathered."""
+    (herding, cal), n_r, D, C, n = value
+    k = round(0.2 * n)
+    assert herding["all_to_all"] == 0 and cal["all_to_all"] == 0
+    assert herding["send_recv"] == 0
+    picks = k * (world - 1) * (D + 3) * 8
+    labels = (world - 1) * -(-n // world) * 2 * 8  # gather_rows: (position, label), padded to the largest shard
+    assert picks <= herding["all_gather"] <= picks + labels + 64 * world, (herding, picks, labels)
+    assert cal["send_recv"] == (n - n_r) * (D * 4 + C * 4 + 2 * 8), cal
+
+
 def failing_job(rank, world, bad_rank):
     embeddings, logits, labels, _ = make_problem("even")
     if rank == bad_rank:
@@ -221,7 +250,7 @@ def failing_pick_job(rank, world, bad_rank):
     if rank == bad_rank:
         def broken(data, positions, k):
             raise RuntimeError("out of luck")
-        selector._pick = broken
+        selector.pick = broken
     embeddings, logits, labels, _ = make_problem("even")
     return selector.select_features(embeddings=embeddings, logits=logits, labels=labels)
 
@@ -250,8 +279,23 @@ def validation_set(kind):
 
 # Every method that selects from features (DeepFool needs the model: see extract_job).
 FEATURE_METHODS = [m for m, cls in METHODS.items() if not getattr(cls, "needs_model", False)]
-# Methods whose balance=False runs one greedy or neighbour search over the whole set: refused.
-REFUSED_GLOBAL = ("herding", "gradmatch", "glister", "cdiv", "cal")
+# Methods whose balance=False runs one greedy or neighbour search over the whole set.
+GLOBAL_METHODS = ("herding", "kcenter", "cdiv", "gradmatch", "glister", "cal")
+GLOBAL_CASES = (
+    [(m, {"fraction": 0.2, "balance": False}, "ties", "strided") for m in GLOBAL_METHODS]
+    + [(m, {"fraction": 0.25, "balance": False}, "two_classes", "empty_last") for m in GLOBAL_METHODS]
+    + [(m, {"fraction": 0.1, "balance": False}, "one_class", "shuffled") for m in GLOBAL_METHODS]
+    + [(m, {"fraction": 0.2, "balance": False}, "uneven", "shuffled") for m in GLOBAL_METHODS]
+    + [("gradmatch", {"fraction": 0.2, "balance": False, "deepcore": True}, "uneven", "empty_last"),
+       ("glister", {"fraction": 0.2, "balance": False, "eta": 0.0}, "uneven", "strided"),
+       ("gradmatch", {"fraction": 0.2, "balance": False, "validation": validation_set("uneven")}, "uneven", "strided"),
+       ("glister", {"fraction": 0.2, "balance": False, "validation": validation_set("uneven")}, "uneven", "empty_last"),
+       ("kcenter", {"fraction": 0.3, "balance": False, "coverage": True, "num_strata": 3}, "uneven", "strided"),
+       ("herding", {"fraction": 0.3, "balance": False, "coverage": True, "difficulty": "forgetting",
+                    "num_strata": 3}, "uneven", "empty_last"),
+       ("cal", {"fraction": 0.3, "balance": False, "variant": "deepcore", "coverage": True, "difficulty": "own",
+                "num_strata": 3}, "uneven", "full")]
+)
 
 SELECT_CASES = (
     [(m, {"fraction": 0.2}, "uneven", "full") for m in FEATURE_METHODS]
@@ -303,20 +347,19 @@ def _check_select_results(out, cases):
 
 def _jobs(world, folder):
     """(selection cases, jobs): with 3 ranks, every method once and every other special case."""
-    cases = SELECT_CASES
+    cases = SELECT_CASES + GLOBAL_CASES
     if world == 3:
         every = [c for c in SELECT_CASES if c[2:] == ("even", "shuffled")]
-        cases = every + [c for c in SELECT_CASES if c[3] != "full" and c not in every][::2]
+        cases = (every + [c for c in SELECT_CASES if c[3] != "full" and c not in every][::2]
+                 + [c for c in GLOBAL_CASES if c[2] != "uneven"])
     jobs = [("select_job",) + case for case in cases]
     jobs += [("sinkhorn_job", 37, 5, 0.2, 1e-9), ("extract_job", "lcmat", 31), ("extract_job", "el2n", 31),
-             ("failing_job", world - 1), ("failing_pick_job", 0),
-             ("select_job", "herding", {"fraction": 0.2, "balance": False}, "even", "strided"),
+             ("failing_job", world - 1), ("failing_pick_job", 0), ("traffic_job", "uneven"),
              ("extract_job", "lcmat", 31, {"mode": "compat", "batch_size": 4}),
              ("memmap_job", folder, "full"), ("memmap_job", folder, "rows"),
              ("extract_job", "deepfool", 31), ("extract_job", "deepfool", 31, {"score": "steps", "coverage": True,
                                                                              "num_strata": 2}),
              ("extract_job", "grand", 31, {"layers": "all"})]
-    jobs += [("select_job", m, {"fraction": 0.2, "balance": False}, "uneven", "shuffled") for m in REFUSED_GLOBAL[1:]]
     return cases, jobs
 
 
@@ -366,10 +409,9 @@ def _check_group(world, cases, out):
         status, (kind, message, _) = out[r][n_select + 4]
         assert status == "error" and kind == "RuntimeError", (status, kind, message)
         assert message == f"rank 0 of {world}: RuntimeError: out of luck"
-        for j, method in zip([5] + list(range(12, 12 + len(REFUSED_GLOBAL) - 1)), REFUSED_GLOBAL):
-            status, (kind, message, _) = out[r][n_select + j]  # refused alike on every rank
-            assert status == "error" and kind == "NotImplementedError", (method, status, kind, message)
-            assert f"{method}: balance=False" in message and "use balance=True or one process" in message
+        status, value = out[r][n_select + 5]
+        assert status == "ok", value
+        _check_traffic(world, r, value)
 
     want = lcmat.LCMat(fraction=0.3, mode="compat", batch_size=4, progress=False).select(toy_model(), ToyImages(31))
     for r in range(world):
@@ -428,6 +470,7 @@ def test_cuda_tensors(tmp_path):
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.device_count() >= 2 else "gloo"
     cases = [c for c in SELECT_CASES if c[2:] == ("even", "shuffled")] + [
         ("lcmat", {"fraction": 0.2}, "uneven", "full"), ("fdmat", {"fraction": 0.1, "balance": False}, "uneven", "full")]
+    cases += [c for c in GLOBAL_CASES if c[2] == "uneven"]
     out = run_groups([(2, [("select_job",) + c + ("cuda",) for c in cases])], tmp_path, backend)[2]
     for r, results in enumerate(out):
         for case, (status, value) in zip(cases, results):

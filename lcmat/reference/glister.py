@@ -23,15 +23,33 @@ from .last_layer import last_layer_factors
 
 
 def validation_gradient(val_embeddings, val_logits, val_labels):
-    """(beta [C], W [C, D]): the mean validation gradient's bias and weight parts."""
+    """(beta [C], W [C, D]): the mean validation gradient's bias and weight parts, summed in
+    float64 (`validation_gradient_sums`) and rounded once to the inputs' dtype."""
     e_val, _ = last_layer_factors(val_logits, val_labels)
     m = val_embeddings.shape[0]
-    return e_val.sum(0) / m, (e_val.T @ val_embeddings) / m
+    beta, W = validation_gradient_sums(val_embeddings, e_val)
+    return (beta / m).to(e_val.dtype), (W / m).to(e_val.dtype)
+
+
+def validation_gradient_sums(val_embeddings, e_val):
+    """(sum_v e_v [C], sum_v e_v h_v^T [C, D]) in float64: rows split across processes add their
+    partial sums (lcmat.distributed), and the rounding to float32 hides the order of the adds."""
+    e64 = e_val.double()
+    return e64.sum(0), e64.T @ val_embeddings.double()
 
 
 def glister_gains(embeddings, e, beta, W):
-    """g_i . [beta ; vec(W)] for every row, [n]."""
-    return (e * (beta + embeddings @ W.T)).sum(1)
+    """g_i . [beta ; vec(W)] for every row, [n]. W h_i is computed in float64 and rounded once:
+    a float32 matrix product can round equal rows differently by their place in memory, and
+    equal rows must tie exactly (lowest index first), in one process as across several."""
+    hw = (embeddings.double() @ W.double().T).to(e.dtype)
+    return (e * (beta + hw)).sum(1)
+
+
+def validation_logit_step(val_embeddings, h_j, e_j):
+    """d z_v / d(-eta) for the step theta_S -= eta g_j: e_j (1 + h_v . h_j), [m, C] (row sums, as
+    in omp.gradient_column, so that rows split across processes get the same bits)."""
+    return (1.0 + (val_embeddings * h_j).sum(1))[:, None] * e_j[None, :]
 
 
 def glister_greedy(embeddings, e, val_embeddings, val_logits, val_labels, k, eta):
@@ -53,7 +71,7 @@ def glister_greedy(embeddings, e, val_embeddings, val_logits, val_labels, k, eta
         picked_gains.append(gains[j])
         available[j] = False
         # theta_S -= eta g_j: bias by -eta e_j, weight by -eta e_j h_j^T
-        z -= eta * (1.0 + val_embeddings @ embeddings[j])[:, None] * e[j][None, :]
+        z -= eta * validation_logit_step(val_embeddings, embeddings[j], e[j])
         gains = glister_gains(embeddings, e, *validation_gradient(val_embeddings, z, val_labels))
     picked = torch.stack(picked_gains) if picked_gains else gains.new_zeros(0)
     return torch.tensor(picks, dtype=torch.long, device=e.device), picked

@@ -26,11 +26,11 @@ def knn_indices(x, k):
         stop = min(n, start + rows)
         d2 = (sq[start:stop, None] + sq[None, :] - 2.0 * (x[start:stop] @ x.T)).clamp_min_(0.0)
         d2[torch.arange(stop - start, device=x.device), columns[start:stop]] = torch.inf  # not itself
-        out[start:stop] = _smallest_lowest_index(d2, k)
+        out[start:stop] = smallest_lowest_index(d2, k)
     return out
 
 
-def _smallest_lowest_index(d, k):
+def smallest_lowest_index(d, k):
     """Per row, the k columns of smallest value, lower column first among equal values, in
     increasing (value, column) order. topk finds the k-th value; the ties at that value are
     then resolved by column so that the set does not depend on topk's internal order."""
@@ -52,7 +52,11 @@ def neighbour_kl(log_p, neighbours, symmetric=False):
         raise ValueError(f"neighbours: expected {log_p.shape[0]} rows, got {neighbours.shape[0]}")
     if neighbours.shape[1] == 0:
         raise ValueError("neighbours: need at least one neighbour per row")
-    log_nb = log_p[neighbours]  # [n, k, C]: linear in n
+    return neighbour_kl_rows(log_p, log_p[neighbours], symmetric)  # [n, k, C]: linear in n
+
+
+def neighbour_kl_rows(log_p, log_nb, symmetric=False):
+    """neighbour_kl from the neighbours' log-probabilities themselves, log_nb [n, k, C]."""
     log_self = log_p[:, None, :]
     if symmetric:
         div = 0.5 * ((log_self.exp() - log_nb.exp()) * (log_self - log_nb)).sum(-1)

@@ -24,6 +24,19 @@ def gradient_columns(embeddings, e, picks):
     return (e @ e[picks].T) * (1.0 + embeddings @ embeddings[picks].T)
 
 
+def gradient_column(embeddings, e, h_j, e_j):
+    """G[:, j] = (e_i . e_j)(1 + h_i . h_j) for one row j given by its vectors h_j [D], e_j [C],
+    [n]. Products and row sums, not a matrix-vector product: each entry then has the same bits
+    whatever the number of rows and their place in memory, so a pursuit over rows split across
+    processes (lcmat.distributed) computes the same column."""
+    return (e * e_j).sum(1) * (1.0 + (embeddings * h_j).sum(1))
+
+
+def residual_correlation(b, columns, w):
+    """g_i . r = b_i - sum_s w_s G_is for every row, [n]; row sums as in `gradient_column`."""
+    return b - (columns * w).sum(1)
+
+
 def _pursuit_state(embeddings, b, k):
     """(Gram columns of the picks [n, k], the rows still available [n]) before the first pick."""
     n = embeddings.shape[0]
@@ -37,7 +50,7 @@ def _pick_next(embeddings, e, corr, available, columns, step):
     j taken and stores its Gram column as column `step`."""
     j = int(torch.argmax(corr.masked_fill(~available, -torch.inf)))
     available[j] = False
-    columns[:, step] = gradient_columns(embeddings, e, [j])[:, 0]
+    columns[:, step] = gradient_column(embeddings, e, embeddings[j], e[j])
     return j
 
 
@@ -49,6 +62,11 @@ def gradient_target_dot(embeddings, e, target_embeddings, target_e, scale=1.0):
     """
     t_bias = target_e.sum(0) * scale
     t_weight = (target_e.T @ target_embeddings) * scale
+    return target_dot(embeddings, e, t_bias, t_weight)
+
+
+def target_dot(embeddings, e, t_bias, t_weight):
+    """b_i = g_i . t for a target given by its bias part t_bias [C] and weight part t_weight [C, D]."""
     return (e * (t_bias + embeddings @ t_weight.T)).sum(1)
 
 
@@ -128,7 +146,7 @@ def omp_last_layer(embeddings, e, b, k, lam=0.0):
         chosen = torch.tensor(picks, device=b.device)
         A = columns[chosen, :step + 1] + lam * torch.eye(step + 1, dtype=b.dtype, device=b.device)
         w = nnls_quadratic(A, b[chosen], torch.cat([w, w.new_zeros(1)]), settled=True)
-        corr = b - columns[:, :step + 1] @ w
+        corr = residual_correlation(b, columns[:, :step + 1], w)
     return torch.tensor(picks, dtype=torch.long, device=b.device), w
 
 
@@ -154,7 +172,7 @@ def omp_last_layer_deepcore(embeddings, e, b, k, lam=1.0):
         else:
             A = columns[chosen, :step + 1] + lam * torch.eye(step + 1, dtype=b.dtype, device=b.device)
             w = torch.linalg.lstsq(A, b[chosen][:, None]).solution[:, 0]
-        corr = b - columns[:, :step + 1] @ w
+        corr = residual_correlation(b, columns[:, :step + 1], w)
     if k == 1:
         w = b.new_ones(1)
     elif k > 1:

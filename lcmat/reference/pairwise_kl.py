@@ -40,7 +40,13 @@ def symmetric_kl(log_p, log_q=None):
 
 def kl_to_one(log_p, p, j):
     """d(p_i, p_j) for every row i against the single row j, [n]."""
-    return 0.5 * ((p - p[j]) * (log_p - log_p[j])).sum(1)
+    return kl_to_row(log_p, p, log_p[j], p[j])
+
+
+def kl_to_row(log_p, p, log_q, q):
+    """d(p_i, q) for every row i against one distribution q (log_q [C], q [C]), [n]: elementwise,
+    then row sums, so a row's value has the same bits whatever rows share the tensor."""
+    return 0.5 * ((p - q) * (log_p - log_q)).sum(1)
 
 
 def kcenter_symmetric_kl(log_p, k, first):
