@@ -181,15 +181,26 @@ class DeepFool(ScoreSelector):
                              "precomputed features: use DeepFool(...).select(model, dataset)")
         return super().select_features(embeddings, logits, labels, num_classes, forgetting)
 
-    def select(self, model, dataset, batch_size=256, device=None, forgetting=None):
+    def select(self, model, dataset, batch_size=256, device=None, forgetting=None, scores=None):
+        """The coreset of `dataset` by the DeepFool scores of `model`. scores: optional, the
+        [len(dataset)] result of ``attack_scores(model, dataset, device)`` with this selector's
+        attack settings, to run the attack once for several budgets (one process only)."""
         from . import distributed
         from .features import extract_features
         if distributed.active():  # each rank attacks its own share of the dataset
+            if scores is not None:
+                raise ValueError("scores: precomputed DeepFool scores are not taken under a process group; "
+                                 "each rank attacks its own share")
             return distributed.select(self, model, dataset, batch_size, device, forgetting)
+        if scores is not None:
+            scores = np.asarray(scores, dtype=np.float64)
+            if scores.shape != (len(dataset),) or np.isnan(scores).any():
+                raise ValueError(f"scores: expected {len(dataset)} DeepFool scores (one per item of dataset, "
+                                 f"no NaN), got shape {scores.shape}")
         device = device or next(model.parameters()).device
         H, Z, y = extract_features(model, dataset, batch_size=batch_size, device=device,
                                    progress=bool(self.progress))
-        self.given_scores = self.attack_scores(model, dataset, device)
+        self.given_scores = self.attack_scores(model, dataset, device) if scores is None else scores
         try:
             return self.select_features(embeddings=H, logits=Z, labels=y, forgetting=forgetting)
         finally:

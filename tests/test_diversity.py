@@ -390,3 +390,17 @@ def test_the_experiment_hands_deepfool_the_selection_model():
     expected = lcmat.DeepFool(fraction=0.2).select(model, Points(x, y))
     np.testing.assert_array_equal(coreset.indices, expected.indices)
     assert canonical_method("Contextual-Diversity") == "cdiv" and canonical_method("LogDeterminant") == "logdet"
+
+
+def test_deepfool_precomputed_scores_give_the_same_coreset_and_are_checked():
+    model = linear_model(4, 3, 1)
+    x = np.random.default_rng(4).normal(size=(30, 4))
+    y = np.random.default_rng(5).integers(0, 3, 30)
+    selector = lcmat.DeepFool(fraction=0.3, batch_size=8)
+    scores = selector.attack_scores(model, Points(x, y), "cpu")
+    fresh = selector.select(model, Points(x, y))
+    reused = selector.select(model, Points(x, y), scores=scores)
+    np.testing.assert_array_equal(reused.indices, fresh.indices)
+    np.testing.assert_array_equal(reused.scores, fresh.scores)
+    with pytest.raises(ValueError, match="scores"):
+        selector.select(model, Points(x, y), scores=scores[:-1])

@@ -329,3 +329,14 @@ def test_demo_runs_from_any_directory_and_prints_the_table(tmp_path, monkeypatch
     folder = tmp_path / "results" / "demo-digits"
     assert (folder / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
     assert len(read_results(folder / "results.csv")) == 8  # 2 methods x 2 fractions x 2 seeds
+
+
+def test_deepfool_attacks_once_per_seed_for_every_fraction(tmp_path, monkeypatch):
+    import lcmat
+    attacks = []
+    attack = lcmat.DeepFool.attack_scores
+    monkeypatch.setattr(lcmat.DeepFool, "attack_scores", lambda self, *a: attacks.append(1) or attack(self, *a))
+    rows = run_experiment("digits", "mlp", ["deepfool", "deepfool:overshoot=0"], [0.05, 0.1], [0], tmp_path,
+                          selection_epochs=1, epochs=1, evaluations=1, progress=False, log=lambda *a: None)
+    assert len(rows) == 4 and len(attacks) == 2  # one attack per variant, reused by both fractions
+    assert all(float(r["selection_seconds"]) > 0 for r in rows)
