@@ -20,14 +20,17 @@ def param(name):
 
 
 def only(*names):
-    """Run the test on these backends only (the same fixture, fewer parameters)."""
-    unknown = set(names) - set(BACKENDS)
+    """Run the test on these backends only (the same fixture, fewer parameters); "reference"
+    (lcmat.reference through lcmat.ops, on the CPU) may be named beside them."""
+    unknown = set(names) - set(BACKENDS) - {"reference"}
     assert not unknown, unknown
     return pytest.mark.parametrize("backend", [param(n) for n in names], indirect=True)
 
 
 def unavailable(name):
     """Why `name` cannot run here, or None."""
+    if name == "reference":
+        return None
     if name in ("cpu", "cuda"):
         try:
             import lcmat.csrc as csrc
@@ -59,6 +62,9 @@ def kernels(name):
     if name == "triton":
         from lcmat import triton_kernels
         return triton_kernels
+    if name == "reference":
+        import lcmat.reference
+        return lcmat.reference
     import lcmat.csrc as csrc
     return csrc
 
