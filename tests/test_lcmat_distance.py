@@ -847,6 +847,20 @@ def test_gpu_class_sized_block(backend, device):
 
 
 @only("triton")
+@pytest.mark.gpu
+def test_gpu_large_curvature_moments(backend, device):
+    kern = kernels(backend)
+    z, y, h, s = triton_problem(5000, 1000, 512, torch.float32, 0, device)
+    _, q = kern.last_layer_factors(z, y)
+    mean, second = kern.curvature_moments(h[:1300], q[:1300], s[:1300])
+    mr, sr = R.curvature_moments(h[:1300], q[:1300], s[:1300])
+    torch.testing.assert_close(mean, mr, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(second, sr, rtol=1e-12, atol=1e-15)
+    assert torch.equal(algorithms.top_variance_coords(h[:1300], q[:1300], 100, backend=backend),
+                       R.top_variance_coords(h[:1300], q[:1300], 100))
+
+
+@only("triton")
 def test_ops_top_variance_coords_prunes_rows_on_triton_like_the_full_reference(backend, device):
     """Many classes, a confident model: lcmat.ops runs the Triton moments on the column subsets of
     q that can reach the top (algorithms.top_variance_coords_pruned), same coordinates."""
