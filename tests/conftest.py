@@ -96,18 +96,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session", params=[param(name) for name in BACKENDS])
+@pytest.fixture(scope="module", params=[param(name) for name in BACKENDS])
 def backend(request):
     """The compiled or JIT backend a kernel test runs on ("cpu", "triton", "cuda"; see
-    tests/backends.py), skipped with the reason when it cannot run here. Session-scoped, so
-    that hypothesis tests may take it. `@backends.only(...)` narrows a test to some of them."""
+    tests/backends.py), skipped with the reason when it cannot run here. Module-scoped, so that
+    hypothesis tests may take it (a module's tests run grouped by backend).
+    `@backends.only(...)` narrows a test to some of them."""
     reason = unavailable(request.param)
     if reason:
         pytest.skip(f"backend {request.param!r}: {reason}")
     return request.param
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def device(backend):
     """Where the backend's tensors live: cuda for "cuda", and for "triton" when a GPU is present."""
     return device_of(backend)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import brute
 import lcmat.reference as R
-from backends import kernels, maybe, num_threads, only, tol
+from backends import kernels, maybe, only, tol
 from lcmat.reference import (class_prototypes, fdmat_scores, fdmat_transform, prototype_cost,
                              sinkhorn_log)
 

@@ -233,7 +233,7 @@ BAD_ARGUMENT_ERROR = {"cpu": RuntimeError, "triton": ValueError}
 
 @only("cpu", "triton")
 def test_bad_arguments_raise(backend, device):
-    K, error = kernels(backend), BAD_ARGUMENT_ERROR[backend]
+    kern, error = kernels(backend), BAD_ARGUMENT_ERROR[backend]
     H, Z, y, _ = (t.to(device) for t in last_layer_inputs(6, 3, 2, torch.float64, 0))
     y[4] = 3
     with pytest.raises(error, match="labels"):
