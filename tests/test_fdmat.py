@@ -246,6 +246,9 @@ def test_fdmat_scores_small_reg():
 
 # ---- every backend against the reference -----------------------------------------------------
 
+# The compiled backend on CPU tensors: hypothesis at the profile's example count, non-contiguous
+# inputs, tol(dtype); the float32 kernels exact on integer inputs; row chunking of the scores.
+
 @only("cpu")
 @given(N=st.integers(1, 3000), D=st.integers(1, 40), beta=st.sampled_from([0.5, 1.0, 0.25, 2.0]),
        dtype=DTYPES, nc=st.booleans(), seed=st.integers(0, 99))

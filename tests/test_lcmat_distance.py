@@ -406,6 +406,10 @@ def test_lcmat_distance_float32():
 
 # ---- every backend against the reference -----------------------------------------------------
 
+# The compiled backend on CPU tensors: hypothesis at the profile's example count, non-contiguous
+# inputs, the float64 reference's values at tol(dtype) or distance_tol; its row blocks, tiles,
+# class chunks and thread counts.
+
 @only("cpu")
 @given(n=st.integers(1, 30), C=st.integers(1, 6), D=st.integers(1, 8), K=st.integers(0, 12),
        dtype=DTYPES, nc=st.booleans(), scaled=st.booleans(), seed=st.integers(0, 99))

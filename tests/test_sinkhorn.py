@@ -331,6 +331,9 @@ def test_ragged_cost_with_half_the_features_is_rejected():
 
 # ---- every backend against the reference -----------------------------------------------------
 
+# The compiled backend on CPU tensors: dense, batched and ragged problems, the same iterations and
+# errors as the reference in float64, the potentials at 1e-3 in float32.
+
 def ot_problem(n, m, dtype, seed, zero_mass=False):
     g = torch.Generator().manual_seed(seed)
     M = torch.rand(n, m, generator=g, dtype=torch.float64)
