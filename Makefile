@@ -25,6 +25,12 @@ $(VENV)/.built: $(VENV)/.deps setup.py $(EXT_SOURCES)
 	LCMAT_NATIVE=$(NATIVE) $(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
 
+# The compiled backend's tests: its [cpu] and [cuda] cases in the kernel family files, and the op
+# library (registration, fake shapes, torch.compile).
+COMPILED_TESTS = tests/test_last_layer.py tests/test_lcmat_distance.py tests/test_facility_location.py \
+	tests/test_sinkhorn.py tests/test_fdmat.py tests/test_linear_grad_norms.py tests/test_gradient_moments.py \
+	tests/test_ops_registration.py
+
 # Builds the extension both ways, portable and native, each in its own copy under build/, and runs
 # the compiled-kernel tests against each (slow: two full builds; not part of `make test`).
 check-builds: $(VENV)/.deps
@@ -34,7 +40,7 @@ check-builds: $(VENV)/.deps
 	  LCMAT_NATIVE=$$native LCMAT_REQUIRE_EXTENSION=1 $(PY) setup.py -q build_ext --build-lib $$dir \
 	    --build-temp $$dir/obj && \
 	  (cd $$dir && $(PY) -c "import lcmat.csrc as c; assert c._C is not None, 'extension not built'" && \
-	   $(PY) -m pytest -q -p no:cacheprovider tests/test_csrc.py) || exit 1; \
+	   $(PY) -m pytest -q -p no:cacheprovider -k "cpu or cuda or test_ops_registration" $(COMPILED_TESTS)) || exit 1; \
 	done
 
 demo: setup

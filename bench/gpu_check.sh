@@ -11,7 +11,8 @@
 # inside the tool's 10-minute limit, measured from a cold start: empty Triton cache, no build):
 #
 #   build.log          the extension, CPU and CUDA, built in place (nvcc for sm_90 only)    200 s
-#   summary.txt        imports, build discovery, and collection of every GPU test module     60 s
+#   summary.txt        imports, build discovery, collection of every GPU test module and    60 s
+#                      of what each test step selects
 #   tests_cuda.log     the compiled backend's tests (CPU and CUDA), distributed on CUDA     150 s
 #   tests_triton.log   the Triton tests, compiled for the GPU                               150 s
 #   bench_*.md/.log    the GPU benchmarks, while time is left                          90/100/60/45 s
@@ -81,12 +82,17 @@ check() {
   fi
 }
 
-CUDA_TESTS=(tests/test_csrc.py tests/test_ot_api.py tests/test_gradient_moments_gpu.py::test_cuda_matches_reference
-  tests/test_gradient_moments_gpu.py::test_bad_labels_raise tests/test_distributed.py::test_cuda_tensors)
-TRITON_TESTS=(tests/test_triton_last_layer.py tests/test_triton_lcmat_distance.py
-  tests/test_triton_facility_location.py tests/test_triton_sinkhorn.py tests/test_triton_fdmat.py
-  tests/test_triton_linear_grad_norms.py tests/test_triton_int64_offsets.py tests/test_triton_gpu_typing.py
-  tests/test_triton_config.py tests/test_gradient_moments_gpu.py::test_triton_matches_reference)
+# One test file per kernel family holds every backend's tests; a backend test's id names its
+# backend (tests/backends.py: test_x[cpu], test_x[triton-...], test_x[cuda-...]), and each step
+# selects its tests by that name (-k). The CUDA step also runs the reference tests that take CUDA
+# tensors (test_reference_*), the op library and the other modules named here.
+FAMILIES=(tests/test_last_layer.py tests/test_lcmat_distance.py tests/test_facility_location.py
+  tests/test_sinkhorn.py tests/test_fdmat.py tests/test_linear_grad_norms.py tests/test_gradient_moments.py)
+CUDA_TESTS=("${FAMILIES[@]}" tests/test_ops_registration.py tests/test_ot_api.py tests/test_distributed.py::test_cuda_tensors)
+CUDA_SELECT="cpu or cuda or test_reference_ or test_ops_registration or test_ot_api or test_cuda_tensors"
+TRITON_TESTS=("${FAMILIES[@]}" tests/test_triton_int64_offsets.py tests/test_triton_gpu_typing.py
+  tests/test_triton_config.py)
+TRITON_SELECT="triton"
 # name|limit|script and arguments (backends named: one that is missing fails its step, it does
 # not drop out of the table)
 BENCHES=(
@@ -136,6 +142,9 @@ if not $DRY_RUN:
 # Every GPU test module collects (an import error here would otherwise end the test step at once).
 check collect $PY -m pytest -qq --collect-only -p no:cacheprovider "${CUDA_TESTS[@]}" "${TRITON_TESTS[@]}" \
   tests/test_cuda_compile.py tests/test_triton_compile.py
+# What each test step selects (-k), counted per file: a selection of nothing fails the check.
+check collect_cuda_step $PY -m pytest -qq --collect-only -p no:cacheprovider -k "$CUDA_SELECT" "${CUDA_TESTS[@]}"
+check collect_triton_step $PY -m pytest -qq --collect-only -p no:cacheprovider -k "$TRITON_SELECT" "${TRITON_TESTS[@]}"
 
 if ((DRY_RUN)); then
   # The benchmark commands' imports and argument parsing: each script runs up to its
@@ -170,9 +179,9 @@ fi
 
 XDIST=()
 $PY -c "import xdist" 2>/dev/null && XDIST=(-n "${TEST_WORKERS:-8}")
-step tests_cuda.log 150 $PY -m pytest -q -p no:cacheprovider -rfE "${CUDA_TESTS[@]}"
+step tests_cuda.log 150 $PY -m pytest -q -p no:cacheprovider -rfE -k "$CUDA_SELECT" "${CUDA_TESTS[@]}"
 step tests_triton.log 150 env LCMAT_TRITON_FIXED_CONFIG=1 HYPOTHESIS_PROFILE=gpu \
-  $PY -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" "${TRITON_TESTS[@]}"
+  $PY -m pytest -q -p no:cacheprovider -rfE "${XDIST[@]}" -k "$TRITON_SELECT" "${TRITON_TESTS[@]}"
 for b in "${BENCHES[@]}"; do
   IFS='|' read -r name limit spec <<<"$b"
   # shellcheck disable=SC2086  # the spec is words

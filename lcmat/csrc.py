@@ -246,7 +246,7 @@ def gradient_moments_backward(grad_mean, grad_var, embeddings, logits, labels, m
 # ---- shapes for torch.compile -----------------------------------------------------------------
 # torch.compile and torch.export trace the ops with fake tensors: each op's output shapes and
 # dtypes, as the bindings csrc/<family>.cpp allocate them (checked against the real kernels by
-# torch.library.opcheck in tests/test_csrc.py).
+# torch.library.opcheck in tests/test_ops_registration.py).
 
 def _register_fakes():
     fake = lambda name: torch.library.register_fake(f"lcmat::{name}")  # noqa: E731

@@ -11,6 +11,8 @@ except ImportError:
 import pytest
 from hypothesis import settings
 
+from backends import BACKENDS, device_of, param, unavailable
+
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 # The GPU run (bench/gpu_check.sh): few, fixed examples, so that every autotuned kernel meets a
 # small set of shapes and the cold Triton cache compiles few specialisations.
@@ -92,3 +94,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=[param(name) for name in BACKENDS])
+def backend(request):
+    """The compiled or JIT backend a kernel test runs on ("cpu", "triton", "cuda"; see
+    tests/backends.py), skipped with the reason when it cannot run here. Module-scoped, so that
+    hypothesis tests may take it (a module's tests run grouped by backend).
+    `@backends.only(...)` narrows a test to some of them."""
+    reason = unavailable(request.param)
+    if reason:
+        pytest.skip(f"backend {request.param!r}: {reason}")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def device(backend):
+    """Where the backend's tensors live: cuda for "cuda", and for "triton" when a GPU is present."""
+    return device_of(backend)

@@ -84,6 +84,6 @@ def test_gpu_check_dry_run_in_the_device_layout(tmp_path):
     assert str(tree) in summary or os.path.realpath(str(tree)) in summary, summary
     # every GPU test module collected, with no error (pytest's exit status is checked too)
     collected = summary.split("== collect")[1].split("== bench_arguments")[0]
-    assert "ERROR" not in collected and "tests/test_triton_sinkhorn.py: " in collected, summary
+    assert "ERROR" not in collected and "tests/test_sinkhorn.py: " in collected, summary
     # at most 8 files come back from $OUT
     assert len(os.listdir(out_dir)) <= 8

@@ -1,14 +1,15 @@
 """gradient_moments: the reference against per-sample autograd (the definition), its closed-form
-backward against autograd, gradcheck in float64, and every backend against the reference."""
+backward against autograd, gradcheck in float64, and every backend (the `backend` fixture: cpu,
+triton, cuda) against the reference in float64 on the CPU, forward and backward."""
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
+from backends import only
 from lcmat import ops
 from lcmat import reference as R
 
-BACKENDS = [b for b in ("cpu", "triton") if b in ops.available_backends()]
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-4), torch.float64: dict(atol=1e-11, rtol=1e-9)}
 
 
@@ -77,34 +78,37 @@ def test_closed_form_backward_is_autograd_of_the_reference(n, C, D):
         torch.testing.assert_close(c, a, atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
-def test_gradcheck_float64(backend):
+# ---- every backend against the reference -----------------------------------------------------
+
+@only("reference", "cpu", "triton")
+def test_gradcheck_float64(backend, device):
     # the interpreter runs each program in Python: the smallest problem with two members per class
     h, z, y = problem(4, 2, 2, seed=5) if backend == "triton" else problem(7, 3, 4, seed=5)
-    h.requires_grad_(True)
-    z.requires_grad_(True)
+    h, z, y = h.to(device).requires_grad_(True), z.to(device).requires_grad_(True), y.to(device)
     fn = lambda hh, zz: ops.gradient_moments(hh, zz, y, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (h, z), eps=1e-6, atol=1e-7)
 
 
-def _check_backend(backend, n, C, D, dtype, seed):
+def _check_backend(backend, device, n, C, D, dtype, seed):
+    """Forward and backward on the backend's device against the float64 reference on the CPU."""
     h, z, y = problem(n, C, D, dtype, seed)
-    h.requires_grad_(True)
-    z.requires_grad_(True)
-    mean, var = ops.gradient_moments(h, z, y, backend=backend)
-    m_ref, v_ref = R.gradient_moments(h.detach().double(), z.detach().double(), y)
-    assert mean.dtype == dtype and mean.shape == (C, C * (D + 1))
-    torch.testing.assert_close(mean.double(), m_ref, **TOL[dtype])
-    torch.testing.assert_close(var.double(), v_ref, **TOL[dtype])
+    hd = h.to(device).requires_grad_(True)
+    zd = z.to(device).requires_grad_(True)
+    mean, var = ops.gradient_moments(hd, zd, y.to(device), backend=backend)
+    m_ref, v_ref = R.gradient_moments(h.double(), z.double(), y)
+    assert mean.device.type == device and mean.dtype == dtype and mean.shape == (C, C * (D + 1))
+    torch.testing.assert_close(mean.double().cpu(), m_ref, **TOL[dtype])
+    torch.testing.assert_close(var.double().cpu(), v_ref, **TOL[dtype])
     g = torch.Generator().manual_seed(seed + 1)
     gm = torch.randn(mean.shape, generator=g, dtype=torch.float64)
     gv = torch.randn(var.shape, generator=g, dtype=torch.float64)
     if n:
-        gh, gz = torch.autograd.grad((mean * gm.to(dtype)).sum() + (var * gv.to(dtype)).sum(), (h, z))
-        rh, rz = R.gradient_moments_backward(gm, gv, h.detach().double(), z.detach().double(), y, m_ref)
+        loss = (mean * gm.to(device, dtype)).sum() + (var * gv.to(device, dtype)).sum()
+        gh, gz = torch.autograd.grad(loss, (hd, zd))
+        rh, rz = R.gradient_moments_backward(gm, gv, h.double(), z.double(), y, m_ref)
         assert gh.dtype == dtype and gz.dtype == dtype
-        torch.testing.assert_close(gh.double(), rh, **TOL[dtype])
-        torch.testing.assert_close(gz.double(), rz, **TOL[dtype])
+        torch.testing.assert_close(gh.double().cpu(), rh, **TOL[dtype])
+        torch.testing.assert_close(gz.double().cpu(), rz, **TOL[dtype])
 
 
 SHAPES = dict(n=st.integers(0, 40), C=st.integers(1, 9), D=st.integers(1, 40),
@@ -113,48 +117,63 @@ SHAPES = dict(n=st.integers(0, 40), C=st.integers(1, 9), D=st.integers(1, 40),
 SMALL = dict(SHAPES, n=st.integers(0, 12), C=st.integers(1, 4), D=st.integers(1, 20))
 
 
-@pytest.mark.skipif("cpu" not in BACKENDS, reason="the compiled extension is not built")
+@only("cpu")
 @settings(max_examples=25)
 @given(**SHAPES)
-def test_cpu_matches_reference(n, C, D, dtype, seed):
-    _check_backend("cpu", n, C, D, dtype, seed)
+def test_cpu_matches_reference(backend, device, n, C, D, dtype, seed):
+    _check_backend(backend, device, n, C, D, dtype, seed)
 
 
-@pytest.mark.skipif("triton" not in BACKENDS, reason="triton is not available")
+@only("triton")
 @settings(max_examples=6)
 @given(**SMALL)
-def test_triton_matches_reference(n, C, D, dtype, seed):
-    _check_backend("triton", n, C, D, dtype, seed)
+def test_triton_matches_reference(backend, device, n, C, D, dtype, seed):
+    _check_backend(backend, device, n, C, D, dtype, seed)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_backend_backward_function_matches_reference(backend):
+# On CUDA tensors (the compiled CUDA kernels, and Triton compiled for the GPU): fixed shapes from
+# empty to a class of 300 with 130 embedding dimensions.
+GPU_SHAPES = [(0, 3, 2), (1, 1, 1), (5, 3, 4), (17, 4, 7), (64, 10, 33), (300, 7, 130)]
+
+
+@only("cuda", "triton")
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,C,D", GPU_SHAPES)
+def test_gpu_shapes_match_reference(backend, device, n, C, D, dtype):
+    _check_backend(backend, device, n, C, D, dtype, seed=n + C + D)
+
+
+@only("cpu", "triton")
+def test_backend_backward_function_matches_reference(backend, device):
     h, z, y = problem(13, 4, 9, seed=7)
     mean, _ = R.gradient_moments(h, z, y)
     g = torch.Generator().manual_seed(2)
     gm, gv = torch.randn(mean.shape, generator=g, dtype=h.dtype), torch.randn(mean.shape, generator=g, dtype=h.dtype)
-    fn = ops.resolve("gradient_moments_backward", backend, h)[1]
-    for a, b in zip(fn(gm, gv, h, z, y, mean), R.gradient_moments_backward(gm, gv, h, z, y, mean)):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    on = [t.to(device) for t in (gm, gv, h, z, y, mean)]
+    fn = ops.resolve("gradient_moments_backward", backend, on[2])[1]
+    for a, b in zip(fn(*on), R.gradient_moments_backward(gm, gv, h, z, y, mean)):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_half_inputs_and_grad_of_only_the_mean(backend):
+@only("cpu", "triton")
+def test_half_inputs_and_grad_of_only_the_mean(backend, device):
     h, z, y = problem(12, 3, 5, torch.float32, seed=9)
-    m16, _ = ops.gradient_moments(h.to(torch.bfloat16), z.to(torch.bfloat16), y, backend=backend)
+    h, z, yd = h.to(device), z.to(device), y.to(device)
+    m16, _ = ops.gradient_moments(h.to(torch.bfloat16), z.to(torch.bfloat16), yd, backend=backend)
     assert m16.dtype == torch.bfloat16
     h.requires_grad_(True)
-    mean, _ = ops.gradient_moments(h, z, y, backend=backend)
+    mean, _ = ops.gradient_moments(h, z, yd, backend=backend)
     (gh,) = torch.autograd.grad(mean.sum(), (h,))
-    h2 = h.detach().double().requires_grad_(True)
-    (rh,) = torch.autograd.grad(R.gradient_moments(h2, z.double(), y)[0].sum(), (h2,))
-    torch.testing.assert_close(gh.double(), rh, atol=1e-5, rtol=1e-4)
+    h2 = h.detach().cpu().double().requires_grad_(True)
+    (rh,) = torch.autograd.grad(R.gradient_moments(h2, z.cpu().double(), y)[0].sum(), (h2,))
+    torch.testing.assert_close(gh.double().cpu(), rh, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
-def test_bad_labels_raise(backend):
-    h, z, _ = problem(4, 3, 2)
+@only("reference", "cpu", "triton", "cuda")
+def test_bad_labels_raise(backend, device):
+    h, z, _ = (t.to(device) for t in problem(4, 3, 2))
     with pytest.raises((ValueError, RuntimeError), match="labels"):
-        ops.gradient_moments(h, z, torch.tensor([0, 1, 3, 0]), backend=backend)
+        ops.gradient_moments(h, z, torch.tensor([0, 1, 3, 0], device=device), backend=backend)
     with pytest.raises((ValueError, RuntimeError), match="embeddings"):
-        ops.gradient_moments(h[:3], z, torch.tensor([0, 1, 2, 0]), backend=backend)
+        ops.gradient_moments(h[:3], z, torch.tensor([0, 1, 2, 0], device=device), backend=backend)
