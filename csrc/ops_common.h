@@ -265,9 +265,10 @@ inline std::tuple<at::Tensor, std::optional<at::Tensor>> pairwise_l1_args(const 
 inline at::Tensor facility_location_greedy_args(const at::Tensor& dist_in, int64_t k) {
   check_float(dist_in, "dist");
   check_dim(dist_in, 2, "dist");
-  const int64_t n = dist_in.size(0), m = dist_in.size(1);
+  const int64_t n = dist_in.size(0);
+  TORCH_CHECK(dist_in.size(1) == n, "dist: expected a square n x n distance block, got ", n, " x ",
+              dist_in.size(1));
   TORCH_CHECK(k >= 0 && k <= n, "k: must lie in [0, ", n, "], got ", k);
-  TORCH_CHECK(k <= m, "k: must not exceed the ", m, " columns of dist, got ", k);
   return dist_in.contiguous();
 }
 

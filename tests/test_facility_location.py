@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import brute
 import lcmat.reference as R
+from lcmat import ops
 from backends import kernels, maybe, noncontig, num_threads, only, tol
 from lcmat.reference import facility_location_greedy, nearest_pick_counts
 
@@ -507,17 +508,18 @@ def test_noncontiguous_asymmetric_block(backend, device):
     _assert_same(backend, dist, 6, None)
 
 
-# Triton only: the compiled cpu op accepts a non-square block (n x m, m < n) without an error.
-@only("triton")
 def test_k_zero_and_bad_arguments(backend, device):
     kern = kernels(backend)
+    error = ValueError if backend == "triton" else RuntimeError  # TORCH_CHECK raises RuntimeError
     dist = _dist(5, 2, torch.float32, 0, device)
     picks, objective, weights = kern.facility_location_greedy(dist, 0)
     assert picks.numel() == objective.numel() == weights.numel() == 0
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(error, match="k"):
         kern.facility_location_greedy(dist, 6)
-    with pytest.raises(ValueError, match="dist"):
+    with pytest.raises(error, match="dist"):
         kern.facility_location_greedy(dist[:, :4], 2)
+    with pytest.raises(ValueError, match="square"):  # every backend, through the dispatch point
+        ops.facility_location_greedy(dist[:, :4], 2, backend=backend)
 
 
 @only("triton")

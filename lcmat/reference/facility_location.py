@@ -16,7 +16,10 @@ import torch
 def check_distance_block(dist, L=None):
     """Refuse a block the greedy cannot rank: NaN or Inf distances (a NaN gain never wins a
     comparison, so a greedy would loop or return arbitrary picks), or gains sum_i S_ij that
-    overflow the dtype (every gain infinite: a tie broken by index)."""
+    overflow the dtype (every gain infinite: a tie broken by index); and a block that is not
+    square (the greedy's candidates are the points it covers)."""
+    if dist.dim() != 2 or dist.shape[0] != dist.shape[1]:
+        raise ValueError(f"dist: expected a square n x n distance block, got shape {tuple(dist.shape)}")
     if dist.numel() == 0:
         return
     lo, hi = (float(v) for v in torch.aminmax(dist))
