@@ -22,6 +22,8 @@
 # examples: a fixed, small set of shapes), and with pytest-xdist workers where it is installed;
 # the benchmarks autotune as in use. Everything lands in $OUT (what the tool brings back: at most
 # 8 files, and this writes 8) or in results/gpu. Copy the figures into BENCHMARKS.md sections 1-3.
+# tests/test_submodular.py, parametrised by backend, runs its cpu, cuda and triton cases in the
+# Triton step.
 #
 # --dry-run (or DRY_RUN=1) runs here, without a GPU, every step that needs none: imports from the
 # bare tree, build discovery (the extension built here loads; nothing is compiled), collection of
@@ -86,7 +88,8 @@ CUDA_TESTS=(tests/test_csrc.py tests/test_ot_api.py tests/test_gradient_moments_
 TRITON_TESTS=(tests/test_triton_last_layer.py tests/test_triton_lcmat_distance.py
   tests/test_triton_facility_location.py tests/test_triton_sinkhorn.py tests/test_triton_fdmat.py
   tests/test_triton_linear_grad_norms.py tests/test_triton_int64_offsets.py tests/test_triton_gpu_typing.py
-  tests/test_triton_config.py tests/test_gradient_moments_gpu.py::test_triton_matches_reference)
+  tests/test_triton_config.py tests/test_gradient_moments_gpu.py::test_triton_matches_reference
+  tests/test_submodular.py)
 # name|limit|script and arguments (backends named: one that is missing fails its step, it does
 # not drop out of the table)
 BENCHES=(
