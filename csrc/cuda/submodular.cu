@@ -136,7 +136,8 @@ __global__ void logdet_step_kernel(const T* __restrict__ sim, int64_t n, double*
 // state[j] when state is given (the log-det pivot r_j).
 __global__ void pick_kernel(const double* __restrict__ block_gain, const int64_t* __restrict__ block_index,
                             int64_t blocks, int64_t n, int64_t step, unsigned char* __restrict__ selected,
-                            int64_t* __restrict__ picks, const double* __restrict__ state, double* __restrict__ record) {
+                            int64_t* __restrict__ picks, const double* __restrict__ state,
+                            double* __restrict__ record) {
   Best mine{neg_inf<double>(), kNone};
   for (int64_t b = threadIdx.x; b < blocks; b += kSelectThreads)
     if (better(block_gain[b], block_index[b], mine)) mine = {block_gain[b], block_index[b]};
