@@ -23,6 +23,8 @@
 # examples: a fixed, small set of shapes), and with pytest-xdist workers where it is installed;
 # the benchmarks autotune as in use. Everything lands in $OUT (what the tool brings back: at most
 # 8 files, and this writes 8) or in results/gpu. Copy the figures into BENCHMARKS.md sections 1-3.
+# tests/test_submodular.py, parametrised by backend, runs its cpu, cuda and triton cases in the
+# Triton step.
 #
 # --dry-run (or DRY_RUN=1) runs here, without a GPU, every step that needs none: imports from the
 # bare tree, build discovery (the extension built here loads; nothing is compiled), collection of
@@ -87,7 +89,8 @@ check() {
 # selects its tests by that name (-k). The CUDA step also runs the reference tests that take CUDA
 # tensors (test_reference_*), the op library and the other modules named here.
 FAMILIES=(tests/test_last_layer.py tests/test_lcmat_distance.py tests/test_facility_location.py
-  tests/test_sinkhorn.py tests/test_fdmat.py tests/test_linear_grad_norms.py tests/test_gradient_moments.py)
+  tests/test_sinkhorn.py tests/test_fdmat.py tests/test_linear_grad_norms.py tests/test_gradient_moments.py
+  tests/test_submodular.py)
 CUDA_TESTS=("${FAMILIES[@]}" tests/test_ops_registration.py tests/test_ot_api.py tests/test_distributed.py::test_cuda_tensors)
 CUDA_SELECT="cpu or cuda or test_reference_ or test_ops_registration or test_ot_api or test_cuda_tensors"
 TRITON_TESTS=("${FAMILIES[@]}" tests/test_triton_int64_offsets.py tests/test_triton_gpu_typing.py

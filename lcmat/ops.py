@@ -269,12 +269,14 @@ def neighbour_kl(log_p, neighbours, symmetric=False):
 
 
 def graph_cut_greedy(sim, k, lam=1.0, lazy=False, backend=None):
-    """Greedy graph cut on a similarity block: (picks [k], objective [k]). Has a cpu twin."""
+    """Greedy graph cut on a similarity block: (picks [k], objective [k]). Backends: reference,
+    cpu, cuda, triton (the device ones run the naive greedy for lazy=True: the same picks)."""
     return _call("graph_cut_greedy", backend, sim, k, lam, lazy)
 
 
 def log_determinant_greedy(sim, k, reg=1.0, lazy=False, backend=None):
-    """Greedy log det(S_AA + reg I) by incremental Cholesky: (picks [k], objective [k]). Has a cpu twin."""
+    """Greedy log det(S_AA + reg I) by incremental Cholesky: (picks [k], objective [k]). Backends:
+    reference, cpu, cuda, triton (the device ones run the naive greedy for lazy=True)."""
     return _call("log_determinant_greedy", backend, sim, k, reg, lazy)
 
 

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import brute_selectors as B
+from backends import only
 import lcmat
 from lcmat import reference
 
@@ -23,16 +24,19 @@ def logdet_f(S, A, reg):
     return np.linalg.slogdet(S[np.ix_(A, A)] + reg * np.eye(len(A)))[1] if A else 0.0
 
 
-def greedy(f, n, k):
+def greedy(f, n, k, exact_ties=True):
     """The greedy on an explicit set function: each step the largest f(A + e) - f(A), lowest
-    index on ties; returns (picks, objective after each pick, smallest relative gap to the runner-up)."""
+    index on ties; returns (picks, objective after each pick, smallest relative gap to the runner-up).
+    exact_ties=True: gains equal here are ties that the code under test must see as exact too (no
+    gap); False: they count as a zero gap (gains equal in exact arithmetic, e.g. a constant
+    diagonal, round differently in each implementation)."""
     picks, values, gap = [], [], np.inf
     for _ in range(k):
         base = f(picks)
         gains = np.array([-np.inf if e in picks else f(picks + [e]) - base for e in range(n)])
         j = int(np.argmax(gains))
         others = np.delete(gains, j)
-        if np.isfinite(others).any() and gains[j] != others.max():  # exact ties: lowest index, both sides
+        if np.isfinite(others).any() and (gains[j] != others.max() or not exact_ties):
             gap = min(gap, (gains[j] - others.max()) / max(abs(gains[j]), 1e-12))
         picks.append(j)
         values.append(f(picks))
@@ -174,50 +178,233 @@ def test_logdet_deepcore_variant_and_bad_options():
     with pytest.raises(ValueError, match="lam"):
         lcmat.GraphCut(lam=-0.5)
 
-
 # ---------------------------------------------------------------------------------------------
-# The cpu twin against the reference
+# Every backend against the reference and the definition, through lcmat.ops: "cpu" (the compiled
+# kernels on CPU tensors), "triton" (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1, as the
+# tests run it without a GPU) and "cuda" (the compiled kernels on CUDA tensors).
 
-needs_cpu = pytest.mark.skipif("cpu" not in lcmat.ops.available_backends(), reason="no compiled extension")
+INTERPRETED = not torch.cuda.is_available()  # Triton in its interpreter: milliseconds a launch, two a pick
+FUNCTIONS = {"graph_cut_greedy": (graph_cut_f, "lam"), "log_determinant_greedy": (logdet_f, "reg")}
+
+
+def device_of(backend):
+    """The device `backend` (the conftest fixture) runs on here, or a skip when it is not available."""
+    if backend not in lcmat.ops.available_backends():
+        pytest.skip(f"backend {backend!r} is not available here")
+    on_gpu = backend == "cuda" or (backend == "triton" and torch.cuda.is_available())
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
+def max_n(backend):
+    return 20 if backend == "triton" and INTERPRETED else 40
+
+
+def run(fn, backend, S, k, param, lazy=False):
+    """ops.<fn> on `backend`; (picks, objective) back on the CPU, after checking their types."""
+    dev = device_of(backend)
+    picks, objective = getattr(lcmat.ops, fn)(S.to(dev), k, param, lazy, backend=backend)
+    assert picks.dtype == torch.long and objective.dtype == S.dtype
+    assert picks.device.type == objective.device.type == dev.type
+    assert picks.shape == objective.shape == (k,)
+    return picks.cpu(), objective.cpu()
 
 
 def random_block(n, seed, dtype, symmetric=True):
-    S = random_psd(n, seed, rank=min(n + 2, 6))
+    """W K W with K a low-rank cosine similarity and W a random positive diagonal: non-negative,
+    positive semi-definite, and no two gains equal in exact arithmetic (a constant diagonal would
+    make the last graph-cut gains at lam = 1/2 equal, and each implementation round them its own
+    way)."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.5, 1.5, size=n)
+    S = random_psd(n, seed, rank=min(n + 2, 6)) * w[:, None] * w[None, :]
     if not symmetric:  # graph cut is defined for any non-negative S
-        S = S * np.random.default_rng(seed).uniform(0.5, 1.5, size=S.shape)
+        S = S * rng.uniform(0.5, 1.5, size=S.shape)
     return torch.tensor(S, dtype=dtype)
 
 
-@needs_cpu
-@given(n=st.integers(1, 40), seed=st.integers(0, 1000), lazy=st.booleans(), lam=st.sampled_from([0.0, 0.5, 1.0]),
+def assert_objective(fn, S, picks, objective, param, tol):
+    f = FUNCTIONS[fn][0]
+    S64 = S.double().numpy()
+    np.testing.assert_allclose(objective.double().numpy(), [f(S64, picks[:t + 1].tolist(), param)
+                                                            for t in range(len(picks))], rtol=tol, atol=tol)
+
+
+@given(seed=st.integers(0, 1000), lazy=st.booleans(), lam=st.sampled_from([0.0, 0.5, 1.0]),
        symmetric=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]), data=st.data())
-def test_cpu_graph_cut_matches_the_reference(n, seed, lazy, lam, symmetric, dtype, data):
-    k = data.draw(st.integers(0, n))
+def test_graph_cut_matches_the_reference(backend, seed, lazy, lam, symmetric, dtype, data):
+    device_of(backend)
+    n = data.draw(st.integers(1, max_n(backend)), label="n")
+    k = data.draw(st.integers(0, n), label="k")
     S = random_block(n, seed, dtype, symmetric)
-    ref = reference.graph_cut_greedy(S.double(), k, lam, False)
-    picks, objective = lcmat.csrc.graph_cut_greedy(S, k, lam, lazy)
-    assert picks.dtype == torch.long and objective.dtype == dtype
-    expected, _, gap = greedy(lambda A: graph_cut_f(S.double().numpy(), A, lam), n, k)
+    picks, objective = run("graph_cut_greedy", backend, S, k, lam, lazy)
+    expected, _, gap = greedy(lambda A: graph_cut_f(S.double().numpy(), A, lam), n, k, exact_ties=False)
     if gap > 1e-5:
-        assert picks.tolist() == expected == ref[0].tolist()
-    np.testing.assert_allclose(objective.double().numpy(),
-                               [float(reference.graph_cut_value(S.double(), picks[:t + 1], lam)) for t in range(k)],
-                               rtol=1e-5, atol=1e-4)
+        assert picks.tolist() == expected == reference.graph_cut_greedy(S.double(), k, lam)[0].tolist()
+    assert_objective("graph_cut_greedy", S, picks, objective, lam, 1e-5)
 
 
-@needs_cpu
-@given(n=st.integers(1, 40), seed=st.integers(0, 1000), lazy=st.booleans(), reg=st.sampled_from([1e-2, 1.0]),
+@given(seed=st.integers(0, 1000), lazy=st.booleans(), reg=st.sampled_from([1e-2, 1.0]),
        dtype=st.sampled_from([torch.float32, torch.float64]), data=st.data())
-def test_cpu_log_determinant_matches_the_reference(n, seed, lazy, reg, dtype, data):
-    k = data.draw(st.integers(0, n))
+def test_log_determinant_matches_the_reference(backend, seed, lazy, reg, dtype, data):
+    device_of(backend)
+    n = data.draw(st.integers(1, max_n(backend)), label="n")
+    k = data.draw(st.integers(0, n), label="k")
     S = random_block(n, seed, dtype)
-    picks, objective = lcmat.csrc.log_determinant_greedy(S, k, reg, lazy)
-    expected, _, gap = greedy(lambda A: logdet_f(S.double().numpy(), A, reg), n, k)
+    picks, objective = run("log_determinant_greedy", backend, S, k, reg, lazy)
+    expected, _, gap = greedy(lambda A: logdet_f(S.double().numpy(), A, reg), n, k, exact_ties=False)
     if gap > 1e-4:
-        assert picks.tolist() == expected
-    np.testing.assert_allclose(objective.double().numpy(),
-                               [logdet_f(S.double().numpy(), picks[:t + 1].tolist(), reg) for t in range(k)],
-                               rtol=1e-4, atol=1e-4)
+        assert picks.tolist() == expected == reference.log_determinant_greedy(S.double(), k, reg)[0].tolist()
+    assert_objective("log_determinant_greedy", S, picks, objective, reg, 1e-4)
+
+
+@pytest.mark.parametrize("fn", list(FUNCTIONS))
+@pytest.mark.parametrize("n,k", [(1, 0), (1, 1), (2, 1), (2, 2), (17, 0), (17, 1), (17, 17), (33, 5)])
+def test_budgets_and_odd_sizes(backend, fn, n, k):
+    """Budgets 0, 1 and n, blocks of one and two, a size just past a Triton tile (16 under the
+    interpreter), float64: the reference's picks exactly."""
+    S = random_block(n, n + k, torch.float64)
+    param = 0.7
+    picks, objective = run(fn, backend, S, k, param, lazy=k % 2 == 1)
+    ref = getattr(reference, fn)(S, k, param)
+    assert picks.tolist() == ref[0].tolist()
+    torch.testing.assert_close(objective, ref[1], rtol=1e-10, atol=1e-10)
+
+
+def duplicated_integer_block(fn, copies=2):
+    """An integer similarity whose candidates come in `copies` identical copies (rows and
+    columns equal), so exact ties everywhere; every sum and product is exact in float32.
+    Graph cut: S_ij = 8 - |p_i - p_j|_1 for integer points; log-det: S = B B^T, B integer."""
+    rng = np.random.default_rng(3)
+    if fn == "graph_cut_greedy":
+        P = np.tile(rng.integers(0, 4, size=(7, 2)), (copies, 1))
+        return 8.0 - np.abs(P[:, None, :] - P[None, :, :]).sum(2)
+    B = np.tile(rng.integers(-2, 3, size=(7, 4)), (copies, 1))
+    return (B @ B.T).astype(float)
+
+
+@pytest.mark.parametrize("fn", list(FUNCTIONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exact_ties_lowest_index_wins(backend, fn, dtype):
+    S = duplicated_integer_block(fn, copies=3)
+    n, param = S.shape[0], 0.5
+    f = FUNCTIONS[fn][0]
+    k = n if fn == "graph_cut_greedy" else 7  # log-det: S B B^T has rank 4; beyond it, gains ~ log(reg)
+    expected, _, gap = greedy(lambda A: f(S, A, param), n, k)
+    assert gap > 1e-6  # the only ties are exact ones (a test that can fail)
+    picks, _ = run(fn, backend, torch.tensor(S, dtype=dtype), k, param)
+    assert picks.tolist() == expected
+    for j in expected:  # the lowest copy wins: a pick's earlier copies were picked before it
+        if j >= 7:
+            assert j - 7 in expected[:expected.index(j)]
+
+
+def test_non_contiguous_and_asymmetric_blocks(backend):
+    base = torch.tensor(random_psd(45, 11), dtype=torch.float64)
+    asym = base * torch.rand(45, 45, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for fn, S in [("graph_cut_greedy", asym.t()), ("graph_cut_greedy", asym[::2, ::2]),
+                  ("log_determinant_greedy", base[1::2, 1::2]), ("log_determinant_greedy", base.t())]:
+        assert not S.is_contiguous()
+        picks, objective = run(fn, backend, S, 6, 0.3)
+        ref = getattr(reference, fn)(S.contiguous(), 6, 0.3)
+        assert picks.tolist() == ref[0].tolist()
+        torch.testing.assert_close(objective, ref[1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(backend, dtype):
+    """Half-precision similarities run in float32 (cpu, cuda) or float64 (triton) and return
+    the objective in the input's dtype; the picks are the reference's on the rounded values."""
+    S = random_block(24, 5, torch.float64).to(dtype)
+    for fn, f in [("graph_cut_greedy", graph_cut_f), ("log_determinant_greedy", logdet_f)]:
+        picks, objective = run(fn, backend, S, 8, 0.5)
+        S64 = S.double()
+        expected, _, gap = greedy(lambda A: f(S64.numpy(), A, 0.5), 24, 8, exact_ties=False)
+        assert gap > 1e-4
+        assert picks.tolist() == expected == getattr(reference, fn)(S64, 8, 0.5)[0].tolist()
+        torch.testing.assert_close(objective.double(), getattr(reference, fn)(S64, 8, 0.5)[1], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("fn", list(FUNCTIONS))
+def test_larger_block(backend, fn):
+    n, k = (70, 12) if backend == "triton" and INTERPRETED else (300, 60)
+    S = random_block(n, 7, torch.float32)
+    picks, objective = run(fn, backend, S, k, 1.0)
+    ref = getattr(reference, fn)(S.double(), k)
+    assert picks.tolist() == ref[0].tolist()
+    torch.testing.assert_close(objective.double(), ref[1], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.gpu
+@only("cuda", "triton")
+@pytest.mark.parametrize("fn", list(FUNCTIONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gpu_class_sized_block(backend, fn, dtype):
+    """A block of one CIFAR-10 class at 1/4 scale (several thread blocks and tiles per step)."""
+    S = random_block(1300, 0, dtype)
+    picks, objective = run(fn, backend, S, 130, 1.0)
+    ref = getattr(reference, fn)(S.double().cuda(), 130)
+    assert picks.tolist() == ref[0].tolist()
+    torch.testing.assert_close(objective.double(), ref[1].cpu(), rtol=1e-5, atol=1e-4)
+
+
+def test_bad_input(backend):
+    dev = device_of(backend)
+    S = random_block(6, 0, torch.float64).to(dev)
+    ops = lcmat.ops
+    with pytest.raises(ValueError, match="k"):
+        ops.graph_cut_greedy(S, 7, backend=backend)
+    with pytest.raises(ValueError, match="k"):
+        ops.log_determinant_greedy(S, -1, backend=backend)
+    with pytest.raises(ValueError, match="lam"):
+        ops.graph_cut_greedy(S, 2, lam=-1.0, backend=backend)
+    with pytest.raises(ValueError, match="reg"):
+        ops.log_determinant_greedy(S, 2, reg=0.0, backend=backend)
+    with pytest.raises(ValueError, match="sim"):
+        ops.graph_cut_greedy(S[:, :4], 2, backend=backend)
+    with pytest.raises(ValueError, match="sim"):
+        ops.graph_cut_greedy(S.masked_fill(S > 0.9, float("nan")), 2, backend=backend)
+    with pytest.raises(ValueError, match="sim"):
+        ops.log_determinant_greedy(S.masked_fill(S > 0.9, float("inf")), 2, backend=backend)
+    # S + reg I indefinite: the second pick has no positive pivot, on every backend the same error
+    bad = torch.tensor([[1.0, 3.0], [3.0, 1.0]], dtype=torch.float64, device=dev)
+    for lazy in (False, True):
+        with pytest.raises(ValueError, match="positive definite.*pick 2"):
+            ops.log_determinant_greedy(bad, 2, reg=0.1, lazy=lazy, backend=backend)
+    assert ops.log_determinant_greedy(bad, 1, reg=0.1, backend=backend)[0].tolist() == [0]
+
+
+@only("cpu", "triton")
+@pytest.mark.parametrize("name", ["graphcut", "logdet"])
+def test_selectors_on_every_backend(backend, name):
+    device_of(backend)
+    H, Z, y = B.make_problem([14, 9], D=4, seed=2)
+    chosen = [lcmat.get_method(name, fraction=0.3, dtype=torch.float64, backend=b)
+              .select_features(embeddings=H, logits=Z, labels=y).indices for b in ("reference", backend)]
+    np.testing.assert_array_equal(chosen[0], chosen[1])
+
+
+@pytest.mark.gpu
+def test_cuda_opcheck_and_auto_dispatch():
+    """The CUDA kernels' schemas and fake shapes; on CUDA tensors lcmat.ops picks cuda first."""
+    device_of("cuda")
+    S = random_block(13, 0, torch.float32).cuda()
+    torch.library.opcheck(torch.ops.lcmat.graph_cut_greedy.default, (S, 4, 1.0, True))
+    torch.library.opcheck(torch.ops.lcmat.log_determinant_greedy.default, (S.double(), 4, 1.0, False))
+    assert lcmat.ops.resolve("graph_cut_greedy", None, S)[0] == "cuda"
+    assert lcmat.ops.resolve("log_determinant_greedy", None, S)[0] == "cuda"
+
+
+def test_auto_dispatch_on_cpu_tensors():
+    S = random_block(5, 0, torch.float32)
+    want = "cpu" if "cpu" in lcmat.ops.available_backends() else "reference"
+    assert lcmat.ops.resolve("graph_cut_greedy", None, S)[0] == want
+    assert lcmat.ops.resolve("log_determinant_greedy", None, S)[0] == want
+
+
+# ---------------------------------------------------------------------------------------------
+# The cpu twin's own guarantees
+
+needs_cpu = pytest.mark.skipif("cpu" not in lcmat.ops.available_backends(), reason="no compiled extension")
 
 
 @needs_cpu
@@ -233,17 +420,7 @@ def test_cpu_lazy_is_bitwise_the_naive_greedy(fn, n, k):
 
 
 @needs_cpu
-def test_cpu_bad_input_and_opcheck():
+def test_cpu_opcheck():
     S = random_block(6, 0, torch.float64)
-    with pytest.raises(ValueError, match="k"):
-        lcmat.csrc.graph_cut_greedy(S, 7)
-    with pytest.raises(ValueError, match="lam"):
-        lcmat.csrc.graph_cut_greedy(S, 2, lam=-1.0)
-    with pytest.raises(ValueError, match="reg"):
-        lcmat.csrc.log_determinant_greedy(S, 2, reg=-1.0)
-    with pytest.raises(ValueError, match="positive definite"):
-        lcmat.csrc.log_determinant_greedy(torch.tensor([[1.0, 3.0], [3.0, 1.0]], dtype=torch.float64), 2, reg=0.1)
-    with pytest.raises(ValueError, match="sim"):
-        lcmat.csrc.graph_cut_greedy(S.masked_fill(S > 0.9, float("nan")), 2)
     torch.library.opcheck(torch.ops.lcmat.graph_cut_greedy.default, (S, 3, 1.0, True))
     torch.library.opcheck(torch.ops.lcmat.log_determinant_greedy.default, (S, 3, 1.0, False))

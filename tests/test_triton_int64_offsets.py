@@ -154,3 +154,13 @@ def test_sinkhorn_features(big):
     want = R.sinkhorn_log_ragged(a, b, ro, co, 1.0, x=as64(x), y=as64(y), max_iter=50)
     torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-6)
+
+
+def test_submodular(big):
+    base = rows_of(big, ROWS, 8192, 7)
+    base.copy_(torch.tensor([[2.0, 0.5, 0.3], [0.5, 1.0, 0.2], [0.3, 0.2, 3.0]], dtype=torch.float16))
+    for name in ("graph_cut_greedy", "log_determinant_greedy"):
+        picks, objective = getattr(T, name)(base, 3)
+        ref = getattr(R, name)(as64(base), 3)
+        assert picks.tolist() == ref[0].tolist()
+        torch.testing.assert_close(objective.double(), ref[1], rtol=1e-3, atol=1e-3)

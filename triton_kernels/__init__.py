@@ -30,3 +30,4 @@ else:
                                  pairwise_l1)
     from .linear_grad_norms import linear_grad_norms, per_sample_grad_norms
     from .sinkhorn import sinkhorn_log, sinkhorn_log_ragged
+    from .submodular import graph_cut_greedy, log_determinant_greedy

@@ -90,8 +90,9 @@ def _calls():
     """One small call of every public function, float32 and float64."""
     from lcmat import reference as R
 
-    from . import (facility_location_greedy, fdmat_scores, gradient_distance, hessian_diag_coords,
-                   lcmat_distance, pairwise_l1, prototype_cost, sinkhorn_log_ragged)
+    from . import (facility_location_greedy, fdmat_scores, gradient_distance, graph_cut_greedy,
+                   hessian_diag_coords, lcmat_distance, log_determinant_greedy, pairwise_l1, prototype_cost,
+                   sinkhorn_log_ragged)
     from .last_layer import (curvature_moments, last_layer_factors, last_layer_grad_norms)
     from .linear_grad_norms import linear_grad_norms_with
     calls = []
@@ -125,6 +126,8 @@ def _calls():
             lambda d=dist, a=a: fdmat_scores(d, a, a, 1.0),
             lambda A=A, G=G: linear_grad_norms_with(A, G, True),
             lambda A=A, G=G: linear_grad_norms_with(A, G, False),
+            lambda d=dist: graph_cut_greedy(d, 2),
+            lambda d=dist: log_determinant_greedy(d @ d.T, 2),
         ]
     return calls
 

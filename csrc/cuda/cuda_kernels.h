@@ -52,6 +52,22 @@ cudaError_t facility_location_greedy(const T* dist, int64_t n, int64_t m, int64_
                                      T* cov, unsigned char* selected, unsigned long long* counts, int64_t* picks,
                                      T* objective, T* weights, cudaStream_t stream);
 
+// ---- submodular.cu ---------------------------------------------------------------------------
+// Naive greedy graph cut and log-determinant on an n x n similarity (see csrc/cpu/submodular.cpp
+// for the gains), k steps of: every candidate's float64 state updated with the previous pick and a
+// block-parallel argmax (lowest index wins ties), then the pick. Device workspace: block_index
+// [submodular_blocks(n)] int64, selected [n] bytes, and `work` doubles: graph cut 3 n + blocks,
+// log-det (k + 1) n + blocks. Writes picks [k] and, per pick, graph cut's gain or log-det's
+// pivot S_jj + reg - |c_j|^2 (the binding refuses a non-positive one), both [k] doubles.
+int64_t submodular_blocks(int64_t n);
+template <typename T>
+cudaError_t graph_cut_greedy(const T* sim, int64_t n, int64_t k, double lam, double* work, int64_t* block_index,
+                             unsigned char* selected, int64_t* picks, double* gains, cudaStream_t stream);
+template <typename T>
+cudaError_t log_determinant_greedy(const T* sim, int64_t n, int64_t k, double reg, double* work,
+                                   int64_t* block_index, unsigned char* selected, int64_t* picks, double* pivots,
+                                   cudaStream_t stream);
+
 // ---- sinkhorn.cu -----------------------------------------------------------------------------
 struct SinkhornOptions {
   double reg;
