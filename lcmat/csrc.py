@@ -111,6 +111,8 @@ def lcmat_distance(embeddings, e, q, coords, rho, scale=None):
 def facility_location_greedy(dist, k, L=None, lazy=False):
     """Greedy facility location; lazy and naive make the same picks (see csrc/cpu/facility_location.cpp)."""
     n = dist.shape[0]
+    if dist.dim() != 2 or dist.shape[1] != n:
+        raise ValueError(f"dist: expected a square n x n distance block, got shape {tuple(dist.shape)}")
     if not 0 <= k <= n:
         raise ValueError(f"k: must lie in [0, {n}], got {k}")
     dt = _compute_dtype(dist)
