@@ -25,13 +25,17 @@ SELECTION_MODELS_FILE = "selection_models.json"
 RESULT_COLUMNS = ["dataset", "model", "method", "options", "fraction", "seed", "n_selected", "weighted",
                   "selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
                   "imbalance", "label_noise", "corruption_seed", "final_acc", "best_acc",
-                  "selection_seconds", "training_seconds"]
+                  "selection_seconds", "training_seconds", "kind", "augment"]
 KEY_COLUMNS = ("dataset", "model", "method", "options", "fraction", "seed")
 # Columns that must agree between the rows of one results.csv (a resumed run continues the same run).
 CONFIG_COLUMNS = ("selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
                   "imbalance", "label_noise", "corruption_seed")
 # The training-set corruption of a row; files written before these columns existed hold clean data.
 CORRUPTION_DEFAULTS = {"imbalance": 1.0, "label_noise": 0.0, "corruption_seed": 0}
+
+# What a row trained on (``kind``): a selector's coreset, a condensation method's synthetic set
+# (selection_seconds is then its condensation time, n_selected its stored images), or the whole set.
+SELECTION, CONDENSATION = "selection", "condensation"
 
 # Coreset training protocols: a fixed number of epochs over the coreset (the papers'), or a fixed
 # number of SGD steps whatever the coreset size (the step budget).
@@ -78,6 +82,11 @@ def _typed_row(header, fields):
     for column, default in CORRUPTION_DEFAULTS.items():
         value = _to_number(row.get(column), type(default))
         row[column] = default if value is None else value
+    if not row.get("kind"):  # older files: selectors and the ceiling only
+        row["kind"] = FULL if row["method"] == FULL else SELECTION
+    if row["kind"] not in (SELECTION, CONDENSATION, FULL):
+        raise ValueError(f"unknown kind {row['kind']!r}")
+    row["augment"] = row.get("augment") or None  # older files did not record it
     if not row.get("selection_model"):  # older files: the trained network selected too
         row["selection_model"] = row["model"]
     if not row.get("protocol"):  # older files: the steps column tells the step budget
@@ -258,7 +267,8 @@ def summarize(rows):
         final_mean, final_std, n = _mean_std(r["final_acc"] for r in members)
         best_mean, best_std, _ = _mean_std(r["best_acc"] for r in members)
         out.append(dict(dataset=dataset, model=model, label=label, method=members[0]["method"],
-                        options=members[0]["options"], fraction=fraction, n=n,
+                        options=members[0]["options"], kind=members[0].get("kind") or SELECTION,
+                        fraction=fraction, n=n,
                         final_mean=final_mean, final_std=final_std, best_mean=best_mean, best_std=best_std,
                         n_selected=_mean_std(r.get("n_selected") for r in members)[0],
                         selection_seconds=_mean_std(r.get("selection_seconds") for r in members)[0],
@@ -309,11 +319,15 @@ def fraction_header(fraction):
     return f"{100 * fraction:g} %"
 
 
-def _table(title, labels, fractions, cell):
+CONDENSATION_MARK = " ‡"
+
+
+def _table(title, labels, fractions, cell, marked=()):
     lines = [f"### {title}", "", "| method | " + " | ".join(fraction_header(f) for f in fractions) + " |",
              "|---|" + "---:|" * len(fractions)]
     for label in labels:
-        lines.append(f"| {label} | " + " | ".join(cell(label, f) for f in fractions) + " |")
+        shown = label + (CONDENSATION_MARK if label in marked else "")
+        lines.append(f"| {shown} | " + " | ".join(cell(label, f) for f in fractions) + " |")
     return lines + [""]
 
 
@@ -358,6 +372,9 @@ def summary_markdown(rows, baseline=BASELINE):
         fractions = sorted({s["fraction"] for s in group})
         by = {(s["label"], s["fraction"]): s for s in group}
         lines += [f"## {dataset}, {model}", "", _config_line(group_rows), ""]
+        condensed = list(dict.fromkeys(s["label"] for s in group if s["kind"] == CONDENSATION))
+        if condensed:
+            lines += [_condensation_note(group, group_rows, condensed), ""]
         if ceiling:
             c = ceiling[0]
             lines += [f"Ceiling ({FULL}: the whole training set, {c['n_selected']:.0f} samples, same protocol): "
@@ -389,12 +406,12 @@ def summary_markdown(rows, baseline=BASELINE):
             return cell
 
         others = [l for l in labels if l != baseline]
-        lines += _table("Final-epoch test accuracy (%)", labels, fractions, stat_cell("final"))
-        lines += _table("Best test accuracy over evaluated epochs (%)", labels, fractions, stat_cell("best"))
+        lines += _table("Final-epoch test accuracy (%)", labels, fractions, stat_cell("final"), condensed)
+        lines += _table("Best test accuracy over evaluated epochs (%)", labels, fractions, stat_cell("best"), condensed)
         lines += _table(f"Paired difference to {baseline}, final accuracy (points, wins/pairs)", others,
-                        fractions, diff_cell("final_acc"))
+                        fractions, diff_cell("final_acc"), condensed)
         lines += _table(f"Paired difference to {baseline}, best accuracy (points, wins/pairs)", others,
-                        fractions, diff_cell("best_acc"))
+                        fractions, diff_cell("best_acc"), condensed)
 
         def size_cell(label, fraction):
             s = by.get((label, fraction))
@@ -404,8 +421,26 @@ def summary_markdown(rows, baseline=BASELINE):
                     f"{format_seconds(s['training_seconds'])}")
 
         lines += _table("Coreset size / selection time / training time (mean per run)", labels, fractions,
-                        size_cell)
+                        size_cell, condensed)
     return "\n".join(lines)
+
+
+def _condensation_note(group, group_rows, condensed):
+    """The paragraph that says which rows are condensation and at which fractions they are."""
+    fractions = sorted({s["fraction"] for s in group})
+    present = sorted({s["fraction"] for s in group if s["label"] in condensed})
+    absent = [f for f in fractions if f not in present]
+    selection_augment = sorted({str(r.get("augment")) for r in group_rows
+                                if r.get("kind") == SELECTION and r.get("augment")})
+    return (f"{CONDENSATION_MARK.strip()} condensation (kind = condensation): {', '.join(condensed)} learn as many "
+            f"synthetic images per class as the selectors keep at the fraction (size = stored images, selection "
+            f"time = condensation time), and the network trains on them under the same protocol with DSA "
+            f"augmentation (augment = dsa)"
+            + (f" where the selectors' coresets get {'/'.join(selection_augment)}" if selection_augment else "")
+            + f". Condensation rows at {', '.join(map(fraction_header, present))}"
+            + (f"; none at {', '.join(map(fraction_header, absent))} (a fraction that gives the classes different "
+               f"budgets has no single number of images per class to learn; or the run has not reached it)"
+               if absent else "") + ".")
 
 
 def format_seconds(value):
