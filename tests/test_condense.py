@@ -352,3 +352,25 @@ def test_learn_condensed_continues_an_interrupted_run_and_caches(tmp_path, monke
     torch.testing.assert_close(again.condensed.images, part.condensed.images, atol=0, rtol=0)
     other, _, cached = cexp.learn_condensed(spec, 2, train, "digits", 1, tmp_path / "part", **quiet)
     assert not cached and not torch.equal(other.condensed.images, part.condensed.images)  # another seed
+
+
+def test_cpu_preset_moves_lcmat_c_images_at_10_per_class():
+    """The cpu preset's image learning rate lets LCMat-C's stored images leave their initialisation.
+    At 10 images per class each image's gradient is a 1/40 share of its class's mean (factor 2), and
+    with IDC's rate x 10 (the preset before) a whole 40-iteration run moved the images by well under
+    1 % (relative L2): the learnt set was its initialisation, below random real images. Two matching
+    steps must move them by more than 0.1 % (IDC's rate x 10: about 0.01 %)."""
+    from pathlib import Path
+
+    from lcmat.condense import preset_config
+    from lcmat.data import default_data_dir, load_dataset
+
+    data_dir = default_data_dir()
+    if data_dir is None or not (Path(data_dir) / "fashion-mnist").is_dir():
+        pytest.skip("offline data directory 'fashion-mnist' not available (set LCMAT_DATA_DIR)")
+    train = load_dataset("fashion-mnist", "train")
+    config, _ = preset_config("lcmat-c", "cpu", "fashion-mnist", 10)
+    condenser = LCMatC(10, seed=0, progress=False, **dict(config, iterations=1, outer_loop=2))
+    start, _ = condenser.initial_images(RealData(train))
+    learnt = condenser.condense(train).images
+    assert float((learnt - start).norm() / start.norm()) > 1e-3

@@ -1,8 +1,9 @@
 """Markdown table of the condensation study's finished runs (result.json files under this folder):
 test accuracy per dataset, images per class and method, mean and standard deviation over the
 seeds done, each seed's value, and the mean paired difference to Random on the same seeds. A
-method's folder name is its row (lcmat-c-rho0: LCMat-C with rho = 0, i.e. last-layer gradient
-matching in the same loop)."""
+method's folder name is its row (run_study.sh lists them: lcmat-c-rho0 is LCMat-C with rho = 0,
+lcmat-c-f1 without multi-formation, lcmat-c-init its initialisation unlearnt; lcmat-c-lrX an
+ablation of the images' learning rate)."""
 import glob
 import json
 import os
@@ -10,7 +11,7 @@ import statistics
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["random", "dm", "dc", "dsa", "lcmat-c-rho0", "lcmat-c"]
+ORDER = ["random", "dm", "dc", "dsa", "lcmat-c-init", "lcmat-c-rho0", "lcmat-c-f1", "lcmat-c"]
 
 
 def main():
@@ -22,7 +23,7 @@ def main():
             runs[(r["dataset"], r["ipc"], variant)][r["seed"]] = (r["final_acc"], r.get("condense_seconds", 0))
     print("| dataset | ipc | method | seeds | accuracy % (mean ± sd) | per seed | minus Random, paired | condense s (mean) |")
     print("|---|---|---|---|---|---|---|---|")
-    for key in sorted(runs, key=lambda k: (k[0], k[1], ORDER.index(k[2]) if k[2] in ORDER else 99)):
+    for key in sorted(runs, key=lambda k: (k[0], k[1], ORDER.index(k[2]) if k[2] in ORDER else 99, k[2])):
         seeds = runs[key]
         accs = [seeds[s][0] for s in sorted(seeds)]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
