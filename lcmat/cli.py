@@ -270,7 +270,8 @@ def _add_experiment_parser(sub):
                      help="constructor option of --selection-model (repeatable)")
     exp.add_argument("--methods", help="comma-separated methods, 'all', or variants such as lcmat:rho=1, "
                                        "and 'full' (the whole training set, once per seed: the ceiling) "
-                                       "(default: all,full)")
+                                       "(default: all,full); the condensation methods lcmat-c, dc, dsa, dm "
+                                       "run as rows where a fraction gives every class one number of images")
     exp.add_argument("--option", action="append", default=[], metavar="METHOD.NAME=VALUE",
                      help="a method option, e.g. lcmat.rho=1 or fdmat.lam=20 (repeatable)")
     exp.add_argument("--fractions", help="comma-separated per-class fractions")
