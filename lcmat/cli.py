@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 
 from .condense import cli as condense_cli
-from .methods import METHODS, canonical_method, own_options, parse_text
+from .methods import CONDENSATION, METHODS, canonical_method, own_options, parse_text
 
 class UsageError(SystemExit):
     """A one-line error for the user; the command exits with status 2, as argparse errors do."""
@@ -38,9 +38,13 @@ def _parse_value(name, text, default):
 
 def _method_name(text):
     try:
-        return canonical_method(text, argument="--method")
+        name = canonical_method(text, argument="--method")
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err).partition(": ")[2])
+    if name not in METHODS:
+        raise argparse.ArgumentTypeError(f"{text!r} is a condensation method, not a selector: use lcmat condense "
+                                         f"(or lcmat experiment --methods)")
+    return name
 
 
 def _all_options():
@@ -66,6 +70,8 @@ def cmd_methods(args):
         print(f"{'':<18} {summary(cls.__doc__)}")
     print("\nEvery method also takes --fraction, --balance/--no-balance, --seed, --backend, and the "
           "coverage options --coverage, --difficulty {el2n,own,forgetting}, --prune-hard, --num-strata.")
+    print(f"\nCondensation methods (learn synthetic images; lcmat condense, or rows of lcmat experiment --methods "
+          f"where a fraction gives every class one number of images): {', '.join(CONDENSATION)}.")
 
 
 FEATURE_ARRAYS = ("labels", "embeddings", "logits", "forgetting")
@@ -264,7 +270,8 @@ def _add_experiment_parser(sub):
                      help="constructor option of --selection-model (repeatable)")
     exp.add_argument("--methods", help="comma-separated methods, 'all', or variants such as lcmat:rho=1, "
                                        "and 'full' (the whole training set, once per seed: the ceiling) "
-                                       "(default: all,full)")
+                                       "(default: all,full); the condensation methods lcmat-c, dc, dsa, dm "
+                                       "run as rows where a fraction gives every class one number of images")
     exp.add_argument("--option", action="append", default=[], metavar="METHOD.NAME=VALUE",
                      help="a method option, e.g. lcmat.rho=1 or fdmat.lam=20 (repeatable)")
     exp.add_argument("--fractions", help="comma-separated per-class fractions")

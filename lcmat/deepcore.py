@@ -59,6 +59,10 @@ Budgets: with ``balance=True`` k_c = round(fraction * n_c) per class, otherwise 
 overall, as in DeepCore. Defaults for ``balance`` follow DeepCore's classes; lcmat's own methods
 (LCMat, FDMat, AdaCore) default to True, as their papers select per class. Weights follow DeepCore
 where it has the method: Craig's are 1 + the cluster size (DeepCore's ``calc_weights``).
+
+Selectors only: the condensation methods (LCMat-C, DC, DSA, DM; lcmat.condense) learn synthetic
+images rather than choose training samples, so DeepCore's selection interface has no place for
+them; they run through ``lcmat condense`` and ``lcmat experiment --methods``.
 """
 
 from __future__ import annotations

@@ -23,6 +23,13 @@ a fixed number of epochs, ``epochs = ceil(steps / ceil(k / batch_size))``. It is
 protocol (theirs gives a 10 % coreset ten times the updates of a 1 % one) and can rank methods
 differently; every row records its ``protocol`` and rows of the two are never averaged or paired.
 
+Condensation methods (``lcmat_c``, ``dc``, ``dsa``, ``dm``; lcmat.methods.CONDENSATION) run as rows beside
+the selectors where a fraction gives every class the same whole number of images ipc: they learn ipc
+synthetic images per class (cached per seed in ``OUT/condensed/``) and the network trains on them under
+the same protocol, with DSA augmentation (``kind`` and ``augment`` columns; see
+lcmat.condense.experiment). Uniform is their random-real-images baseline and the paired differences
+include them.
+
 Corrupted training sets: ``label_noise``, ``imbalance`` and ``corruption_seed`` go to the training
 split's loader (the test split stays clean), are recorded in every row, key the selection-model cache
 and must match on ``resume``.
@@ -52,6 +59,7 @@ from .data import load_dataset
 from .features import extract_features, extract_features_train_bn
 from .models import get_model
 from .methods import MethodSpec, get_method, parse_methods, parse_model_option, parse_option  # noqa: F401
+from .methods import CONDENSATION_KIND
 from .results import (BASELINE, CONFIG_COLUMNS, EPOCHS_PROTOCOL, FULL, KEY_COLUMNS,  # noqa: F401
                       PLOT_FILE, RESULT_COLUMNS, RESULTS_FILE, STEPS_PROTOCOL, SUMMARY_FILE, append_row, check_same_config, format_seconds,
                       fraction_header, fraction_text, paired_differences, read_results, repair_results,
@@ -229,7 +237,7 @@ class SelectionFeatures:
 def _needs_selection_model(spec):
     """Every method but plain Uniform reads the selection model's features or forgetting counts
     (Uniform with coverage=True stratifies by their difficulty)."""
-    if spec.name == FULL:
+    if spec.name == FULL or spec.kind == CONDENSATION_KIND:
         return False
     return spec.name != "uniform" or bool(spec.options.get("coverage"))
 
@@ -370,7 +378,9 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
             raise ValueError(f"out_dir: {str(results_path)!r} already exists; pass resume=True (--resume) to "
                              f"continue it, overwrite=True (--overwrite) to start afresh, or another out_dir")
 
-    plan = [(seed, fraction, spec) for seed in seeds for fraction in fractions for spec in specs]
+    condensation_ipc, condensation_text = _condensation_plan(specs, counts, fractions)
+    plan = [(seed, fraction, spec) for seed in seeds for fraction in fractions for spec in specs
+            if spec.kind != CONDENSATION_KIND or condensation_ipc[fraction] is not None]
     if ceiling:
         plan += [(seed, 1.0, MethodSpec(FULL)) for seed in seeds]
         plan.sort(key=lambda p: p[0])  # seed by seed: one selection model in memory at a time
@@ -384,6 +394,8 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
         + (f", training set {cache_tag}" if cache_tag else "")
         + (f", {len(plan) - len(pending)} already done" if len(pending) < len(plan) else "")
         + f"; device {device}")
+    if condensation_text:
+        log(condensation_text)
 
     selection_log = {}
     bar = tqdm(total=len(pending), desc="experiment", unit="run", disable=not progress)
@@ -401,21 +413,29 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
             log(f"seed {seed}: selection model {'loaded from cache' if stats.get('from_cache') else 'trained'}"
                 f" ({selection_epochs} epochs, last-epoch train accuracy {selection_log[seed]['train_acc']:.1f} %)")
         for _, fraction, spec in todo:
+            data, run_augment, kind = train, augment, (FULL if spec.name == FULL else spec.kind)
             if spec.name == FULL:
                 coreset, selection_seconds = _FullSet(np.arange(len(train))), 0.0
+            elif spec.kind == CONDENSATION_KIND:  # learn (or load) the synthetic set, train on it with DSA
+                from .condense.experiment import learn_condensed
+                coreset, selection_seconds, _ = learn_condensed(
+                    spec, condensation_ipc[fraction], train, dataset_name, seed, out_dir, cache_tag, device,
+                    backend, progress, log)
+                data, run_augment = coreset.dataset, coreset.augment
             else:
                 coreset, selection_seconds = select_coreset(spec, fraction, seed, labels, features, stats, backend, attacks)
             k = len(coreset)
-            run_epochs = epochs_for_steps(steps, k, batch_size) if steps is not None else int(epochs)
-            result = train_on_coreset(build, train, coreset.indices, coreset.weights, epochs=run_epochs, lr=lr,
+            run_epochs = epochs_for_steps(steps, len(coreset.indices), batch_size) if steps is not None else int(epochs)
+            result = train_on_coreset(build, data, coreset.indices, coreset.weights, epochs=run_epochs, lr=lr,
                                       batch_size=batch_size, test_dataset=test, seed=seed, device=device,
-                                      augment=augment, eval_every=eval_every_for(run_epochs, evaluations),
+                                      augment=run_augment, eval_every=eval_every_for(run_epochs, evaluations),
                                       progress=progress)
             row = dict(config, method=spec.name, options=spec.options_text, fraction=fraction_text(fraction),
                        seed=seed, n_selected=k, weighted=coreset.weights is not None, epochs=run_epochs,
                        final_acc=round(result["final_acc"], 4), best_acc=round(result["best_acc"], 4),
                        selection_seconds=round(selection_seconds, 4),
-                       training_seconds=round(result["seconds"], 3))
+                       training_seconds=round(result["seconds"], 3), kind=kind,
+                       augment="dsa" if kind == CONDENSATION_KIND else augment_label(augment))
             append_row(results_path, row)
             bar.update(1)
             bar.set_postfix(last=f"{spec.label} {fraction_header(fraction)} s{seed}: {row['final_acc']:.2f}")
@@ -438,6 +458,31 @@ def run_experiment(dataset="fashion-mnist", model="lenet", methods=("uniform", "
         summary_path, plot_path = write_summary(rows, out_dir)
         log(f"wrote {results_path}, {summary_path}, {plot_path}")
     return rows
+
+
+def _condensation_plan(specs, counts, fractions):
+    """({fraction: images per class of the condensation rows, or None where there are none}, the line
+    that says which fractions have condensation rows and which not, and why ('' without them))."""
+    from .condense.experiment import condensation_ipc
+
+    ipc = {f: condensation_ipc(counts, f) for f in fractions}
+    names = [s.label for s in specs if s.kind == CONDENSATION_KIND]
+    if not names:
+        return ipc, ""
+    with_rows = [f"{fraction_header(f)} ({ipc[f]} per class)" for f in fractions if ipc[f] is not None]
+    without = [fraction_header(f) for f in fractions if ipc[f] is None]
+    return ipc, (f"condensation methods {', '.join(names)}: rows at " + (", ".join(with_rows) or "no fraction")
+                 + (f"; none at {', '.join(without)} (the classes' budgets differ there: no single number of "
+                    f"images per class)" if without else ""))
+
+
+def augment_label(augment):
+    """The augmentation column of a selection row: 'crop_flip', 'none', or 'custom' (a callable)."""
+    if augment is None or augment is False:
+        return "none"
+    if augment is True or augment == "crop_flip":
+        return "crop_flip"
+    return augment if isinstance(augment, str) else "custom"
 
 
 def pretrained_selection_model(dataset_name, model_label, build, train, selection_epochs, seed, device, progress,

@@ -1,7 +1,10 @@
 """Method names, specifications and options: the one place the CLI, the experiment runner and
 the DeepCore adapter read them from.
 
-METHODS maps each canonical name to its selector class; `canonical_method` accepts the spellings
+METHODS maps each canonical name to its selector class; CONDENSATION names the dataset-condensation
+methods of lcmat.condense that `lcmat experiment` runs as rows beside the selectors (they learn
+synthetic images instead of choosing training samples, so they are not selectors: get_method,
+"all" and the DeepCore adapter know only METHODS); `canonical_method` accepts the spellings
 in use (case, '-' for '_', and the aliases below); `MethodSpec` is a method plus options, parsed
 from text such as ``"lcmat:rho=1"`` or ``--option lcmat.rho=1`` with each value converted to the
 type of the option's default.
@@ -25,17 +28,41 @@ COMMON_OPTIONS = {"fraction", "balance", "seed", "backend", "progress", "dtype",
                   "prune_hard", "num_strata"}
 
 
+# Condensation methods: canonical name -> lcmat.condense's name (lcmat.condense.CONDENSERS). The
+# random-real-images baseline of condensation is the selectors' Uniform, so it is not listed here.
+CONDENSATION = {"lcmat_c": "lcmat-c", "dc": "dc", "dsa": "dsa", "dm": "dm"}
+SELECTION_KIND, CONDENSATION_KIND = "selection", "condensation"
+# Condenser arguments the experiment sets itself (images per class from the fraction, the run's seed,
+# device, kernel backend and progress); the rest are method options, plus "preset" (lcmat.condense.PRESETS).
+CONDENSATION_RESERVED = {"self", "images_per_class", "seed", "device", "progress", "checkpoint_every", "backend"}
+CONDENSATION_PRESET = "cpu"
+
+
 def get_method(name, **options):
     """A selector by its name (see METHODS and canonical_method), e.g. get_method("lcmat", rho=1)."""
     key = canonical_method(name, argument="method")
+    if key in CONDENSATION:
+        raise ValueError(f"method: {name!r} is a condensation method, not a selector; use "
+                         f"lcmat.condense.get_condenser({CONDENSATION[key]!r}, images_per_class) or lcmat experiment")
     return METHODS[key](**options)
+
+
+def method_kind(name):
+    """'condensation' for the methods of CONDENSATION, else 'selection'."""
+    return CONDENSATION_KIND if canonical_method(name) in CONDENSATION else SELECTION_KIND
+
+
+def condenser_class(name):
+    """The lcmat.condense class of a condensation method (imported on first use)."""
+    from .condense.methods import CONDENSERS
+    return CONDENSERS[CONDENSATION[canonical_method(name)]]
 
 
 ALIASES = {"lcmat_s": "lcmat", "lcmats": "lcmat", "kcentergreedy": "kcenter", "k_center": "kcenter",
            "kcenter_greedy": "kcenter", "leastconfidence": "least_confidence", "random": "uniform",
            "contextual_diversity": "cdiv", "contextualdiversity": "cdiv", "moderate_ds": "moderate",
            "moderateds": "moderate", "graph_cut": "graphcut", "log_determinant": "logdet",
-           "logdeterminant": "logdet"}
+           "logdeterminant": "logdet", "lcmatc": "lcmat_c", "lcmat_condensation": "lcmat_c"}
 # Constructor arguments the experiment sets itself; they are not method options.
 RESERVED = {"self", "fraction", "seed", "progress", "backend", "dtype"}
 
@@ -46,9 +73,15 @@ RESERVED = {"self", "fraction", "seed", "progress", "backend", "dtype"}
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method of an experiment: a selector name and its options (as passed to the selector)."""
+    """One method of an experiment: a selector (or condensation method) name and its options (as
+    passed to the selector)."""
     name: str
     options: dict = field(default_factory=dict)
+
+    @property
+    def kind(self):
+        """'condensation' for a method of CONDENSATION, else 'selection'."""
+        return CONDENSATION_KIND if self.name in CONDENSATION else SELECTION_KIND
 
     @property
     def options_text(self):
@@ -67,17 +100,37 @@ def canonical_method(name, argument="methods"):
         raise ValueError(f"{argument}: expected a method name, got {name!r}")
     key = name.strip().lower().replace("-", "_")
     key = ALIASES.get(key, key)
-    if key not in METHODS:
+    if key not in METHODS and key not in CONDENSATION:
         raise ValueError(f"{argument}: unknown method {name!r}; choose from {', '.join(METHODS)}"
-                         + (" or 'all'" if argument == "methods" else ""))
+                         + (" or 'all'" if argument == "methods" else "")
+                         + f", or the condensation methods {', '.join(CONDENSATION)}")
     return key
 
 
 def method_option_defaults(name):
-    """{option: default} of a selector's constructor options that an experiment may set."""
-    params = inspect.signature(METHODS[canonical_method(name)].__init__).parameters
+    """{option: default} of a selector's constructor options that an experiment may set (of a
+    condensation method: its condenser's options and ``preset``)."""
+    key = canonical_method(name)
+    if key in CONDENSATION:
+        return condensation_option_defaults(key)
+    params = inspect.signature(METHODS[key].__init__).parameters
     return {k: p.default for k, p in params.items()
             if k not in RESERVED and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def condensation_option_defaults(name):
+    """{option: default} of a condensation method: ``preset`` ('cpu' or 'paper': the condenser's
+    hyper-parameters, lcmat.condense.preset_config) and every constructor argument of its class and
+    of the shared loop (a value given overrides the preset's). The defaults shown are the classes';
+    the preset's values replace them unless an option is given."""
+    defaults = {"preset": CONDENSATION_PRESET}
+    for klass in reversed(condenser_class(name).__mro__):  # the shared loop first, the method's own last
+        if "__init__" not in vars(klass):
+            continue
+        for k, p in inspect.signature(klass.__init__).parameters.items():
+            if k not in CONDENSATION_RESERVED and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                defaults[k] = p.default
+    return defaults
 
 
 def parse_text(text, default, where):
@@ -123,7 +176,7 @@ def check_options(name, options, where):
 
 def selector_accepts(name, key, value):
     """Does the selector take this text as it is for the option (e.g. LCMat(rho="auto"))?"""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or name not in METHODS:
         return False
     try:
         METHODS[name](**{key: value.strip()})

@@ -27,7 +27,7 @@ SELECTION_MODELS_FILE = "selection_models.json"
 RESULT_COLUMNS = ["dataset", "model", "method", "options", "fraction", "seed", "n_selected", "weighted",
                   "selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
                   "imbalance", "label_noise", "corruption_seed", "pool", "pool_seed", "final_acc", "best_acc",
-                  "selection_seconds", "training_seconds", "host", "date"]
+                  "selection_seconds", "training_seconds", "kind", "augment", "host", "date"]
 KEY_COLUMNS = ("dataset", "model", "method", "options", "fraction", "seed")
 # Columns that must agree between the rows of one results.csv (a resumed run continues the same run).
 CONFIG_COLUMNS = ("selection_model", "protocol", "selection_epochs", "epochs", "steps", "batch_size", "lr",
@@ -40,6 +40,10 @@ POOL_COLUMNS = ("pool", "pool_seed")
 # Where and when a row was written (stamped by append_row). Rows of two hosts are never paired; a row
 # without a host (files written before the column existed) is an unknown host.
 PROVENANCE_COLUMNS = ("host", "date")
+
+# What a row trained on (``kind``): a selector's coreset, a condensation method's synthetic set
+# (selection_seconds is then its condensation time, n_selected its stored images), or the whole set.
+SELECTION, CONDENSATION = "selection", "condensation"
 
 # Coreset training protocols: a fixed number of epochs over the coreset (the papers'), or a fixed
 # number of SGD steps whatever the coreset size (the step budget).
@@ -90,6 +94,11 @@ def _typed_row(header, fields):
         row["pool_seed"] = None
     for column in PROVENANCE_COLUMNS:
         row[column] = row.get(column) or ""
+    if not row.get("kind"):  # older files: selectors and the ceiling only
+        row["kind"] = FULL if row["method"] == FULL else SELECTION
+    if row["kind"] not in (SELECTION, CONDENSATION, FULL):
+        raise ValueError(f"unknown kind {row['kind']!r}")
+    row["augment"] = row.get("augment") or None  # older files did not record it
     if not row.get("selection_model"):  # older files: the trained network selected too
         row["selection_model"] = row["model"]
     if not row.get("protocol"):  # older files: the steps column tells the step budget
@@ -283,7 +292,8 @@ def summarize(rows):
         final_mean, final_std, n = _mean_std(r["final_acc"] for r in members)
         best_mean, best_std, _ = _mean_std(r["best_acc"] for r in members)
         out.append(dict(dataset=dataset, model=model, label=label, method=members[0]["method"],
-                        options=members[0]["options"], fraction=fraction, n=n,
+                        options=members[0]["options"], kind=members[0].get("kind") or SELECTION,
+                        fraction=fraction, n=n,
                         final_mean=final_mean, final_std=final_std, best_mean=best_mean, best_std=best_std,
                         n_selected=_mean_std(r.get("n_selected") for r in members)[0],
                         selection_seconds=_mean_std(r.get("selection_seconds") for r in members)[0],
@@ -352,11 +362,15 @@ def fraction_header(fraction):
     return f"{100 * fraction:g} %"
 
 
-def _table(title, labels, fractions, cell):
+CONDENSATION_MARK = " ‡"
+
+
+def _table(title, labels, fractions, cell, marked=()):
     lines = [f"### {title}", "", "| method | " + " | ".join(fraction_header(f) for f in fractions) + " |",
              "|---|" + "---:|" * len(fractions)]
     for label in labels:
-        lines.append(f"| {label} | " + " | ".join(cell(label, f) for f in fractions) + " |")
+        shown = label + (CONDENSATION_MARK if label in marked else "")
+        lines.append(f"| {shown} | " + " | ".join(cell(label, f) for f in fractions) + " |")
     return lines + [""]
 
 
@@ -401,6 +415,9 @@ def summary_markdown(rows, baseline=BASELINE):
         fractions = sorted({s["fraction"] for s in group})
         by = {(s["label"], s["fraction"]): s for s in group}
         lines += [f"## {dataset}, {model}", "", _config_line(group_rows), ""]
+        condensed = list(dict.fromkeys(s["label"] for s in group if s["kind"] == CONDENSATION))
+        if condensed:
+            lines += [_condensation_note(group, group_rows, condensed), ""]
         if ceiling:
             c = ceiling[0]
             method_seeds = len({int(r["seed"]) for r in group_rows if r["method"] != FULL})
@@ -435,12 +452,12 @@ def summary_markdown(rows, baseline=BASELINE):
             return cell
 
         others = [l for l in labels if l != baseline]
-        lines += _table("Final-epoch test accuracy (%)", labels, fractions, stat_cell("final"))
-        lines += _table("Best test accuracy over evaluated epochs (%)", labels, fractions, stat_cell("best"))
+        lines += _table("Final-epoch test accuracy (%)", labels, fractions, stat_cell("final"), condensed)
+        lines += _table("Best test accuracy over evaluated epochs (%)", labels, fractions, stat_cell("best"), condensed)
         lines += _table(f"Paired difference to {baseline}, final accuracy (points, wins/pairs)", others,
-                        fractions, diff_cell("final_acc"))
+                        fractions, diff_cell("final_acc"), condensed)
         lines += _table(f"Paired difference to {baseline}, best accuracy (points, wins/pairs)", others,
-                        fractions, diff_cell("best_acc"))
+                        fractions, diff_cell("best_acc"), condensed)
 
         def size_cell(label, fraction):
             s = by.get((label, fraction))
@@ -450,8 +467,26 @@ def summary_markdown(rows, baseline=BASELINE):
                     f"{format_seconds(s['training_seconds'])}")
 
         lines += _table("Coreset size / selection time / training time (mean per run)", labels, fractions,
-                        size_cell)
+                        size_cell, condensed)
     return "\n".join(lines)
+
+
+def _condensation_note(group, group_rows, condensed):
+    """The paragraph that says which rows are condensation and at which fractions they are."""
+    fractions = sorted({s["fraction"] for s in group})
+    present = sorted({s["fraction"] for s in group if s["label"] in condensed})
+    absent = [f for f in fractions if f not in present]
+    selection_augment = sorted({str(r.get("augment")) for r in group_rows
+                                if r.get("kind") == SELECTION and r.get("augment")})
+    return (f"{CONDENSATION_MARK.strip()} condensation (kind = condensation): {', '.join(condensed)} learn as many "
+            f"synthetic images per class as the selectors keep at the fraction (size = stored images, selection "
+            f"time = condensation time), and the network trains on them under the same protocol with DSA "
+            f"augmentation (augment = dsa)"
+            + (f" where the selectors' coresets get {'/'.join(selection_augment)}" if selection_augment else "")
+            + f". Condensation rows at {', '.join(map(fraction_header, present))}"
+            + (f"; none at {', '.join(map(fraction_header, absent))} (a fraction that gives the classes different "
+               f"budgets has no single number of images per class to learn; or the run has not reached it)"
+               if absent else "") + ".")
 
 
 def format_seconds(value):

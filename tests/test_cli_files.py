@@ -254,7 +254,8 @@ def test_rows_are_whole_lines(tmp_path):
     row = dict(dataset="digits", model="mlp", method="lcmat", options="a=1, b=2", fraction=0.1, seed=0,
                n_selected=10, weighted=True, selection_model="mlp", protocol="steps", selection_epochs=1, epochs=None, steps=2,
                batch_size=128, lr=0.1, imbalance=1.0, label_noise=0.0, corruption_seed=0, pool=None, pool_seed=None,
-               final_acc=50.0, best_acc=51.0, selection_seconds=0.1, training_seconds=0.2, host="h", date="d")
+               final_acc=50.0, best_acc=51.0, selection_seconds=0.1, training_seconds=0.2, kind="selection",
+               augment="none", host="h", date="d")
     assert set(row) == set(RESULT_COLUMNS)
     append_row(path, row)
     append_row(path, row)

@@ -288,3 +288,89 @@ def test_cli_condense_digits_checkpoint_resume_and_png(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="other settings"):
         os.remove(part / "result.json")
         cli.main(args[:8] + ["4"] + args[9:] + ["--out", str(part), "--resume"])
+
+
+# --------------------------------------------------------------------------------------------------
+# lcmat experiment's condensation rows (lcmat.condense.experiment)
+# --------------------------------------------------------------------------------------------------
+
+def test_condensation_ipc_is_the_selectors_per_class_budget():
+    from lcmat.condense.experiment import condensation_ipc
+
+    assert condensation_ipc([6000] * 10, 1 / 6000) == 1 and condensation_ipc([6000] * 10, 1 / 600) == 10
+    assert condensation_ipc([5000] * 10, 0.002) == 10  # CIFAR-10 at 0.2 %: the paper's 10 per class
+    assert condensation_ipc([100, 100, 101], 0.05) == 5  # round(5.05) = 5 for every class
+    assert condensation_ipc([100, 100, 102], 0.025) is None  # round(2.5) = 2 but round(2.55) = 3
+    with pytest.raises(ValueError, match="gives class 0"):
+        condensation_ipc([10, 1000], 0.01)
+
+
+def test_learn_condensed_continues_an_interrupted_run_and_caches(tmp_path, monkeypatch):
+    from lcmat.condense import experiment as cexp
+    from lcmat.condense.methods import Condenser
+    from lcmat.data import load_dataset
+    from lcmat.methods import MethodSpec
+
+    train = load_dataset("digits", "train")
+    spec = MethodSpec("lcmat_c", {"iterations": 3, "width": 4, "outer_loop": 2, "net_steps": 1, "batch_real": 4,
+                                  "batch_net": 16})
+    real_get = cexp.get_condenser
+
+    def every_iteration(*args, **kwargs):
+        condenser = real_get(*args, **kwargs)
+        condenser.checkpoint_every = 1
+        return condenser
+
+    monkeypatch.setattr(cexp, "get_condenser", every_iteration)
+    quiet = dict(log=lambda *a: None)
+    full, _, cached = cexp.learn_condensed(spec, 2, train, "digits", 0, tmp_path / "full", **quiet)
+    assert not cached and len(full) == 20 and len(full.dataset) == 80  # factor 2: 4 decoded per stored
+
+    original = Condenser.condense
+
+    def interrupted(self, data, labels=None, resume=None, on_checkpoint=None, meta=None):
+        def stop(state, partial):
+            on_checkpoint(state, partial)
+            raise KeyboardInterrupt
+        return original(self, data, labels, resume, stop, meta)
+
+    monkeypatch.setattr(Condenser, "condense", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cexp.learn_condensed(spec, 2, train, "digits", 0, tmp_path / "part", **quiet)
+    monkeypatch.setattr(Condenser, "condense", original)
+    folder = tmp_path / "part" / "condensed"
+    assert [p.name for p in folder.iterdir()] == [
+        "digits-lcmat_c-batch_net=16_batch_real=4_iterations=3_net_steps=1_outer_loop=2_width=4-ipc2-s0.checkpoint.pt"]
+    logged = []
+    part, _, cached = cexp.learn_condensed(spec, 2, train, "digits", 0, tmp_path / "part", log=logged.append)
+    assert not cached and "continuing lcmat_c at outer iteration 1" in logged[0]
+    torch.testing.assert_close(part.condensed.images, full.condensed.images, atol=1e-6, rtol=0)
+    assert len(list(folder.iterdir())) == 1  # the checkpoint is gone once the set is saved
+
+    again, seconds, cached = cexp.learn_condensed(spec, 2, train, "digits", 0, tmp_path / "part", **quiet)
+    assert cached and seconds > 0
+    torch.testing.assert_close(again.condensed.images, part.condensed.images, atol=0, rtol=0)
+    other, _, cached = cexp.learn_condensed(spec, 2, train, "digits", 1, tmp_path / "part", **quiet)
+    assert not cached and not torch.equal(other.condensed.images, part.condensed.images)  # another seed
+
+
+def test_cpu_preset_moves_lcmat_c_images_at_10_per_class():
+    """The cpu preset's image learning rate lets LCMat-C's stored images leave their initialisation.
+    At 10 images per class each image's gradient is a 1/40 share of its class's mean (factor 2), and
+    with IDC's rate x 10 (the preset before) a whole 40-iteration run moved the images by well under
+    1 % (relative L2): the learnt set was its initialisation, below random real images. Two matching
+    steps must move them by more than 0.1 % (IDC's rate x 10: about 0.01 %)."""
+    from pathlib import Path
+
+    from lcmat.condense import preset_config
+    from lcmat.data import default_data_dir, load_dataset
+
+    data_dir = default_data_dir()
+    if data_dir is None or not (Path(data_dir) / "fashion-mnist").is_dir():
+        pytest.skip("offline data directory 'fashion-mnist' not available (set LCMAT_DATA_DIR)")
+    train = load_dataset("fashion-mnist", "train")
+    config, _ = preset_config("lcmat-c", "cpu", "fashion-mnist", 10)
+    condenser = LCMatC(10, seed=0, progress=False, **dict(config, iterations=1, outer_loop=2))
+    start, _ = condenser.initial_images(RealData(train))
+    learnt = condenser.condense(train).images
+    assert float((learnt - start).norm() / start.norm()) > 1e-3

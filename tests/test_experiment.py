@@ -152,8 +152,8 @@ def test_coverage_and_global_budget_variants_run_as_their_selectors(tmp_path, mo
     }
     original, checked = experiment.select_coreset, []
 
-    def spy(spec, fraction, seed, labels, features, stats, backend):
-        coreset, seconds = original(spec, fraction, seed, labels, features, stats, backend)
+    def spy(spec, fraction, seed, labels, features, stats, backend, *rest):
+        coreset, seconds = original(spec, fraction, seed, labels, features, stats, backend, *rest)
         H, Z = (None, None) if features is None else features.eval_mode()[:2]
         want = expected[spec.label]().select_features(embeddings=H, logits=Z, labels=labels)
         np.testing.assert_array_equal(coreset.indices, want.indices)
@@ -340,3 +340,115 @@ def test_deepfool_attacks_once_per_seed_for_every_fraction(tmp_path, monkeypatch
                           selection_epochs=1, epochs=1, evaluations=1, progress=False, log=lambda *a: None)
     assert len(rows) == 4 and len(attacks) == 2  # one attack per variant, reused by both fractions
     assert all(float(r["selection_seconds"]) > 0 for r in rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Condensation methods as rows beside the selectors
+# --------------------------------------------------------------------------------------------------
+
+CONDENSE_FAST = "iterations=2:width=4:outer_loop=2:net_steps=1:batch_real=4:batch_net=16"
+
+
+def test_cli_experiment_condensation_rows_beside_selection(tmp_path, digits_counts, capsys):
+    """lcmat_c and dm learn round(f n_c) images per class where that is one number for every class
+    (2 %: 3 per class on digits), not where the classes' budgets differ (10 %: 14 or 15); their rows
+    say kind=condensation and augment=dsa, are paired with Uniform, and are marked in the summary."""
+    assert set(class_budgets(digits_counts, 0.02)) == {3} and len(set(class_budgets(digits_counts, 0.1))) > 1
+    out = tmp_path / "run"
+    argv = ["experiment", "--dataset", "digits", "--model", "mlp", "--fractions", "0.02,0.1", "--seeds", "0",
+            "--methods", f"uniform,lcmat-c:{CONDENSE_FAST},dm:iterations=2:width=4", "--steps", "6",
+            "--selection-epochs", "1", "--evaluations", "1", "--device", "cpu", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "rows at 2 % (3 per class); none at 10 % (the classes' budgets differ there" in printed
+
+    rows = read_results(out / "results.csv")
+    by = {(r["method"], r["fraction"]): r for r in rows}
+    assert set(by) == {("uniform", 0.02), ("uniform", 0.1), ("lcmat_c", 0.02), ("dm", 0.02)}
+    for method in ("lcmat_c", "dm"):
+        r = by[(method, 0.02)]
+        assert (r["kind"], r["augment"], r["n_selected"], r["weighted"]) == ("condensation", "dsa", 30, "False")
+        assert r["selection_seconds"] > 0 and r["model"] == "mlp" and r["steps"] == 6
+    assert by[("uniform", 0.02)]["kind"] == "selection" and by[("uniform", 0.02)]["augment"] == "none"
+    # LCMat-C's multi-formation (factor 2) trains on 4 x 30 decoded images: epochs from that count
+    assert by[("lcmat_c", 0.02)]["epochs"] == experiment.epochs_for_steps(6, 120, 128)
+    assert by[("dm", 0.02)]["epochs"] == experiment.epochs_for_steps(6, 30, 128)
+
+    diffs = paired_differences(rows, "final_acc")
+    key = ("digits, step budget", "mlp", "lcmat_c(batch_net=16 batch_real=4 iterations=2 net_steps=1 outer_loop=2 "
+                                          "width=4)", 0.02)
+    assert diffs[key] == pytest.approx({0: by[("lcmat_c", 0.02)]["final_acc"] - by[("uniform", 0.02)]["final_acc"]})
+    summary = (out / "summary.md").read_text()
+    assert "‡ condensation (kind = condensation)" in summary and "Condensation rows at 2 %; none at 10 %" in summary
+    assert "| dm(iterations=2 width=4) ‡ |" in summary and "| uniform |" in summary
+    assert sorted(p.name for p in (out / "condensed").iterdir()) == [
+        "digits-dm-iterations=2_width=4-ipc3-s0.pt",
+        "digits-lcmat_c-batch_net=16_batch_real=4_iterations=2_net_steps=1_outer_loop=2_width=4-ipc3-s0.pt"]
+
+
+def test_condensation_rows_resume_and_use_the_cached_set(tmp_path, monkeypatch):
+    from lcmat.condense.methods import Condenser
+
+    condensations = []
+    original = Condenser.condense
+
+    def counted(self, *args, **kwargs):
+        condensations.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Condenser, "condense", counted)
+    trainings = count_calls(monkeypatch, "train_on_coreset")
+    pretrainings = count_calls(monkeypatch, "train_selection_model")
+    out = tmp_path / "run"
+    settings = dict(dataset="digits", model="mlp", methods=["uniform", "dm:iterations=2:width=4"],
+                    fractions=[0.02], out_dir=out, selection_epochs=1, epochs=None, steps=3, evaluations=1,
+                    progress=False, log=lambda *a: None)
+    first = run_experiment(seeds=[0, 1], **settings)
+    assert condensations == ["dm", "dm"] and len(trainings) == 4 and not pretrainings  # uniform + dm need none
+    assert sorted(p.name for p in (out / "condensed").iterdir()) == [
+        "digits-dm-iterations=2_width=4-ipc3-s0.pt", "digits-dm-iterations=2_width=4-ipc3-s1.pt"]
+
+    run_experiment(seeds=[0, 1], resume=True, **settings)  # nothing left to do
+    assert len(condensations) == 2 and len(trainings) == 4
+
+    # a lost row is retrained from the cached synthetic set, which is not learnt again
+    path = out / "results.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if not line.startswith("digits,mlp,dm,") or ",0.02,1," not in line))
+    rows = run_experiment(seeds=[0, 1], resume=True, **settings)
+    assert len(condensations) == 2 and len(trainings) == 5
+    old = {(r["method"], r["seed"]): r["final_acc"] for r in first}
+    new = {(r["method"], r["seed"]): r["final_acc"] for r in rows}
+    assert new == old  # the same synthetic set, the same initial weights, the same DSA draws
+
+    # another setting of the method is another set
+    run_experiment(seeds=[0], resume=True, **dict(settings, methods=["dm:iterations=3:width=4"]))
+    assert len(condensations) == 3
+
+
+def test_condensation_methods_parse_as_their_kind():
+    specs = parse_methods("uniform,LCMat-C:rho=0,dsa,dm:preset=paper", {"lcmat_c": {"factor": "1"}})
+    assert [(s.name, s.kind) for s in specs] == [("uniform", "selection"), ("lcmat_c", "condensation"),
+                                                ("dsa", "condensation"), ("dm", "condensation")]
+    assert specs[1].options == {"rho": 0.0, "factor": 1} and specs[3].options == {"preset": "paper"}
+    assert not [s for s in parse_methods("all") if s.kind == "condensation"]  # 'all' is the selectors
+    with pytest.raises(ValueError, match="'rhoo' is not an option of lcmat_c"):
+        parse_methods("lcmat_c:rhoo=1")
+    with pytest.raises(ValueError, match="condensation method, not a selector"):
+        lcmat.methods.get_method("dm", fraction=0.1)
+    with pytest.raises(SystemExit):
+        main(["select", "--method", "lcmat-c", "--features", "x.npz", "--fraction", "0.1", "--out", "y"])
+
+
+def test_rows_without_kind_read_as_selection_or_ceiling(tmp_path):
+    header = ("dataset,model,method,options,fraction,seed,n_selected,weighted,selection_epochs,epochs,steps,"
+              "batch_size,lr,final_acc,best_acc,selection_seconds,training_seconds\n")
+    path = tmp_path / "results.csv"
+    path.write_text(header + "digits,mlp,uniform,,0.1,0,18,False,1,1,,128,0.1,50.0,51.0,0.0,1.0\n"
+                    + "digits,mlp,full,,1,0,1438,False,1,1,,128,0.1,90.0,91.0,0.0,1.0\n")
+    uniform, full = read_results(path)
+    assert (uniform["kind"], full["kind"], uniform["augment"]) == ("selection", "full", None)
+    text = path.read_text().replace(header.strip(), header.strip() + ",kind")
+    path.write_text(text.replace("1.0\n", "1.0,selected\n"))
+    with pytest.warns(RuntimeWarning, match="unknown kind 'selected'"):
+        assert read_results(path) == []

@@ -32,6 +32,7 @@ def add_parser(subparsers):
     p.add_argument("--metric", choices=("mse", "l1", "cos"), help="LCMat-C: mean-gradient distance (preset's)")
     p.add_argument("--width", type=int, help="ConvNet-3 channels for condensing and evaluating (preset's)")
     p.add_argument("--factor", type=int, help="multi-formation factor (preset's)")
+    p.add_argument("--lr-img", type=float, help="learning rate of the synthetic images (preset's)")
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt (or start if absent)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
@@ -129,7 +130,8 @@ def cmd_condense(args):
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"lcmat condense: {err}")
     config, evaluation = preset_config(args.method, args.preset, train.name or args.dataset, args.ipc)
-    for key, value in (("iterations", args.iterations), ("width", args.width), ("factor", args.factor)):
+    for key, value in (("iterations", args.iterations), ("width", args.width), ("factor", args.factor),
+                       ("lr_img", args.lr_img)):
         if value is not None:
             config[key] = value
     if args.width is not None:

@@ -110,7 +110,6 @@ class CondensedSet:
         (final_acc, best_acc, history, seconds, model)."""
         from .. import train
         from ..models import get_model
-        from .augment import DSA
 
         data = self.dataset()
         C, H, W = data.images.shape[1:]
@@ -120,14 +119,22 @@ class CondensedSet:
         def build():
             return get_model(model, num_classes, C, (H, W), **kwargs)
 
-        augment = None
-        if dsa:
-            generator = torch.Generator().manual_seed(int(seed) + 7919)
-            aug = DSA(batch=False)
-
-            def augment(x):
-                return aug(x, generator)
+        augment = dsa_training_augment(seed) if dsa else None
         return train.train_on_coreset(build, data, np.arange(len(data)), epochs=epochs, lr=lr, momentum=momentum,
                                       weight_decay=weight_decay, nesterov=False, batch_size=batch_size,
                                       test_dataset=test_dataset, seed=seed, device=device, augment=augment,
                                       eval_every=epochs, progress=progress)
+
+
+def dsa_training_augment(seed, strategy=None):
+    """The papers' augmentation for training a network on synthetic images: DSA with its own
+    parameters for every image of a batch, drawn from a generator seeded by ``seed`` (a callable
+    on batches [B, C, H, W]). strategy: DSA's operations (default all of them)."""
+    from .augment import DSA, DSA_STRATEGY
+
+    generator = torch.Generator().manual_seed(int(seed) + 7919)
+    aug = DSA(strategy or DSA_STRATEGY, batch=False)
+
+    def augment(x):
+        return aug(x, generator)
+    return augment
