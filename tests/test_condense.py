@@ -14,6 +14,7 @@ from lcmat import ops
 from lcmat.condense import (DC, DM, DSA, CondensedSet, DSAAugment, LCMatC, RandomReal, decode, dm_loss,
                             encode_mix, lcmat_c_loss, network_gradient_matching_loss)
 from lcmat.condense.methods import RealData
+from helpers import PairDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BACKENDS = ["reference"] + [b for b in ("cpu",) if b in ops.available_backends()]
@@ -223,19 +224,10 @@ def test_save_load_round_trip_and_dataset(tmp_path):
     assert back.factor == 2 and back.history == out.history and back.meta == out.meta
     data = back.dataset()
     assert len(data) == 4 * len(out) and data[0][0].shape == (1, 8, 8)
-    result = back.evaluate(RealDataset(x, y), width=4, epochs=2, progress=False)
+    result = back.evaluate(PairDataset(x, y), width=4, epochs=2, progress=False)
     assert 0 <= result["final_acc"] <= 100
 
 
-class RealDataset(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
 
 
 def test_bad_arguments_raise():

@@ -17,6 +17,7 @@ import lcmat
 import lcmat.reference as R  # the functions of lcmat/reference/linear_grad_norms.py
 from backends import kernels, only
 from lcmat import ops
+from helpers import PairDataset
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the reference runs on either
 
@@ -217,15 +218,6 @@ def test_gpu_transformer_sized_layers(backend, device):
 
 # ---- GraNd on whole networks (the selector these kernels serve) -------------------------------
 
-class _Data(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
 
 
 @only("cpu")
@@ -234,7 +226,7 @@ def test_grand_all_layers_picks_largest_whole_network_norms(backend):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
     x, y = torch.randn(60, 8), torch.arange(60) % 4
     selector = lcmat.GraNd(fraction=0.25, layers="all", backend=backend, progress=False)
-    coreset = selector.select(model, _Data(x, y), batch_size=16)
+    coreset = selector.select(model, PairDataset(x, y), batch_size=16)
     norms = _autograd_norms(model, x, y).numpy()
     np.testing.assert_allclose(coreset.scores, norms, rtol=1e-4)
     expected = np.concatenate([np.flatnonzero(y.numpy() == c)[np.argsort(-norms[y.numpy() == c], kind="stable")[:4]]

@@ -13,6 +13,7 @@ import brute_selectors as B
 import lcmat
 from lcmat import reference as R
 from lcmat.reference import adacore as adacore_module
+from helpers import PairDataset
 
 COUNTS = [25, 35, 11]
 BACKENDS = [None] + [b for b in lcmat.ops.available_backends() if b in ("reference", "cpu")]
@@ -462,15 +463,6 @@ def test_non_finite_weights_raise(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # select(model, dataset) with a validation dataset
 
-class PairDataset(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
 
 
 @pytest.mark.parametrize("cls", [lcmat.GradMatch, lcmat.Glister])

@@ -4,6 +4,7 @@ resume; and the host of every row (rows of two hosts are never paired)."""
 import numpy as np
 import pytest
 
+import helpers
 import lcmat.experiment as experiment
 from lcmat.cli import main
 from lcmat.data import load_dataset, per_class_pool_indices
@@ -20,15 +21,9 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LCMAT_CACHE_DIR", str(tmp_path / "cache"))
 
 
+
 def spy(monkeypatch, name):
-    calls, original = [], getattr(experiment, name)
-
-    def wrapper(*args, **kwargs):
-        calls.append((args, kwargs))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(experiment, name, wrapper)
-    return calls
+    return helpers.spy(monkeypatch, experiment, name)
 
 
 def image_keys(dataset):

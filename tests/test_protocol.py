@@ -8,6 +8,7 @@ from lcmat.cli import main
 from lcmat.data import load_dataset
 from lcmat.experiment import PRESETS, run_experiment
 from lcmat.results import RESULT_COLUMNS, paired_differences, read_results, summary_markdown
+import helpers
 
 QUIET = dict(progress=False, log=lambda *a: None)
 CORRUPTION = dict(label_noise=0.2, imbalance=10.0, corruption_seed=3)
@@ -19,16 +20,9 @@ def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LCMAT_CACHE_DIR", str(tmp_path / "cache"))
 
 
+
 def spy(monkeypatch, name):
-    """Record (args, kwargs) of every call of lcmat.experiment.<name>, still calling it."""
-    calls, original = [], getattr(experiment, name)
-
-    def wrapper(*args, **kwargs):
-        calls.append((args, kwargs))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(experiment, name, wrapper)
-    return calls
+    return helpers.spy(monkeypatch, experiment, name)
 
 
 def test_presets_paper_and_cpu_use_epochs_and_cpu_steps_the_step_budget():

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import brute_selectors as B
 import lcmat
+from helpers import PairDataset
 
 # Methods that select from features (DeepFool needs the model itself: tests/test_diversity.py).
 METHODS = sorted(name for name, cls in lcmat.METHODS.items() if not getattr(cls, "needs_model", False))
@@ -564,15 +565,6 @@ def test_forgetting_keeps_the_largest_counts():
 # ---------------------------------------------------------------------------------------------
 # select(model, dataset)
 
-class PairDataset(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
 
 
 @pytest.mark.parametrize("name", ["lcmat", "fdmat", "grand", "herding"])

@@ -9,6 +9,7 @@ import torch
 import brute_selectors as B
 import lcmat
 from lcmat.validation import check_finite
+from helpers import PairDataset
 
 LOGIT_METHODS = sorted(n for n, cls in lcmat.METHODS.items() if "logits" in cls.needs)
 EMBEDDING_METHODS = sorted(n for n, cls in lcmat.METHODS.items() if "embeddings" in cls.needs)
@@ -279,15 +280,6 @@ def test_get_method_accepts_dashes_and_case():
 # ---------------------------------------------------------------------------------------------
 # select(model, dataset)
 
-class PairDataset(torch.utils.data.Dataset):
-    def __init__(self, x, y):
-        self.x, self.y = x, y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i])
 
 
 def test_select_with_a_model_without_linear_layer():

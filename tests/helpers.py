@@ -1,0 +1,27 @@
+"""Small things several test modules share: an in-memory (x, label) dataset and a call spy."""
+import torch
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Items (x[i], int(y[i])): what `Selector.select(model, dataset)` and the trainers read."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def spy(monkeypatch, module, name):
+    """Record (args, kwargs) of every call of module.<name>, still calling it."""
+    calls, original = [], getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
