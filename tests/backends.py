@@ -106,3 +106,14 @@ def num_threads(count):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def triton_problem(n, c, d, dtype, seed, device):
+    """Last-layer inputs (logits z, labels y, embeddings h, positive scales s) drawn in float64 and
+    cast, for the Triton tests of last_layer and lcmat_distance."""
+    g = torch.Generator().manual_seed(seed)
+    z = (3 * torch.randn(n, c, generator=g, dtype=torch.float64)).to(dtype)
+    y = torch.randint(0, c, (n,), generator=g)
+    h = torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype)
+    s = (0.5 + torch.rand(n, generator=g, dtype=torch.float64)).to(dtype)
+    return z.to(device), y.to(device), h.to(device), s.to(device)

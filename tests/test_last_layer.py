@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import brute
 import lcmat.reference as R
-from backends import kernels, last_layer_inputs, maybe, only, tol
+from backends import kernels, last_layer_inputs, maybe, only, tol, triton_problem
 from lcmat.reference import last_layer_factors, last_layer_grad_norms
 
 DTYPES = st.sampled_from([torch.float32, torch.float64])
@@ -154,15 +154,6 @@ def test_factors_and_grad_norms_match_reference(backend, n, C, D, dtype, nc, sca
 # Triton (interpreted on the CPU, compiled on a GPU): more classes, fewer examples (8), its own
 # tolerances (float32 atol 2e-6, float64 1e-13), and a negative scale (it enters through |s|).
 TRITON_ATOL = {torch.float32: 2e-6, torch.float64: 1e-13}
-
-
-def triton_problem(n, c, d, dtype, seed, device):
-    g = torch.Generator().manual_seed(seed)
-    z = (3 * torch.randn(n, c, generator=g, dtype=torch.float64)).to(dtype)
-    y = torch.randint(0, c, (n,), generator=g)
-    h = torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype)
-    s = (0.5 + torch.rand(n, generator=g, dtype=torch.float64)).to(dtype)
-    return z.to(device), y.to(device), h.to(device), s.to(device)
 
 
 @only("triton")

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import brute
 import lcmat.algorithms as algorithms
 import lcmat.reference as R
-from backends import kernels, last_layer_inputs, maybe, num_threads, only, tol
+from backends import kernels, last_layer_inputs, maybe, num_threads, only, tol, triton_problem
 from lcmat.algorithms import top_variance_coords_pruned, weight_row_bounds
 from lcmat.reference import (coords_by_variance, curvature_moments, gradient_distance, gradient_gram,
                              hessian_diag_coords, last_layer_factors, lcmat_distance,
@@ -671,15 +671,6 @@ def test_gradient_distance_float32_exact_on_integer_inputs(backend, n, D, C):
 
 # Triton (interpreted on the CPU, compiled on a GPU): its own shapes, example counts (6 to 8) and
 # tolerances; distances compared squared (the Gram identity's cancellation).
-def triton_problem(n, c, d, dtype, seed, device):
-    g = torch.Generator().manual_seed(seed)
-    z = (3 * torch.randn(n, c, generator=g, dtype=torch.float64)).to(dtype)
-    y = torch.randint(0, c, (n,), generator=g)
-    h = torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype)
-    s = (0.5 + torch.rand(n, generator=g, dtype=torch.float64)).to(dtype)
-    return z.to(device), y.to(device), h.to(device), s.to(device)
-
-
 @only("triton")
 @settings(max_examples=8)
 @given(n=st.integers(1, 37), c=st.integers(1, 19), d=st.integers(0, 35),
