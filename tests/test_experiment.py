@@ -16,6 +16,7 @@ from lcmat.data import load_dataset
 from lcmat.experiment import (RESULT_COLUMNS, epochs_for_steps, paired_differences, parse_methods,
                               parse_model_option, parse_option, read_results, run_experiment, summarize,
                               summary_markdown)
+from helpers import spy
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,19 +33,6 @@ def private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def digits_counts():
     return np.bincount(load_dataset("digits", "train").targets)
-
-
-def count_calls(monkeypatch, name):
-    """Wrap lcmat.experiment.<name> so that its calls are counted."""
-    original = getattr(experiment, name)
-    calls = []
-
-    def wrapper(*args, **kwargs):
-        calls.append(kwargs)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(experiment, name, wrapper)
-    return calls
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,8 +87,8 @@ def test_cli_experiment_end_to_end(tmp_path, digits_counts, capsys):
 
 
 def test_resume_skips_done_rows(tmp_path, monkeypatch):
-    trainings = count_calls(monkeypatch, "train_on_coreset")
-    pretrainings = count_calls(monkeypatch, "train_selection_model")
+    trainings = spy(monkeypatch, experiment, "train_on_coreset")
+    pretrainings = spy(monkeypatch, experiment, "train_selection_model")
     out = tmp_path / "run"
     settings = dict(dataset="digits", model="mlp", methods=["uniform", "el2n", "forgetting"], fractions=[0.1],
                     out_dir=out, selection_epochs=1, epochs=None, steps=4, evaluations=1, progress=False,
@@ -134,7 +122,7 @@ def test_resume_skips_done_rows(tmp_path, monkeypatch):
 
 
 def test_uniform_only_runs_need_no_selection_model(tmp_path, monkeypatch):
-    pretrainings = count_calls(monkeypatch, "train_selection_model")
+    pretrainings = spy(monkeypatch, experiment, "train_selection_model")
     rows = run_experiment("digits", "mlp", ["uniform"], [0.1], [3], tmp_path, selection_epochs=1, epochs=2,
                           progress=False, log=lambda *a: None)
     assert len(rows) == 1 and rows[0]["epochs"] == 2 and rows[0]["steps"] is None and not pretrainings
@@ -143,7 +131,7 @@ def test_uniform_only_runs_need_no_selection_model(tmp_path, monkeypatch):
 def test_coverage_and_global_budget_variants_run_as_their_selectors(tmp_path, monkeypatch):
     """uniform:coverage=True (CCS) needs the selection model's logits for its strata; balance=False
     is a method option; each row's coreset is the selector's own on the same features."""
-    pretrainings = count_calls(monkeypatch, "train_selection_model")
+    pretrainings = spy(monkeypatch, experiment, "train_selection_model")
     expected = {
         "uniform": lambda: lcmat.Uniform(0.2, seed=0),
         "uniform(coverage=True prune_hard=0.2)": lambda: lcmat.Uniform(0.2, seed=0, coverage=True, prune_hard=0.2),
@@ -152,7 +140,7 @@ def test_coverage_and_global_budget_variants_run_as_their_selectors(tmp_path, mo
     }
     original, checked = experiment.select_coreset, []
 
-    def spy(spec, fraction, seed, labels, features, stats, backend, *rest):
+    def check_selection(spec, fraction, seed, labels, features, stats, backend, *rest):
         coreset, seconds = original(spec, fraction, seed, labels, features, stats, backend, *rest)
         H, Z = (None, None) if features is None else features.eval_mode()[:2]
         want = expected[spec.label]().select_features(embeddings=H, logits=Z, labels=labels)
@@ -160,7 +148,7 @@ def test_coverage_and_global_budget_variants_run_as_their_selectors(tmp_path, mo
         checked.append((spec.label, coreset.indices))
         return coreset, seconds
 
-    monkeypatch.setattr(experiment, "select_coreset", spy)
+    monkeypatch.setattr(experiment, "select_coreset", check_selection)
     rows = run_experiment("digits", "mlp", [m.replace("(", ":").replace(")", "").replace(" ", ":")
                                             for m in expected], [0.2], [0], tmp_path, selection_epochs=1,
                           epochs=None, steps=2, evaluations=1, progress=False, log=lambda *a: None)
@@ -173,7 +161,7 @@ def test_coverage_and_global_budget_variants_run_as_their_selectors(tmp_path, mo
 
 
 def test_bad_arguments_fail_before_any_training(tmp_path, monkeypatch):
-    trainings = count_calls(monkeypatch, "train_on_coreset")
+    trainings = spy(monkeypatch, experiment, "train_on_coreset")
     common = dict(out_dir=tmp_path, selection_epochs=1, steps=2, progress=False, log=lambda *a: None)
     with pytest.raises(ValueError, match="fraction: 0.001 gives class"):
         run_experiment("digits", "mlp", ["uniform"], [0.1, 0.001], [0], **common)
@@ -397,8 +385,8 @@ def test_condensation_rows_resume_and_use_the_cached_set(tmp_path, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Condenser, "condense", counted)
-    trainings = count_calls(monkeypatch, "train_on_coreset")
-    pretrainings = count_calls(monkeypatch, "train_selection_model")
+    trainings = spy(monkeypatch, experiment, "train_on_coreset")
+    pretrainings = spy(monkeypatch, experiment, "train_selection_model")
     out = tmp_path / "run"
     settings = dict(dataset="digits", model="mlp", methods=["uniform", "dm:iterations=2:width=4"],
                     fractions=[0.02], out_dir=out, selection_epochs=1, epochs=None, steps=3, evaluations=1,
