@@ -11,7 +11,7 @@ test_outer_iteration: one LCMat-C outer iteration (matching steps and network up
 closed-form moments against the same loss computed from per-sample gradients materialised by
 torch.func (vmap of grad over the last layer: an N x C (D + 1) tensor), side by side. The peak
 memory of each (resident set, in a fresh process) is measured by `python bench/bench_gradient_moments.py
---memory`, which prints both.
+--memory [cifar10] [cifar100]`, which prints both, at CIFAR-10's shape and a CIFAR-100 one.
 """
 import os
 import resource
@@ -94,22 +94,29 @@ def _cifar_like(n_per_class=64, C=10):
     return torch.randn(len(y), 3, 32, 32, generator=g), y
 
 
-ITERATION = dict(iterations=1, outer_loop=2, net_steps=1, batch_real=64, batch_net=64, width=128, rho=1.0,
+ITERATION = dict(iterations=1, outer_loop=2, net_steps=1, batch_net=64, width=128, rho=1.0,
                  metric="mse", progress=False, device=DEVICE)
+# (classes, real images per class per matching step, stored images per class). At CIFAR-100 the
+# materialised per-sample gradients are C (D + 1) = 204,900 floats a sample.
+PROBLEMS = {"cifar10": (10, 64, 10), "cifar100": (100, 16, 2)}
 VARIANTS = {"closed-form": LCMatC, "per-sample-autograd": LCMatCPerSample}
+
+
+def _method(variant, problem):
+    C, batch_real, ipc = PROBLEMS[problem]
+    x, y = _cifar_like(batch_real, C)
+    return VARIANTS[variant](ipc, batch_real=batch_real, **ITERATION), x, y
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_outer_iteration(benchmark, variant):
-    x, y = _cifar_like()
-    method = VARIANTS[variant](10, **ITERATION)
+    method, x, y = _method(variant, "cifar10")
     benchmark.pedantic(lambda: method.condense(x, y), rounds=3, iterations=1)
 
 
-def _measure(variant):
+def _measure(variant, problem):
     """Seconds per outer iteration (median of 3) and the process's peak resident memory."""
-    x, y = _cifar_like()
-    method = VARIANTS[variant](10, **ITERATION)
+    method, x, y = _method(variant, problem)
     method.condense(x, y)  # warm-up
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
@@ -118,14 +125,16 @@ def _measure(variant):
         method.condense(x, y)
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"{variant}\t{sorted(times)[1]:.3f}\t{peak / 1024:.0f}\t{(peak - base) / 1024:.0f}")
+    print(f"{problem}\t{variant}\t{sorted(times)[1]:.3f}\t{peak / 1024:.0f}\t{(peak - base) / 1024:.0f}")
 
 
 if __name__ == "__main__":
     if "--measure" in sys.argv:
-        _measure(sys.argv[-1])
-    elif "--memory" in sys.argv:
-        print("variant\tseconds/outer iteration (median of 3)\tpeak RSS MiB\tpeak growth after warm-up MiB")
+        _measure(sys.argv[-2], sys.argv[-1])
+    elif "--memory" in sys.argv:  # --memory [cifar10|cifar100 ...]: each variant in a fresh process
+        problems = [a for a in sys.argv[1:] if a in PROBLEMS] or list(PROBLEMS)
+        print("problem\tvariant\tseconds/outer iteration (median of 3)\tpeak RSS MiB\tpeak growth after warm-up MiB")
         env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        for variant in VARIANTS:
-            subprocess.run([sys.executable, __file__, "--measure", variant], check=True, env=env)
+        for problem in problems:
+            for variant in VARIANTS:
+                subprocess.run([sys.executable, __file__, "--measure", variant, problem], check=True, env=env)
