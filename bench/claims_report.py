@@ -80,14 +80,20 @@ def discover(runs_dir):
     return found
 
 
+def setting_key(row):
+    """What makes two rows comparable here: the dataset as trained, the network and the epochs per
+    coreset (one folder has one epoch count; two folders of one claim may differ in it)."""
+    return setting_label(row), row["model"], row.get("epochs")
+
+
 def merged_rows(folders):
     """The rows of several folders as one list. A run present in two folders (same setting, model,
-    method, fraction and seed, e.g. a ceiling run both with the methods and in its own stage) counts
-    once: the first folder's row, in folder-name order."""
+    epochs, method, fraction and seed, e.g. a ceiling run both with the methods and in its own stage)
+    counts once: the first folder's row, in folder-name order."""
     rows, seen = [], set()
     for _, folder_rows in folders:
         for row in folder_rows:
-            key = (setting_label(row), row["model"], row_label(row), float(row["fraction"]), int(row["seed"]))
+            key = (*setting_key(row), row_label(row), float(row["fraction"]), int(row["seed"]))
             if key not in seen:
                 seen.add(key)
                 rows.append(row)
@@ -142,9 +148,10 @@ def fraction_header(fraction):
 class Setting:
     """The rows of one (dataset as trained, model): summaries and paired differences, both metrics."""
 
-    def __init__(self, rows):
+    def __init__(self, rows, name_epochs=False):
         self.rows = rows
         self.dataset, self.model = setting_label(rows[0]), rows[0]["model"]
+        self.epochs = rows[0].get("epochs") if name_epochs else None
         stats = summarize(rows)
         self.stats = {(s["label"], s["fraction"]): s for s in stats}
         self.ceiling = next((s for s in stats if s["label"] == FULL), None)
@@ -162,7 +169,7 @@ class Setting:
         return list(self.diffs[metric].get((self.dataset, self.model, label, fraction), {}).values())
 
     def title(self):
-        return f"{self.dataset}, {self.model}"
+        return f"{self.dataset}, {self.model}" + (f", {self.epochs} epochs" if self.epochs is not None else "")
 
     def facts(self):
         parts = [f"seeds {', '.join(map(str, self.seeds)) or '-'}", f"{len(self.rows)} rows",
@@ -200,10 +207,15 @@ class Setting:
 
 
 def settings_of(rows):
+    """One Setting per setting_key; a title names the epochs where one (dataset, network) was trained
+    for several epoch counts."""
     groups = {}
     for row in rows:
-        groups.setdefault((setting_label(row), row["model"]), []).append(row)
-    return [Setting(group) for group in groups.values()]
+        groups.setdefault(setting_key(row), []).append(row)
+    counts = {}
+    for dataset, model, _ in groups:
+        counts[dataset, model] = counts.get((dataset, model), 0) + 1
+    return [Setting(group, name_epochs=counts[key[:2]] > 1) for key, group in groups.items()]
 
 
 def setting_section(setting):
@@ -323,9 +335,15 @@ def claim_extra(number, setting):
 # --------------------------------------------------------------------------------------------------
 
 def plot_claim(rows, path):
+    """The claim's accuracy curves; where its folders differ in epochs per coreset, those of the most
+    common epoch count (the plot groups by dataset and network only)."""
     from lcmat.plots import plot_accuracy
 
     rows = [r for r in rows if r["method"] != FULL]
+    epochs = [r.get("epochs") for r in rows]
+    if rows:
+        most = max(set(epochs), key=epochs.count)
+        rows = [r for r in rows if r.get("epochs") == most]
     if not rows:
         return None
     return plot_accuracy(rows, path)

@@ -67,6 +67,24 @@ def runs(tmp_path):
     return runs
 
 
+def test_folders_of_two_epoch_counts_are_neither_merged_nor_paired(report, tmp_path):
+    """A claim run twice on one setting, 50 and 200 epochs per coreset: two tables, each paired
+    within itself, titled with their epochs; the second folder's rows are not taken as duplicates."""
+    fm = dict(dataset="fashion-mnist", model="lenet", selection_model="lenet", pool=1000, pool_seed=0)
+    runs = tmp_path / "runs"
+    write(runs / "coverage-fm-pool1000",
+          [row("uniform", 0.05, s, 76.0, **fm) for s in range(2)]
+          + [row("uniform", 0.05, s, 75.0, options="coverage=True", **fm) for s in range(2)])
+    write(runs / "coverage-fm-pool1000-e200",
+          [row("uniform", 0.05, s, 78.0, epochs=200, **fm) for s in range(2)]
+          + [row("uniform", 0.05, s, 80.0 + s, options="coverage=True", epochs=200, **fm) for s in range(2)])
+    text = report.claims_report(runs, plot=False)
+    assert "### fashion-mnist, pool 1000/class (pool seed 0), lenet, 50 epochs" in text
+    assert "### fashion-mnist, pool 1000/class (pool seed 0), lenet, 200 epochs" in text
+    assert "| uniform(coverage=True) | -1.00 ± 0.00 (0/2) |" in text        # 50 epochs: 75 - 76
+    assert "| uniform(coverage=True) | **+2.50 ± 0.71 (2/2)** |" in text    # 200 epochs: 80, 81 - 78
+
+
 def test_report_tables_on_partial_results(report, runs, tmp_path):
     text = report.claims_report(runs, tmp_path / "plots", report_dir=tmp_path)
     # Claim 1: Uniform's accuracy with its seeds, paired differences, bold only for the clear win.
