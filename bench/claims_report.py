@@ -20,6 +20,7 @@ method or seed missing is left out, and rows written on two different hosts are 
 import argparse
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,8 @@ def fraction_header(fraction):
 # --------------------------------------------------------------------------------------------------
 
 class Setting:
-    """The rows of one (dataset as trained, model): summaries and paired differences, both metrics."""
+    """The rows of one setting_key (dataset as trained, model, epochs): summaries and paired
+    differences, both metrics."""
 
     def __init__(self, rows, name_epochs=False):
         self.rows = rows
@@ -212,10 +214,8 @@ def settings_of(rows):
     groups = {}
     for row in rows:
         groups.setdefault(setting_key(row), []).append(row)
-    counts = {}
-    for dataset, model, _ in groups:
-        counts[dataset, model] = counts.get((dataset, model), 0) + 1
-    return [Setting(group, name_epochs=counts[key[:2]] > 1) for key, group in groups.items()]
+    epoch_counts = Counter(key[:2] for key in groups)
+    return [Setting(group, name_epochs=epoch_counts[key[:2]] > 1) for key, group in groups.items()]
 
 
 def setting_section(setting):
@@ -340,9 +340,8 @@ def plot_claim(rows, path):
     from lcmat.plots import plot_accuracy
 
     rows = [r for r in rows if r["method"] != FULL]
-    epochs = [r.get("epochs") for r in rows]
     if rows:
-        most = max(set(epochs), key=epochs.count)
+        most = Counter(r.get("epochs") for r in rows).most_common(1)[0][0]
         rows = [r for r in rows if r.get("epochs") == most]
     if not rows:
         return None

@@ -11,8 +11,8 @@ Vectors (space): "gradients" (default, DeepCore's) the last-layer gradients g_i,
 The inner products of last-layer gradients come from the Gram identity
 <g_i, g_j> = <e_i, e_j>(1 + <h_i, h_j>) (lcmat.ops.gradient_gram), never from the gradients.
 lazy=False (default) runs the naive greedy, lazy=True the lazy one: the same picks. On the cpu
-backend the lazy greedy is about 1.4x faster for log-det (it skips most candidates' Cholesky
-updates) and no faster for graph cut (whose O(n_c^2) passes over the block dominate either way;
+backend the lazy greedy is the faster for log-det (it skips most candidates' Cholesky updates)
+and no faster for graph cut (whose O(n_c^2) passes over the block dominate either way; figures in
 BENCHMARKS.md sections 1 and 8); on the reference backend it is a Python heap and the slower; the
 device backends (cuda, triton) run the naive greedy either way (one sweep over the candidates per
 pick; docs/design.md). The blocks are n_c x n_c, so these run per class (balance=False
