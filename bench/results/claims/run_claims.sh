@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The four claims of issue 18 under the papers' protocol (docs/experiments.md, "The claims of issue 18"),
 # in stages, most wanted first. Every run is `lcmat experiment --resume` into its own folder under
-# $OUT: start a stage again after any interruption and it continues where it stopped. Two stages may
-# run at once (they never share a folder; each run uses THREADS threads at nice NICE):
-#   STAGES=1a nohup bench/results/claims/run_claims.sh > bench/results/claims/run-1a.log 2>&1 &
-#   STAGES="2 3" nohup bench/results/claims/run_claims.sh > bench/results/claims/run-23.log 2>&1 &
+# $OUT: start a stage again after any interruption and it continues where it stopped. Several lines may
+# run at once, with the same stages or others (each run uses THREADS threads at nice NICE): a line holds
+# a lock on the folder it runs ($OUT/.locks/NAME, its process id) and skips a folder another live line
+# holds, so two lines share a stage's folders and never write one folder at once; the lock of a line
+# that was killed is taken over.
+#   STAGES="1b 3 2" nohup bench/results/claims/run_claims.sh > bench/results/claims/run-a.log 2>&1 &
+#   STAGES="4 2 3 1b" nohup bench/results/claims/run_claims.sh > bench/results/claims/run-b.log 2>&1 &
 # Then `python bench/claims_report.py` writes bench/results/claims/REPORT.md from whatever has finished.
 #
 # Stages, CPU time of one process on one otherwise idle core (BENCHMARKS.md 4.4: measured CPU time
@@ -52,13 +55,31 @@ COVERAGE=uniform,uniform:coverage=True,uniform:coverage=True:prune_hard=0:num_st
 
 has_cuda() { "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; }
 
+lock() {  # lock NAME: succeed when no other live line of this script holds NAME, and hold it
+    local dir="$OUT/.locks/$1" pid
+    mkdir -p "$OUT/.locks"
+    if ! mkdir "$dir" 2>/dev/null; then
+        pid=$(cat "$dir/pid" 2>/dev/null)
+        if [ -n "$pid" ] && [ "$pid" != $$ ] && grep -qs run_claims "/proc/$pid/cmdline"; then
+            return 1
+        fi  # else the holder was killed (or is this line): take the lock over
+    fi
+    echo $$ > "$dir/pid"
+}
+unlock() { rm -rf "$OUT/.locks/$1"; }
+
 run() {  # run NAME [--seeds S] OPTIONS...: one resumable experiment into $OUT/NAME
     local name=$1; shift
     local seeds=$SEEDS
     if [ "${1:-}" = --seeds ]; then seeds=$2; shift 2; fi
+    if ! lock "$name"; then
+        echo "== $(date -u +%FT%TZ) $name: skipped, another line (process $(cat "$OUT/.locks/$name/pid")) runs it"
+        return
+    fi
     echo "== $(date -u +%FT%TZ) $name"
     nice -n "$NICE" "$PY" -m lcmat experiment --resume --quiet --threads "$THREADS" --seeds "$seeds" \
         --out "$OUT/$name" "$@" || echo "== $name FAILED (rc $?)"
+    unlock "$name"
 }
 
 fm=(--dataset fashion-mnist --model lenet --selection-epochs 10 --epochs "$EPOCHS" --lr 0.05 --evaluations 4 --device cpu)
