@@ -10,7 +10,8 @@ per metric (final, then best test accuracy): Uniform's accuracy, then each metho
 Uniform (same seed, same selection model, same initial weights, same host) as mean ± sample std over
 seeds and wins/seeds; **bold** only where every seed won and the mean exceeds the std. The ceiling
 (``full``, the whole training set under the same protocol) is given under each table with its seeds.
-Claim 1 also gets the LCMat paper's figures beside ours and the ranking compared; claim 3 a plain verdict
+Claim 1 also gets the LCMat paper's figures beside ours and the ranking compared; claim 2 each method
+selected with the trained network itself beside selected with another; claim 3 a plain verdict
 on FDMat against Uniform; claim 4 the same for the coverage settings, with the held-out dataset named.
 
 Partial results are expected (the study runs for days): every cell says over how many seeds it is, a
@@ -314,6 +315,47 @@ def verdict_lines(setting, labels, fractions=None):
     return lines
 
 
+def trained_on(setting):
+    """The setting's data and network without the selecting network: settings that differ only in
+    which network selected share it."""
+    row = dict(setting.rows[0], selection_model=setting.model)
+    return setting_label(row), setting.model, row.get("epochs")
+
+
+def selected_with(setting):
+    return setting.rows[0].get("selection_model") or setting.model
+
+
+def transfer_tables(settings):
+    """Claim 2: per trained network that was also selected with itself, each method's paired difference
+    to Uniform when the coreset was selected with that network and when with another, side by side."""
+    groups = {}
+    for setting in settings:
+        groups.setdefault(trained_on(setting), []).append(setting)
+    lines = []
+    for (dataset, model, _), members in groups.items():
+        same = [s for s in members if selected_with(s) == model]
+        others = [s for s in members if selected_with(s) != model]
+        if not same or not others:
+            continue
+        ordered = same + others
+        fractions = sorted({f for s in ordered for f in s.fractions})
+        labels = list(dict.fromkeys(l for s in ordered for l in s.labels if l != BASELINE))
+        lines += [f"Trained {model} on {dataset}: the coreset selected with the trained network itself, then "
+                  f"with another (paired difference to Uniform, final accuracy, points; wins/seeds):", "",
+                  "| method | selected with | " + " | ".join(fraction_header(f) for f in fractions) + " |",
+                  "|---|---|" + "---:|" * len(fractions)]
+        for label in labels:
+            for s in ordered:
+                if label not in s.labels:
+                    continue
+                who = selected_with(s) + (" (itself)" if s in same else "")
+                cells = [difference_cell(s.differences(label, f)) for f in fractions]
+                lines.append(f"| {label} | {who} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def claim_extra(number, setting):
     if number == "1":
         return paper_comparison(setting) + ranking(setting)
@@ -372,7 +414,10 @@ def claims_report(runs_dir, plots_dir=None, plot=True, report_dir=None):
             if path is not None:
                 link = os.path.relpath(path, report_dir or plots_dir)
                 lines += [f"![claim {number}]({link})", ""]
-        for setting in settings_of(rows):
+        settings = settings_of(rows)
+        if number == "2":
+            lines += transfer_tables(settings)
+        for setting in settings:
             lines += setting_section(setting)
             lines += claim_extra(number, setting)
     return "\n".join(lines) + "\n"

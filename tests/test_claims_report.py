@@ -128,3 +128,20 @@ def test_report_on_no_runs_and_the_command_line(report, runs, tmp_path, monkeypa
     report.main()
     assert out.read_text().startswith("# The claims of issue 18")
     assert "![claim" not in out.read_text()
+
+
+def test_claim2_sets_selection_with_the_trained_network_beside_selection_with_another(report, tmp_path):
+    """Two folders train LeNet on one pool, one selecting with LeNet, one with the MLP: two tables (never
+    merged: the same method, fraction and seed in both), and one table with the two side by side."""
+    fm = dict(dataset="fashion-mnist", model="lenet", pool=1000, pool_seed=0)
+    runs = tmp_path / "runs"
+    for selector, lcmat in (("lenet", [82.0, 83.0]), ("mlp", [79.0, 81.0])):
+        write(runs / f"arch-fm-pool1000-{selector}-to-lenet",
+              [row("uniform", 0.05, s, 80.0, selection_model=selector, **fm) for s in range(2)]
+              + [row("lcmat", 0.05, s, lcmat[s], selection_model=selector, **fm) for s in range(2)])
+    text = report.claims_report(runs, plot=False)
+    assert "### fashion-mnist, pool 1000/class (pool seed 0), lenet\n" in text
+    assert "### fashion-mnist, pool 1000/class (pool seed 0), selected with mlp, lenet\n" in text
+    assert "Trained lenet on fashion-mnist, pool 1000/class (pool seed 0): the coreset selected with" in text
+    assert "| lcmat | lenet (itself) | **+2.50 ± 0.71 (2/2)** |" in text   # 82, 83 - 80
+    assert "| lcmat | mlp | +0.00 ± 1.41 (1/2) |" in text                 # 79, 81 - 80

@@ -19,8 +19,9 @@
 #         (training ~5 h, selection ~1 h, evaluations ~40 min; the selection models of 1a are reused)
 #   1c  claim 1, the ceiling (whole CIFAR-10) on CEILING_SEEDS (default 0)         ~40 min per seed
 #   1g  claim 1, ResNet-18 with --preset paper, only where CUDA is available
-#   2   claim 2, across architectures, pools of 1,000 images per class            ~2 h
-#         (fm lenet->mlp ~5 min, fm mlp->lenet ~11 min, c10 w32->w16 ~30 min, c10 w16->w32 ~70 min)
+#   2   claim 2, across architectures, pools of 1,000 images per class            ~4 h
+#         (fm lenet->mlp ~5 min, fm mlp->lenet ~11 min, c10 w32->w16 ~30 min, c10 w16->w32 ~70 min;
+#         then the same-network references: fm lenet->lenet, mlp->mlp, c10 w16->w16, w32->w32)
 #   3   claim 3, label noise and long tails, pools of 1,000 images per class      ~6 h
 #         (c10 noisy runs ~1.6 h each, c10 long-tailed ~1 h each, fm runs 8-15 min each)
 #   4   claim 4, coverage at 5-20 %, pools of 1,000 images per class (FM ~15 min,
@@ -100,13 +101,14 @@ for stage in $STAGES; do
       else
           echo "== stage 1g skipped: no CUDA device"
       fi ;;
-  2)  # LCMat across architectures: select with one network, train another.
-      for pair in "lenet mlp" "mlp lenet"; do
+  2)  # LCMat across architectures: select with one network, train another; then each trained network
+      # selected with itself on the same pool, the reference the transfer is measured against.
+      for pair in "lenet mlp" "mlp lenet" "lenet lenet" "mlp mlp"; do
           set -- $pair
           run arch-fm-pool$POOL-$1-to-$2 "${fm[@]}" "${pool[@]}" --selection-model "$1" --model "$2" \
               --methods "$ARCH" --fractions 0.01,0.05,0.1
       done
-      for pair in "32 16" "16 32"; do
+      for pair in "32 16" "16 32" "16 16" "32 32"; do
           set -- $pair
           run arch-c10-pool$POOL-w$1-to-w$2 "${c10net[@]}" "${pool[@]}" --selection-model convnet \
               --selection-model-option "width=$1" --model-option "width=$2" --methods "$ARCH" \
