@@ -12,7 +12,8 @@ seeds and wins/seeds; **bold** only where every seed won and the mean exceeds th
 (``full``, the whole training set under the same protocol) is given under each table with its seeds.
 Claim 1 also gets the LCMat paper's figures beside ours and the ranking compared; claim 2 each method
 selected with the trained network itself beside selected with another; claim 3 a plain verdict
-on FDMat against Uniform; claim 4 the same for the coverage settings, with the held-out dataset named.
+on FDMat against Uniform; claim 4 the same for the coverage settings, with the held-out dataset named, and
+which settings win on both tuning datasets and whether they also win on the held-out one.
 
 Partial results are expected (the study runs for days): every cell says over how many seeds it is, a
 method or seed missing is left out, and rows written on two different hosts are never paired
@@ -356,6 +357,44 @@ def transfer_tables(settings):
     return lines
 
 
+def dataset_name(setting):
+    return setting.rows[0]["dataset"]
+
+
+def coverage_recommendations(settings):
+    """Claim 4: the coverage settings that win on every tuning dataset (every seed, mean above the std,
+    final accuracy) at a fraction, then what they do on the held-out dataset under the same epochs. A
+    setting counts as a recommendation only where it also wins there."""
+    lines = []
+    for epochs in dict.fromkeys(s.rows[0].get("epochs") for s in settings):
+        group = [s for s in settings if s.rows[0].get("epochs") == epochs]
+        tuning = [s for s in group if not dataset_name(s).startswith(HELD_OUT)]
+        held = [s for s in group if dataset_name(s).startswith(HELD_OUT)]
+        if len({dataset_name(s) for s in tuning}) < 2:
+            continue  # one tuning dataset (e.g. a single longer-training check): nothing to choose across
+        names = ", ".join(dict.fromkeys(dataset_name(s) for s in tuning))
+        labels = list(dict.fromkeys(l for s in tuning for l in s.labels if "coverage=True" in l))
+        fractions = sorted({f for s in tuning for f in s.fractions})
+        lines += [f"Chosen on {names} ({epochs} epochs per coreset): the coverage settings that beat Uniform on "
+                  f"every one of them (every seed won, mean above the std), then the held-out {HELD_OUT}:", ""]
+        for f in fractions:
+            chosen = [l for l in labels
+                      if all(l in s.labels and s.differences(l, f) and clear_win(s.differences(l, f)) for s in tuning)]
+            if not chosen:
+                lines.append(f"- {fraction_header(f)}: none.")
+                continue
+            for label in chosen:
+                if not held or label not in held[0].labels:
+                    outcome = f"not run on {HELD_OUT} yet"
+                else:
+                    values = held[0].differences(label, f)
+                    outcome = (f"on {HELD_OUT} {verdict(values)}: "
+                               + ("a recommendation" if values and clear_win(values) else "not a recommendation"))
+                lines.append(f"- {fraction_header(f)}: {label}; {outcome}.")
+        lines.append("")
+    return lines
+
+
 def claim_extra(number, setting):
     if number == "1":
         return paper_comparison(setting) + ranking(setting)
@@ -417,6 +456,8 @@ def claims_report(runs_dir, plots_dir=None, plot=True, report_dir=None):
         settings = settings_of(rows)
         if number == "2":
             lines += transfer_tables(settings)
+        if number == "4":
+            lines += coverage_recommendations(settings)
         for setting in settings:
             lines += setting_section(setting)
             lines += claim_extra(number, setting)

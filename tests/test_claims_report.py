@@ -145,3 +145,27 @@ def test_claim2_sets_selection_with_the_trained_network_beside_selection_with_an
     assert "Trained lenet on fashion-mnist, pool 1000/class (pool seed 0): the coreset selected with" in text
     assert "| lcmat | lenet (itself) | **+2.50 ± 0.71 (2/2)** |" in text   # 82, 83 - 80
     assert "| lcmat | mlp | +0.00 ± 1.41 (1/2) |" in text                 # 79, 81 - 80
+
+
+def test_claim4_recommends_only_what_wins_on_both_tuning_datasets_and_the_held_out_one(report, tmp_path):
+    """coverage=True wins every seed on Fashion-MNIST and CIFAR-10 at 5 and 10 % and not on both at 20 %;
+    on the held-out MNIST it wins at 5 % (a recommendation) and not at 10 % (none)."""
+    runs = tmp_path / "runs"
+    gains = {"fashion-mnist": {0.05: [1.0, 1.5], 0.1: [2.0, 3.0], 0.2: [1.0, -1.0]},
+             "cifar10": {0.05: [2.0, 2.5], 0.1: [1.0, 2.0], 0.2: [2.0, 3.0]},
+             "mnist": {0.05: [1.0, 2.0], 0.1: [-1.0, 0.5], 0.2: [1.0, 1.0]}}
+    for name, by_fraction in gains.items():
+        data = dict(dataset=name, model="lenet", selection_model="lenet", pool=1000, pool_seed=0)
+        rows = []
+        for f, values in by_fraction.items():
+            rows += [row("uniform", f, s, 50.0, **data) for s in range(2)]
+            rows += [row("uniform", f, s, 50.0 + v, options="coverage=True", **data) for s, v in enumerate(values)]
+        write(runs / f"coverage-{name}-pool1000", rows)
+    text = report.claims_report(runs, plot=False)
+    assert "Chosen on fashion-mnist, cifar10 (50 epochs per coreset)" in text or \
+           "Chosen on cifar10, fashion-mnist (50 epochs per coreset)" in text
+    assert ("- 10 %: uniform(coverage=True); on mnist within the seed spread of Uniform (-0.25 ± 1.06, 1/2 seeds "
+            "won): not a recommendation.") in text
+    assert ("- 5 %: uniform(coverage=True); on mnist beats Uniform (+1.50 ± 0.71, 2/2 seeds won): a "
+            "recommendation.") in text
+    assert "- 20 %: none." in text  # fashion-mnist lost a seed at 20 %: not chosen, whatever mnist says
