@@ -11,8 +11,8 @@ Uniform (same seed, same selection model, same initial weights, same host) as me
 seeds and wins/seeds; **bold** only where every seed won and the mean exceeds the std. The ceiling
 (``full``, the whole training set under the same protocol) is given under each table with its seeds.
 Claim 1 also gets the LCMat paper's figures beside ours and the ranking compared; claim 2 each method
-selected with the trained network itself beside selected with another; claim 3 a plain verdict
-on FDMat against Uniform; claim 4 the same for the coverage settings, with the held-out dataset named, and
+selected with the trained network itself beside selected with another; claim 3 one summary
+table across the corrupted settings and a plain verdict on FDMat against Uniform; claim 4 the same for the coverage settings, with the held-out dataset named, and
 which settings win on both tuning datasets and whether they also win on the held-out one.
 
 Partial results are expected (the study runs for days): every cell says over how many seeds it is, a
@@ -357,6 +357,28 @@ def transfer_tables(settings):
     return lines
 
 
+ROBUST_COLUMNS = ("fdmat", "fdmat(coverage=True)", "lcmat", "lcmat(coverage=True)", "uniform(coverage=True)")
+
+
+def robustness_summary(settings):
+    """Claim 3: one row per corrupted setting and fraction, the paired difference to Uniform of FDMat,
+    LCMat-S and coverage beside each other (final accuracy), and the best of the other methods."""
+    rows = []
+    for s in settings:
+        for f in s.fractions:
+            cells = [difference_cell(s.differences(label, f)) for label in ROBUST_COLUMNS]
+            others = {l: np.mean(s.differences(l, f)) for l in s.labels
+                      if l != BASELINE and l not in ROBUST_COLUMNS and s.differences(l, f)}
+            best = max(others, key=others.get) if others else None
+            cells.append("-" if best is None else f"{best} {difference_cell(s.differences(best, f))}")
+            rows.append(f"| {s.title()} | {fraction_header(f)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return (["Against Uniform under corruption (paired difference, final accuracy, points; wins/seeds):", "",
+             "| setting | fraction | " + " | ".join(ROBUST_COLUMNS) + " | best other |",
+             "|---|---|" + "---:|" * (len(ROBUST_COLUMNS) + 1)] + rows + [""])
+
+
 def dataset_name(setting):
     return setting.rows[0]["dataset"]
 
@@ -456,6 +478,8 @@ def claims_report(runs_dir, plots_dir=None, plot=True, report_dir=None):
         settings = settings_of(rows)
         if number == "2":
             lines += transfer_tables(settings)
+        if number == "3":
+            lines += robustness_summary(settings)
         if number == "4":
             lines += coverage_recommendations(settings)
         for setting in settings:

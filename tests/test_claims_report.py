@@ -58,6 +58,8 @@ def runs(tmp_path):
     write(runs / "robust-fm-pool1000-noise0.2",
           [row("uniform", 0.05, s, 70.0 + s, **noisy) for s in range(3)]
           + [row("fdmat", 0.05, s, 60.0 + s, **noisy) for s in range(3)]
+          + [row("kcenter", 0.05, s, 71.0 + s, **noisy) for s in range(3)]
+          + [row("margin", 0.05, s, 50.0 + s, **noisy) for s in range(3)]
           + [row("full", 1.0, s, 85.0, **noisy) for s in range(3)])
     mnist = dict(dataset="mnist", model="lenet", selection_model="lenet", pool=1000, pool_seed=0)
     write(runs / "coverage-mnist-pool1000-heldout",
@@ -108,6 +110,8 @@ def test_report_tables_on_partial_results(report, runs, tmp_path):
     assert "## Claim 2. LCMat across architectures: select with one network, train another\n\nNo runs yet." in text
     assert "### fashion-mnist, pool 1000/class (pool seed 0), label noise 20 %, corruption seed 0, lenet" in text
     assert "- fdmat: 5 % loses to Uniform (-10.00 ± 0.00, 0/3 seeds won)." in text
+    assert ("| fashion-mnist, pool 1000/class (pool seed 0), label noise 20 %, corruption seed 0, lenet | 5 % | "
+            "-10.00 ± 0.00 (0/3) | - | - | - | - | kcenter **+1.00 ± 0.00 (3/3)** |") in text  # the better of two others
     assert "Ceiling (`full`, every training sample of this setting, 50 samples, same protocol): final 85.00 % over" not in text
     assert "final 85.00 ± 0.00 %, best 85.00 ± 0.00 % over 3 seed(s)." in text
     assert "(the held-out dataset: no setting was chosen on it)" in text
