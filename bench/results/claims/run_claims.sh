@@ -22,7 +22,7 @@
 #   2   claim 2, across architectures, pools of 1,000 images per class            ~4 h
 #         (fm lenet->mlp ~5 min, fm mlp->lenet ~11 min, c10 w32->w16 ~30 min, c10 w16->w32 ~70 min;
 #         then the same-network references: fm lenet->lenet, mlp->mlp, c10 w16->w16, w32->w32)
-#   3   claim 3, label noise and long tails, pools of 1,000 images per class      ~6 h
+#   3   claim 3, label noise and long tails, pools of 1,000 images per class      ~6.5 h
 #         (c10 noisy runs ~1.6 h each, c10 long-tailed ~1 h each, fm runs 8-15 min each)
 #   4   claim 4, coverage at 5-20 %, pools of 1,000 images per class (FM ~15 min,
 #       C10 ~1.6 h, then the held-out MNIST ~15 min)                               ~2.1 h
@@ -49,8 +49,10 @@ mkdir -p "$OUT"
 TABLE1=uniform,cdiv,herding,kcenter,least_confidence,margin,entropy,forgetting,grand,cal,deepfool,craig,gradmatch,glister,adacore,graphcut,lcmat,fdmat
 # Claim 2: the selectors of the architecture transfer, and the ceiling.
 ARCH=uniform,lcmat,fdmat,craig,kcenter,forgetting,full
-# Claim 3: FDMat, LCMat-S, Uniform, the coverage variants and the best baselines of the clean runs.
-ROBUST=uniform,uniform:coverage=True,fdmat,fdmat:coverage=True,lcmat,lcmat:coverage=True,kcenter,forgetting,moderate,full
+# Claim 3: FDMat, LCMat-S, Uniform, the coverage variants, Herding (the best baseline of claim 1's clean
+# runs), and k-Center, Forgetting and Moderate-DS (whose picks differ most under noise: farthest points,
+# hardest samples, samples near the class median).
+ROBUST=uniform,uniform:coverage=True,fdmat,fdmat:coverage=True,lcmat,lcmat:coverage=True,herding,kcenter,forgetting,moderate,full
 # Claim 4: coverage's settings (prune_hard, num_strata), chosen on Fashion-MNIST and CIFAR-10 only.
 COVERAGE=uniform,uniform:coverage=True,uniform:coverage=True:prune_hard=0:num_strata=50,uniform:coverage=True:prune_hard=0.2:num_strata=50,uniform:coverage=True:prune_hard=0.1:num_strata=10,uniform:coverage=True:prune_hard=0.1:num_strata=100,full
 
