@@ -51,7 +51,7 @@ TABLE1=uniform,cdiv,herding,kcenter,least_confidence,margin,entropy,forgetting,g
 ARCH=uniform,lcmat,fdmat,craig,kcenter,forgetting,full
 # Claim 3: FDMat, LCMat-S, Uniform, the coverage variants, Herding (the best baseline of claim 1's clean
 # runs), and k-Center, Forgetting and Moderate-DS (whose picks differ most under noise: farthest points,
-# hardest samples, samples near the class median).
+# hardest samples, samples at the median distance from their class centre).
 ROBUST=uniform,uniform:coverage=True,fdmat,fdmat:coverage=True,lcmat,lcmat:coverage=True,herding,kcenter,forgetting,moderate,full
 # Claim 4: coverage's settings (prune_hard, num_strata), chosen on Fashion-MNIST and CIFAR-10 only.
 COVERAGE=uniform,uniform:coverage=True,uniform:coverage=True:prune_hard=0:num_strata=50,uniform:coverage=True:prune_hard=0.2:num_strata=50,uniform:coverage=True:prune_hard=0.1:num_strata=10,uniform:coverage=True:prune_hard=0.1:num_strata=100,full
