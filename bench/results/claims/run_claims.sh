@@ -63,7 +63,7 @@ lock() {  # lock NAME: succeed when no other live line of this script holds NAME
     mkdir -p "$OUT/.locks"
     if ! mkdir "$dir" 2>/dev/null; then
         pid=$(cat "$dir/pid" 2>/dev/null)
-        if [ -n "$pid" ] && [ "$pid" != $$ ] && grep -qs run_claims "/proc/$pid/cmdline"; then
+        if [ -n "$pid" ] && [ "$pid" != $$ ] && grep -qs "run_claims\.sh" "/proc/$pid/cmdline"; then
             return 1
         fi  # else the holder was killed (or is this line): take the lock over
     fi
