@@ -173,7 +173,9 @@ class Setting:
         return list(self.diffs[metric].get((self.dataset, self.model, label, fraction), {}).values())
 
     def title(self):
-        return f"{self.dataset}, {self.model}" + (f", {self.epochs} epochs" if self.epochs is not None else "")
+        # "selected with A" ends the dataset label where another network selected: name the trained one.
+        network = f"trained {self.model}" if "selected with" in self.dataset else self.model
+        return f"{self.dataset}, {network}" + (f", {self.epochs} epochs" if self.epochs is not None else "")
 
     def facts(self):
         parts = [f"seeds {', '.join(map(str, self.seeds)) or '-'}", f"{len(self.rows)} rows",

@@ -145,7 +145,7 @@ def test_claim2_sets_selection_with_the_trained_network_beside_selection_with_an
               + [row("lcmat", 0.05, s, lcmat[s], selection_model=selector, **fm) for s in range(2)])
     text = report.claims_report(runs, plot=False)
     assert "### fashion-mnist, pool 1000/class (pool seed 0), lenet\n" in text
-    assert "### fashion-mnist, pool 1000/class (pool seed 0), selected with mlp, lenet\n" in text
+    assert "### fashion-mnist, pool 1000/class (pool seed 0), selected with mlp, trained lenet\n" in text
     assert "Trained lenet on fashion-mnist, pool 1000/class (pool seed 0): the coreset selected with" in text
     assert "| lcmat | lenet (itself) | **+2.50 ± 0.71 (2/2)** |" in text   # 82, 83 - 80
     assert "| lcmat | mlp | +0.00 ± 1.41 (1/2) |" in text                 # 79, 81 - 80
