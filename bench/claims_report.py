@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lcmat.results import (BASELINE, FULL, RESULTS_FILE, paired_differences, read_results, row_label,
-                           setting_label, summarize)
+                           setting_label, setting_title, summarize)
 
 CLAIMS = (
     ("1", "table1-", "LCMat Table 1: CIFAR-10 at 0.1, 0.5, 1, 5, 10 %"),
@@ -173,9 +173,7 @@ class Setting:
         return list(self.diffs[metric].get((self.dataset, self.model, label, fraction), {}).values())
 
     def title(self):
-        # "selected with A" ends the dataset label where another network selected: name the trained one.
-        network = f"trained {self.model}" if "selected with" in self.dataset else self.model
-        return f"{self.dataset}, {network}" + (f", {self.epochs} epochs" if self.epochs is not None else "")
+        return setting_title(self.dataset, self.model) + (f", {self.epochs} epochs" if self.epochs is not None else "")
 
     def facts(self):
         parts = [f"seeds {', '.join(map(str, self.seeds)) or '-'}", f"{len(self.rows)} rows",

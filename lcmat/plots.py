@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,11 @@ def _format_fraction_axis(ax, fractions):
     ax.grid(True, which="major", alpha=0.3)
 
 
+def _panel_title(setting, what, width=60):
+    """The setting (dataset as trained, network, seeds) wrapped to the panel's width, then what it shows."""
+    return textwrap.fill(setting, width) + "\n" + what
+
+
 def plot_accuracy(rows, path, baseline="uniform"):
     """Accuracy against fraction (log x axis), one line per method with error bars (std over seeds).
 
@@ -55,7 +61,7 @@ def plot_accuracy(rows, path, baseline="uniform"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from .results import paired_differences, summarize
+    from .results import paired_differences, setting_title, summarize
 
     stats = summarize(rows)
     if not stats:
@@ -82,7 +88,8 @@ def plot_accuracy(rows, path, baseline="uniform"):
                 ax.errorbar(x, mean, yerr=std, label=label, capsize=3, **_style(i, label, baseline))
             _format_fraction_axis(ax, fractions)
             ax.set_ylabel("test accuracy (%)")
-            ax.set_title(f"{dataset}, {model}, {seeds} seed{'s' if seeds > 1 else ''}\n{title}", fontsize=10)
+            ax.set_title(_panel_title(f"{setting_title(dataset, model)}, {seeds} seed{'s' if seeds > 1 else ''}", title),
+                         fontsize=10)
         ax = axes[g, 2]
         ax.axhline(0.0, color="black", linewidth=1.0)
         for i, label in enumerate(labels):
@@ -97,9 +104,13 @@ def plot_accuracy(rows, path, baseline="uniform"):
                 ax.errorbar(x, mean, yerr=std, label=label, capsize=3, **_style(i, label, baseline))
         _format_fraction_axis(ax, fractions)
         ax.set_ylabel(f"final accuracy − {baseline} (points)")
-        ax.set_title(f"{dataset}, {model}\npaired difference to {baseline}, same seed", fontsize=10)
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside right center", fontsize=9)
+        ax.set_title(_panel_title(setting_title(dataset, model), f"paired difference to {baseline}, same seed"),
+                     fontsize=10)
+    legend = {}  # every method once, from whichever panel first drew it
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside right center", fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

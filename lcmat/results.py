@@ -264,6 +264,13 @@ def setting_label(row):
     return ", ".join(parts)
 
 
+def setting_title(dataset_label, model):
+    """A setting_label and the trained network, for titles: "trained <model>" where the label ends with
+    the network that selected, so that the two are not read as one list."""
+    network = f"trained {model}" if "selected with" in dataset_label else model
+    return f"{dataset_label}, {network}"
+
+
 def row_label(row):
     return row["method"] if not row["options"] else f"{row['method']}({row['options']})"
 
@@ -414,7 +421,7 @@ def summary_markdown(rows, baseline=BASELINE):
         labels = list(dict.fromkeys(s["label"] for s in group))
         fractions = sorted({s["fraction"] for s in group})
         by = {(s["label"], s["fraction"]): s for s in group}
-        lines += [f"## {dataset}, {model}", "", _config_line(group_rows), ""]
+        lines += [f"## {setting_title(dataset, model)}", "", _config_line(group_rows), ""]
         condensed = list(dict.fromkeys(s["label"] for s in group if s["kind"] == CONDENSATION))
         if condensed:
             lines += [_condensation_note(group, group_rows, condensed), ""]

@@ -250,6 +250,27 @@ def test_plot_is_written_for_hand_made_rows(tmp_path):
     assert path.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_plot_legend_has_every_method_and_titles_name_the_trained_network(tmp_path, monkeypatch):
+    """Herding is drawn only in the second setting's panels (mlp, selected with a convnet): the legend
+    still lists it. That setting's titles say which network was trained."""
+    from matplotlib.figure import Figure
+
+    from lcmat.plots import plot_accuracy
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: saved.append(fig))
+    rows = [dict(r, options=r["options"] or "", protocol="epochs", steps=None) for r in hand_made_rows()]
+    rows = [dict(r, selection_model="convnet") if r["model"] == "mlp" else r for r in rows]
+    rows.append(dict(rows[-1], method="herding", final_acc=12.0, best_acc=12.0))
+    plot_accuracy(rows, tmp_path / "p.png")
+    fig, = saved
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["uniform", "lcmat", "lcmat(rho=1.0)", "fdmat", "herding"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("fmnist, lenet, 4 seeds\n")
+    assert titles[3].startswith("fmnist, selected with convnet, trained mlp, 1 seed\n")
+
+
 # --------------------------------------------------------------------------------------------------
 # Small pieces
 # --------------------------------------------------------------------------------------------------

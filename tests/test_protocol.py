@@ -162,7 +162,7 @@ def test_selection_model_other_than_the_trained_one(tmp_path, monkeypatch):
     assert all(type(args[0]()).__name__ == "MLP" for args, _ in trainings)  # the trained one
     rows = read_results(out / "results.csv")
     assert {(r["model"], r["selection_model"]) for r in rows} == {("mlp", "convnet(width=8)")}
-    assert "## digits, selected with convnet(width=8), mlp" in (out / "summary.md").read_text()
+    assert "## digits, selected with convnet(width=8), trained mlp" in (out / "summary.md").read_text()
     with pytest.raises(ValueError, match="selection_model"):
         run_experiment("digits", "mlp", ["uniform"], [0.1], [0], out, selection_epochs=1, epochs=1, resume=True,
                        **QUIET)
