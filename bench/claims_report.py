@@ -417,6 +417,10 @@ def coverage_recommendations(settings):
     return lines
 
 
+# The claims' tables across their settings, written before the per-setting sections.
+CLAIM_SUMMARIES = {"2": transfer_tables, "3": robustness_summary, "4": coverage_recommendations}
+
+
 def claim_extra(number, setting):
     if number == "1":
         return paper_comparison(setting) + ranking(setting)
@@ -476,12 +480,9 @@ def claims_report(runs_dir, plots_dir=None, plot=True, report_dir=None):
                 link = os.path.relpath(path, report_dir or plots_dir)
                 lines += [f"![claim {number}]({link})", ""]
         settings = settings_of(rows)
-        if number == "2":
-            lines += transfer_tables(settings)
-        if number == "3":
-            lines += robustness_summary(settings)
-        if number == "4":
-            lines += coverage_recommendations(settings)
+        summary = CLAIM_SUMMARIES.get(number)
+        if summary is not None:
+            lines += summary(settings)
         for setting in settings:
             lines += setting_section(setting)
             lines += claim_extra(number, setting)
