@@ -9,7 +9,8 @@ Uses the same cached selection model and features as `lcmat experiment` (same da
 model, selection epochs and seed), selects with each method spec, and prints a markdown table: the share
 of the picks that the selection model classifies as their (given) label, the median and 90th percentile
 of their cross-entropy loss, and, on a training set with label noise, the share of the picks whose label
-is wrong, next to the same for the whole training set ("pool").
+is wrong and the share the model classifies as their clean label, next to the same for the whole
+training set ("pool").
 """
 import argparse
 
@@ -34,20 +35,26 @@ def mislabelled_share(labels, clean_labels, indices):
     return 100.0 * (np.asarray(labels)[indices] != np.asarray(clean_labels)[indices]).mean()
 
 
-def pick_table(rows, correct, loss, labels=None, clean_labels=None):
-    """Markdown table of pick_stats per (label, indices) row, with mislabelled_share where clean labels
-    differ from the given ones."""
+def pick_table(rows, correct, loss, labels=None, clean_labels=None, predictions=None):
+    """Markdown table of pick_stats per (label, indices) row; where clean labels differ from the given
+    ones, also mislabelled_share and (given the selection model's `predictions`) the share of picks the
+    model assigns to their clean class."""
     noisy = clean_labels is not None and bool((np.asarray(labels) != np.asarray(clean_labels)).any())
     head = "| picks of | classified as labelled | median loss | 90th percentile of the loss |"
     rule = "|---|---:|---:|---:|"
     if noisy:
         head, rule = head + " mislabelled |", rule + "---:|"
+        if predictions is not None:
+            head, rule = head + " classified as the clean label |", rule + "---:|"
     lines = [head, rule]
     for label, indices in rows:
         acc, median, p90 = pick_stats(correct, loss, indices)
         line = f"| {label} | {acc:.1f} % | {median:.3g} | {p90:.3g} |"
         if noisy:
             line += f" {mislabelled_share(labels, clean_labels, indices):.1f} % |"
+            if predictions is not None:
+                clean_hits = np.asarray(predictions)[indices] == np.asarray(clean_labels)[indices]
+                line += f" {100.0 * clean_hits.mean():.1f} % |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -88,7 +95,8 @@ def main():
     _, logits, _ = features.eval_mode()
     labels = torch.as_tensor(train.targets)
     logits = torch.as_tensor(logits).float()
-    correct = (logits.argmax(1) == labels).numpy()
+    predictions = logits.argmax(1).numpy()
+    correct = predictions == labels.numpy()
     loss = F.cross_entropy(logits, labels, reduction="none").numpy()
 
     print(f"{train.name}{', ' + tag if tag else ''}, {args.model}, seed {args.seed}, selection model of "
@@ -97,7 +105,7 @@ def main():
     for spec in parse_methods(args.methods):
         coreset, _ = select_coreset(spec, args.fraction, args.seed, train.targets, features, stats, None)
         rows.append((spec.label, coreset.indices))
-    print(pick_table(rows, correct, loss, train.targets, train.clean_targets))
+    print(pick_table(rows, correct, loss, train.targets, train.clean_targets, predictions))
 
 
 if __name__ == "__main__":

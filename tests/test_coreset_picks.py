@@ -41,6 +41,11 @@ def test_pick_table_adds_the_noise_column_only_when_labels_are_noisy(picks):
     assert noisy_table.splitlines()[0].endswith("mislabelled |")
     assert noisy_table.splitlines()[2].endswith("| 50.0 % |")    # pool: 2 of 4 flipped
     assert noisy_table.splitlines()[3].endswith("| 100.0 % |")   # picks 1 and 3: both flipped
+    predicted = picks.pick_table(rows, correct, loss, np.array([0, 1, 1, 0]), np.array([0, 0, 1, 1]),
+                                 predictions=np.array([0, 0, 1, 0]))
+    assert predicted.splitlines()[0].endswith("mislabelled | classified as the clean label |")
+    assert predicted.splitlines()[2].endswith("| 50.0 % | 75.0 % |")   # 0, 0, 1 match the clean labels
+    assert predicted.splitlines()[3].endswith("| 100.0 % | 50.0 % |")  # pick 1 predicted 0 = clean 0
 
 
 def test_whole_run_on_a_noisy_pool(picks, tmp_path, monkeypatch, capsys):
@@ -52,7 +57,7 @@ def test_whole_run_on_a_noisy_pool(picks, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "pool100-ps0-noise0.4-imb1-cs0" in out
     lines = [line for line in out.splitlines() if line.startswith("| ")]
-    assert lines[0].endswith("mislabelled |")
+    assert lines[0].endswith("mislabelled | classified as the clean label |")
     pool_row = next(line for line in lines if line.startswith("| pool"))
-    assert pool_row.endswith("| 40.0 % |")   # round(0.4 * 1000) labels flipped
+    assert "| 40.0 % |" in pool_row   # round(0.4 * 1000) labels flipped
     assert any(line.startswith("| Herding") or line.startswith("| herding") for line in lines)
