@@ -46,8 +46,9 @@ def _format_fraction_axis(ax, fractions):
 
 
 def _panel_title(setting, what, width=60):
-    """The setting (dataset as trained, network, seeds) wrapped to the panel's width, then what it shows."""
-    return textwrap.fill(setting, width) + "\n" + what
+    """The setting (dataset as trained, network, seeds) wrapped to the panel's width, then what it shows;
+    a number and its "%" never go to different lines (a no-break space joins them)."""
+    return textwrap.fill(setting.replace(" %", "\u00a0%"), width) + "\n" + what
 
 
 def plot_accuracy(rows, path, baseline="uniform"):

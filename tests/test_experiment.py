@@ -271,6 +271,18 @@ def test_plot_legend_has_every_method_and_titles_name_the_trained_network(tmp_pa
     assert titles[3].startswith("fmnist, selected with convnet, trained mlp, 1 seed\n")
 
 
+def test_panel_title_keeps_a_percentage_on_one_line():
+    from lcmat.plots import _panel_title
+
+    # At width 60 a plain wrap breaks between "20" and "%" in this setting.
+    setting = "fashion-mnist, pool 1000/class (pool seed 0), label noise 20 %, corruption seed 0, lenet"
+    title = _panel_title(setting, "final-epoch test accuracy", width=60)
+    lines = title.splitlines()
+    assert not any(line.startswith("%") for line in lines)
+    assert "20\u00a0%" in title
+    assert lines[-1] == "final-epoch test accuracy"
+
+
 # --------------------------------------------------------------------------------------------------
 # Small pieces
 # --------------------------------------------------------------------------------------------------
