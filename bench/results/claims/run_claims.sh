@@ -3,9 +3,10 @@
 # in stages, most wanted first. Every run is `lcmat experiment --resume` into its own folder under
 # $OUT: start a stage again after any interruption and it continues where it stopped. Several lines may
 # run at once, with the same stages or others (each run uses THREADS threads at nice NICE): a line holds
-# a lock on the folder it runs ($OUT/.locks/NAME, its process id) and skips a folder another live line
-# holds, so two lines share a stage's folders and never write one folder at once; the lock of a line
-# that was killed is taken over.
+# flock(1)'s lock on the folder it runs ($OUT/.locks/NAME.lock, which names its process id) and skips a
+# folder another line holds, so two lines share a stage's folders and never write one folder at once. The
+# kernel drops the lock when its holder ends, killed or not: nothing is left to take over. A line that
+# comes to a folder after another finished it resumes it and finds nothing left to run.
 #   STAGES="1b 3 2" nohup bench/results/claims/run_claims.sh > bench/results/claims/run-a.log 2>&1 &
 #   STAGES="4 2 3 1b" nohup bench/results/claims/run_claims.sh > bench/results/claims/run-b.log 2>&1 &
 # Then `python bench/claims_report.py` writes bench/results/claims/REPORT.md from whatever has finished.
@@ -58,25 +59,20 @@ COVERAGE=uniform,uniform:coverage=True,uniform:coverage=True:prune_hard=0:num_st
 
 has_cuda() { "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; }
 
-lock() {  # lock NAME: succeed when no other live line of this script holds NAME, and hold it
-    local dir="$OUT/.locks/$1" pid
+lock() {  # lock NAME: take NAME's lock on file descriptor 9 unless another line holds it
     mkdir -p "$OUT/.locks"
-    if ! mkdir "$dir" 2>/dev/null; then
-        pid=$(cat "$dir/pid" 2>/dev/null)
-        if [ -n "$pid" ] && [ "$pid" != $$ ] && grep -qs "run_claims\.sh" "/proc/$pid/cmdline"; then
-            return 1
-        fi  # else the holder was killed (or is this line): take the lock over
-    fi
-    echo $$ > "$dir/pid"
+    exec 9>>"$OUT/.locks/$1.lock"   # appending: a line that fails to lock leaves the holder's id alone
+    if ! flock -n 9; then exec 9>&-; return 1; fi
+    echo $$ > "$OUT/.locks/$1.lock"
 }
-unlock() { rm -rf "$OUT/.locks/$1"; }
+unlock() { exec 9>&-; }  # closing the last descriptor releases the lock
 
 run() {  # run NAME [--seeds S] OPTIONS...: one resumable experiment into $OUT/NAME
     local name=$1; shift
     local seeds=$SEEDS
     if [ "${1:-}" = --seeds ]; then seeds=$2; shift 2; fi
     if ! lock "$name"; then
-        echo "== $(date -u +%FT%TZ) $name: skipped, another line (process $(cat "$OUT/.locks/$name/pid")) runs it"
+        echo "== $(date -u +%FT%TZ) $name: skipped, another line (process $(cat "$OUT/.locks/$name.lock")) runs it"
         return
     fi
     echo "== $(date -u +%FT%TZ) $name"
