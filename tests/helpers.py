@@ -1,5 +1,11 @@
-"""Small things several test modules share: an in-memory (x, label) dataset and a call spy."""
+"""Small things several test modules share: an in-memory (x, label) dataset, a call spy, and a bench
+script loaded as a module."""
+import importlib.util
+from pathlib import Path
+
 import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -25,3 +31,11 @@ def spy(monkeypatch, module, name):
 
     monkeypatch.setattr(module, name, wrapper)
     return calls
+
+
+def load_bench_script(name):
+    """bench/<name>.py loaded as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

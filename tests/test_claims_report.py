@@ -1,23 +1,17 @@
 """bench/claims_report.py on hand-made results files: per-claim tables of paired differences (bold rule,
 wins/seeds), partial results, the ceiling, the paper's Table 1 beside ours, and no pairs across hosts."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from helpers import load_bench_script
 from lcmat.results import append_row
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "claims_report.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("claims_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("claims_report")
 
 
 def row(method, fraction, seed, final, best=None, options="", host="h1", **extra):

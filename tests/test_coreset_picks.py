@@ -1,21 +1,16 @@
 """bench/coreset_picks.py: the statistics of the picks (hand-computed on small arrays) and a whole run on a
 noisy pool of the bundled digits, whose pool row must show the injected noise rate."""
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "coreset_picks.py"
+from helpers import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def picks():
-    spec = importlib.util.spec_from_file_location("coreset_picks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("coreset_picks")
 
 
 def test_pick_stats_and_mislabelled_share(picks):
