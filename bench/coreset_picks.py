@@ -35,6 +35,11 @@ def mislabelled_share(labels, clean_labels, indices):
     return 100.0 * (np.asarray(labels)[indices] != np.asarray(clean_labels)[indices]).mean()
 
 
+def clean_class_share(predictions, clean_labels, indices):
+    """% of `indices` that the selection model assigns to their clean class."""
+    return 100.0 * (np.asarray(predictions)[indices] == np.asarray(clean_labels)[indices]).mean()
+
+
 def pick_table(rows, correct, loss, labels=None, clean_labels=None, predictions=None):
     """Markdown table of pick_stats per (label, indices) row; where clean labels differ from the given
     ones, also mislabelled_share and (given the selection model's `predictions`) the share of picks the
@@ -53,8 +58,7 @@ def pick_table(rows, correct, loss, labels=None, clean_labels=None, predictions=
         if noisy:
             line += f" {mislabelled_share(labels, clean_labels, indices):.1f} % |"
             if predictions is not None:
-                clean_hits = np.asarray(predictions)[indices] == np.asarray(clean_labels)[indices]
-                line += f" {100.0 * clean_hits.mean():.1f} % |"
+                line += f" {clean_class_share(predictions, clean_labels, indices):.1f} % |"
         lines.append(line)
     return "\n".join(lines)
 
